@@ -1,0 +1,66 @@
+"""Runs a rotnet-jax experiment.
+
+    python main.py --config=configs/cifar.py --workdir=/tmp/rotnet_cifar
+
+Any config key can be overridden, e.g. ``--config.num_epochs=10``.
+Re-running the same command resumes from the workdir's latest checkpoint.
+"""
+
+import logging as python_logging
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rotnet_jax import config_schema
+from rotnet_jax import parallel
+from rotnet_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None,
+                    'Output folder (checkpoints, config.json, metrics.jsonl); '
+                    'an existing one is resumed.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() for a multi-host run. '
+                  'Automatic when the environment names a coordinator '
+                  '(JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, TPU pod).')
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _hide_library_info_logs(record) -> bool:
+  """Keeps Orbax's many INFO lines per save out of the console."""
+  return (record.levelno >= python_logging.WARNING or
+          '/orbax/' not in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_logger().addFilter(_hide_library_info_logs)
+  if FLAGS.distributed or parallel.multihost_environment():
+    jax.distributed.initialize()
+  logging.info('JAX %s, process %d of %d, %d local / %d global devices: %s',
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.local_devices())
+  config = FLAGS.config
+  config_schema.validate(config)
+  if config.mode == 'pretext':
+    train.train_and_evaluate(config, FLAGS.workdir)
+
+
+def run():
+  try:
+    config_schema.check_command_line(sys.argv)
+  except config_schema.ConfigError as e:
+    sys.exit(f'error: {e}')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

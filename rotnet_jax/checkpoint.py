@@ -1,0 +1,95 @@
+"""Orbax checkpoints. The only module that imports orbax.
+
+Layout of ``WORKDIR/checkpoints/<step>/`` (one folder per saved step, Orbax
+``CheckpointManager`` items):
+
+* ``model``: ``{'params': ..., 'batch_stats': ...}``, the network's
+  variables as plain nested dicts, all an evaluation run needs;
+* ``opt_state``: the optax state (momentum, step count);
+* ``meta``: JSON ``{'epoch': epochs completed, 'step': optimiser steps,
+  'backbone': what it takes to rebuild the network}``.
+
+``WORKDIR/config.json`` holds the whole resolved config beside them.
+Saves are asynchronous; Orbax writes each step to a temporary folder and
+renames it when complete, so an interrupted save never hides the previous
+checkpoint.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+
+
+def abstract_like(tree):
+  """Shape, dtype and sharding of every array of `tree`, for restoring.
+
+  Restoring into the shardings of the current mesh is what lets a run
+  saved on 8 devices resume on 1 (and the other way round).
+  """
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      tree)
+
+
+class Checkpointer:
+  """Saves and restores training state under ``WORKDIR/checkpoints``."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = checkpoint_dir(workdir)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, *, model: Any, opt_state: Any,
+           meta: dict[str, Any]) -> None:
+    """Starts an asynchronous save of one checkpoint at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(model),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, step: int, *, model: Any, opt_state: Any | None = None
+              ) -> dict[str, Any]:
+    """Restores `step` into the shapes and shardings of the given examples.
+
+    Args:
+      step: the checkpoint step.
+      model: a pytree like the saved ``model`` item (arrays or
+        ``jax.ShapeDtypeStruct``s); the restored arrays take its shardings.
+      opt_state: likewise for the optimiser state; None skips it (an
+        evaluation run needs only the model).
+
+    Returns:
+      ``{'model': ..., 'meta': ...}`` and ``'opt_state'`` if asked for.
+    """
+    items = {'model': ocp.args.StandardRestore(abstract_like(model)),
+             'meta': ocp.args.JsonRestore()}
+    if opt_state is not None:
+      items['opt_state'] = ocp.args.StandardRestore(abstract_like(opt_state))
+    return dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,159 @@
+"""Image-folder datasets: ``<root>/<split>/<class_name>/*.{jpg,jpeg,png}``.
+
+Labels are class-folder indices in sorted name order (for the CIFAR-10 JPEG
+copy this gives the usual ids). Files within a class are in natural name
+order (``2.jpg`` before ``10.jpg``), which is the dataset order used for
+"first K images per class" subsets.
+
+This module reads files with PIL only (no TensorFlow), for the
+device-resident source; the tf.data pipeline reuses :func:`scan` for its
+file list and checks.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+_SUPPORTED_FORMATS = ('JPEG', 'PNG')
+_IO_THREADS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+  """The files of one split of an image folder.
+
+  Attributes:
+    root: the dataset root (holding one folder per split).
+    split: split folder name, e.g. ``train``.
+    paths: absolute file paths, class by class, natural name order.
+    labels: int32 class index of every path.
+    class_names: sorted class folder names; ``labels`` index into it.
+    fingerprint: hash of the relative paths, sizes and modification times,
+      to tell whether a cache of the decoded images is still valid.
+  """
+  root: str
+  split: str
+  paths: tuple[str, ...]
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+  fingerprint: str
+
+
+def _natural_key(name: str):
+  return [int(part) if part.isdigit() else part
+          for part in re.split(r'(\d+)', name)]
+
+
+def scan(root: str, split: str) -> FolderIndex:
+  """Lists the images of `split` under `root`, failing clearly on a bad layout.
+
+  Raises:
+    FileNotFoundError: the split folder is missing.
+    ValueError: no class folders, or a class folder without images.
+  """
+  split_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), split)
+  if not os.path.isdir(split_dir):
+    raise FileNotFoundError(
+        f'image folder split {split!r} not found: {split_dir} does not exist. '
+        f'Expected the layout <root>/{split}/<class_name>/*.jpg|*.png '
+        f'(dataset={root!r}).')
+  class_names = tuple(sorted(
+      e.name for e in os.scandir(split_dir)
+      if e.is_dir() and not e.name.startswith('.')))
+  if not class_names:
+    raise ValueError(
+        f'image folder {split_dir} has no class folders; expected '
+        f'{split_dir}/<class_name>/*.jpg|*.png')
+  paths, labels, stats = [], [], []
+  for label, class_name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, class_name)
+    entries = sorted(
+        (e for e in os.scandir(class_dir)
+         if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+        key=lambda e: _natural_key(e.name))
+    if not entries:
+      raise ValueError(
+          f'class folder {class_dir} has no images (looked for files ending '
+          f'in {", ".join(IMAGE_EXTENSIONS)}); remove it or add images.')
+    for entry in entries:
+      stat = entry.stat()
+      paths.append(entry.path)
+      labels.append(label)
+      stats.append(f'{class_name}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns}')
+  fingerprint = hashlib.sha256('\n'.join(stats).encode()).hexdigest()[:16]
+  return FolderIndex(root=os.path.dirname(split_dir), split=split,
+                     paths=tuple(paths),
+                     labels=np.asarray(labels, dtype=np.int32),
+                     class_names=class_names, fingerprint=fingerprint)
+
+
+def _read(path: str, image_size: int, decode: bool) -> np.ndarray | None:
+  """Opens `path`, checks format and size, and decodes it if `decode`."""
+  try:
+    with Image.open(path) as img:
+      fmt, size = img.format, img.size
+      if fmt in _SUPPORTED_FORMATS and size == (image_size, image_size):
+        return np.asarray(img.convert('RGB'), np.uint8) if decode else None
+  except Exception as e:  # PIL raises several types for unreadable files.
+    raise ValueError(f'cannot read image file {path}: {e}') from e
+  if fmt not in _SUPPORTED_FORMATS:
+    raise ValueError(f'image file {path} is {fmt}, expected one of '
+                     f'{_SUPPORTED_FORMATS}')
+  raise ValueError(f'image file {path} is {size[0]}x{size[1]}, expected '
+                   f'{image_size}x{image_size} (config.image_size)')
+
+
+def check_images(index: FolderIndex, image_size: int) -> None:
+  """Reads every file's header: format JPEG/PNG and size `image_size` square.
+
+  Raises:
+    ValueError: naming the first bad file.
+  """
+  with concurrent.futures.ThreadPoolExecutor(_IO_THREADS) as pool:
+    for _ in pool.map(lambda p: _read(p, image_size, False), index.paths):
+      pass
+
+
+def decode_all(index: FolderIndex, image_size: int) -> np.ndarray:
+  """Decodes every image of `index` into ``uint8 [N, S, S, 3]``.
+
+  Raises:
+    ValueError: naming the first file that cannot be read or has the wrong
+      size.
+  """
+  images = np.empty((len(index.paths), image_size, image_size, 3), np.uint8)
+  with concurrent.futures.ThreadPoolExecutor(_IO_THREADS) as pool:
+    for i, pixels in enumerate(
+        pool.map(lambda p: _read(p, image_size, True), index.paths)):
+      images[i] = pixels
+  return images
+
+
+def load_cached(index: FolderIndex, image_size: int, cache_dir: str
+                ) -> np.ndarray:
+  """Decoded images of `index`, from `cache_dir` when decoded before.
+
+  The cache file's name holds the index fingerprint, so any added, removed
+  or modified file leads to a fresh decode. Written atomically: an
+  interrupted run leaves no half-written cache.
+  """
+  name = (f'{os.path.basename(index.root) or "root"}-{index.split}-'
+          f'{image_size}-{index.fingerprint}.npy')
+  path = os.path.join(os.path.expanduser(cache_dir), name)
+  if os.path.exists(path):
+    images = np.load(path, mmap_mode='r')
+    if images.shape == (len(index.paths), image_size, image_size, 3):
+      return np.asarray(images)
+  images = decode_all(index, image_size)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.save(f, images)
+  os.replace(tmp, path)
+  return images

@@ -1,0 +1,60 @@
+"""TensorFlow Datasets access with clear errors. Imports TensorFlow."""
+
+import difflib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# The accelerators belong to JAX: keep TensorFlow (used only for input
+# pipelines) off the GPUs so it does not reserve their memory.
+tf.config.set_visible_devices([], 'GPU')
+
+
+def prepared_builder(name: str, data_dir: str | None):
+  """Returns the TFDS builder of `name`, downloading the data if missing.
+
+  Raises:
+    ValueError: `name` is not a TFDS dataset (with close matches).
+    RuntimeError: the data is not in `data_dir` and could not be downloaded.
+  """
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    close = difflib.get_close_matches(name.split(':')[0].split('/')[0],
+                                      tfds.list_builders(), n=5)
+    raise ValueError(
+        f'dataset={name!r} is neither "digits", an existing image folder, nor '
+        f'a TFDS dataset name. Close TFDS names: {close or "none"}. For an '
+        f'image folder pass its path (<root>/{{train,test}}/<class>/*.jpg).'
+    ) from e
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    raise RuntimeError(
+        f'TFDS dataset {name!r} is not prepared in {builder.data_dir} and '
+        f'could not be downloaded ({type(e).__name__}: {e}). Without a '
+        f'network, pass data_dir= where it was prepared, or an image folder '
+        f'as dataset=.') from e
+  return builder
+
+
+def check_split(builder, split: str) -> None:
+  """Raises ValueError if the builder has no split named `split`."""
+  if split not in builder.info.splits:
+    raise ValueError(f'TFDS dataset {builder.name!r} has splits '
+                     f'{sorted(builder.info.splits)}, not {split!r}')
+
+
+def num_classes(builder) -> int:
+  return builder.info.features['label'].num_classes
+
+
+def load_as_arrays(name: str, split: str, data_dir: str | None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Reads a whole split into ``(images uint8, labels int32, num_classes)``."""
+  builder = prepared_builder(name, data_dir)
+  check_split(builder, split)
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  return (np.asarray(data['image'], np.uint8),
+          np.asarray(data['label'], np.int32), num_classes(builder))

@@ -1,0 +1,104 @@
+"""Metric sums, their summaries, and where they are written.
+
+Steps return per-batch *sums* (``loss_sum``, ``correct``, ``count``), with
+every sample weighted by its mask, so padded evaluation samples count for
+nothing and averages are over samples, not batches. Sums from many steps
+are added on the host (``np.asarray``), never with eager ops on sharded
+arrays.
+
+Outputs, from process 0 only:
+
+* ``WORKDIR/metrics.jsonl``: one JSON object per event with ``step``,
+  ``epoch``, ``split``, ``loss``, ``accuracy``, ``images_per_sec`` and any
+  extra fields;
+* TensorBoard event files in ``WORKDIR/tensorboard`` when ``tensorboardX``
+  is installed. tensorboardX was chosen because it is pure Python and needs
+  no TensorFlow, so runs on the device-resident path (GPU machines without
+  TensorFlow) write event files too.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
+  """Adds per-step sums on the host; returns sample-weighted averages.
+
+  Args:
+    step_sums: dicts with ``loss_sum``, ``correct`` and ``count`` (sums over
+      a batch, weighted by the sample mask).
+
+  Returns:
+    ``{'loss', 'accuracy', 'count'}``; loss and accuracy are NaN when no
+    sample was counted.
+  """
+  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  for sums in jax.device_get(list(step_sums)):
+    for key in total:
+      total[key] += float(np.asarray(sums[key], np.float64))
+  count = total['count']
+  if count == 0:
+    return {'loss': float('nan'), 'accuracy': float('nan'), 'count': 0}
+  return {'loss': total['loss_sum'] / count,
+          'accuracy': total['correct'] / count, 'count': int(count)}
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
+
+
+class MetricWriter:
+  """Writes metric events to JSONL and (if available) TensorBoard."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    self._jsonl = None
+    self._tensorboard = None
+    if not self._active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.info('tensorboardX not installed: no TensorBoard event files '
+                   '(metrics.jsonl has everything).')
+    else:
+      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, *, step: int, epoch: float, split: str,
+            **values: float) -> None:
+    """Records one event; `values` are scalars such as loss and accuracy."""
+    if not self._active:
+      return
+    record = {'step': int(step), 'epoch': round(float(epoch), 4),
+              'split': split}
+    record.update({k: float(v) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tensorboard is not None:
+      for key, value in values.items():
+        self._tensorboard.add_scalar(f'{split}/{key}', float(value), step)
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def read_jsonl(workdir: str) -> list[dict]:
+  """All events of ``WORKDIR/metrics.jsonl``, in order."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]

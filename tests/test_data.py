@@ -1,0 +1,279 @@
+"""Both data sources: same batches, augmentation statistics, sharding."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+from PIL import Image
+
+from conftest import REPO_ROOT, tiny_config, write_image_folder
+from rotnet_jax import data as data_lib
+from rotnet_jax.data import arrays
+from rotnet_jax.data import digits
+from rotnet_jax.data import DeviceSource
+from rotnet_jax.data import shuffle
+
+PIPELINES = ('device', 'tfdata')
+
+
+def _batches(source, epoch=0):
+  """Every batch of an epoch as numpy dicts, built the way the step does."""
+  materialize = jax.jit(source.materialize)
+  return [jax.tree.map(np.asarray, materialize(source.resident, inputs))
+          for inputs in source.epoch(epoch)]
+
+
+def test_digits_is_bundled_real_data():
+  train_images, train_labels = digits.load('train')
+  test_images, test_labels = digits.load('test')
+  assert train_images.shape == (1500, 32, 32, 3)
+  assert test_images.shape == (297, 32, 32, 3)
+  assert train_images.dtype == np.uint8 and train_labels.dtype == np.int32
+  assert set(np.unique(train_labels)) == set(range(10))
+  assert train_images.max() > 200 and train_images.min() == 0
+  # Grey digits repeated over RGB.
+  np.testing.assert_array_equal(train_images[..., 0], train_images[..., 2])
+  with pytest.raises(ValueError, match='splits'):
+    digits.load('validation')
+
+
+def test_dataset_kind():
+  assert arrays.dataset_kind('digits') == 'digits'
+  assert arrays.dataset_kind('cifar10') == 'tfds'
+  assert arrays.dataset_kind('/no/such/folder') == 'folder'
+  assert arrays.dataset_kind('./relative') == 'folder'
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_train_batches_shape_dtype_range(pipeline, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=128,
+                       num_train_examples=0)
+  source = data_lib.make_source(config, 'train', one_device_mesh, train=True)
+  assert source.steps_per_epoch == 1500 // 128
+  batches = _batches(source)
+  assert len(batches) == source.steps_per_epoch
+  for batch in batches:
+    assert batch['image'].shape == (128, 32, 32, 3)
+    assert batch['image'].dtype == np.uint8
+    assert batch['label'].dtype == np.int32 and batch['label'].shape == (128,)
+    np.testing.assert_array_equal(batch['mask'], 1.0)
+  images = np.concatenate([b['image'] for b in batches])
+  assert images.min() == 0 and images.max() >= 250
+  labels = np.concatenate([b['label'] for b in batches])
+  assert len(np.unique(labels)) == 10
+
+
+def test_both_sources_shuffle_alike_and_evaluate_identically(one_device_mesh):
+  train = {p: _batches(data_lib.make_source(
+      tiny_config(pipeline=p, batch_size=128), 'train', one_device_mesh,
+      train=True)) for p in PIPELINES}
+  # Same per-epoch order (labels), independent augmentation draws.
+  for device_batch, tf_batch in zip(train['device'], train['tfdata']):
+    np.testing.assert_array_equal(device_batch['label'], tf_batch['label'])
+  evaluation = {p: _batches(data_lib.make_source(
+      tiny_config(pipeline=p, batch_size=128), 'test', one_device_mesh,
+      train=False)) for p in PIPELINES}
+  assert len(evaluation['device']) == len(evaluation['tfdata']) == 3
+  for device_batch, tf_batch in zip(evaluation['device'],
+                                    evaluation['tfdata']):
+    np.testing.assert_array_equal(device_batch['mask'], tf_batch['mask'])
+    real = device_batch['mask'] > 0  # Padding content may differ.
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(device_batch[key][real],
+                                    tf_batch[key][real])
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_evaluation_sees_every_example_once(pipeline, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=128)
+  source = data_lib.make_source(config, 'test', one_device_mesh, train=False)
+  batches = _batches(source)
+  masks = np.concatenate([b['mask'] for b in batches])
+  images = np.concatenate([b['image'] for b in batches])[masks > 0]
+  test_images, _ = digits.load('test')
+  assert masks.sum() == 297 and len(masks) == 3 * 128
+  np.testing.assert_array_equal(images, test_images)  # In order, unaugmented.
+
+
+def test_image_folder_decodes_identically_in_both_sources(tmp_path,
+                                                          one_device_mesh):
+  written = write_image_folder(str(tmp_path), per_class=8)
+  results = {}
+  for pipeline in PIPELINES:
+    config = tiny_config(pipeline=pipeline, dataset=str(tmp_path),
+                         batch_size=8, cache_dir=str(tmp_path / 'cache'))
+    source = data_lib.make_source(config, 'test', one_device_mesh,
+                                  train=False)
+    assert source.num_examples == 12 and source.num_classes == 3
+    batches = _batches(source)
+    mask = np.concatenate([b['mask'] for b in batches]) > 0
+    results[pipeline] = {k: np.concatenate([b[k] for b in batches])[mask]
+                         for k in ('image', 'label')}
+  # JPEG files decode to the same pixels with PIL and with TensorFlow.
+  np.testing.assert_array_equal(results['device']['image'],
+                                results['tfdata']['image'])
+  np.testing.assert_array_equal(results['device']['label'],
+                                written['test'][1])
+  # PNG files (even names) are lossless.
+  np.testing.assert_array_equal(results['device']['image'][0],
+                                written['test'][0][0])
+
+
+def test_folder_cache_is_reused_and_refreshed(tmp_path):
+  write_image_folder(str(tmp_path / 'data'), per_class=4)
+  cache = str(tmp_path / 'cache')
+  first = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
+                            cache_dir=cache)
+  cached = os.listdir(cache)
+  assert len(cached) == 1 and cached[0].endswith('.npy')
+  again = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
+                            cache_dir=cache)
+  np.testing.assert_array_equal(first.images, again.images)
+  assert os.listdir(cache) == cached
+  # Changing a file invalidates the cache.
+  Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(
+      tmp_path / 'data' / 'train' / 'class_0' / '0.png')
+  changed = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
+                              cache_dir=cache)
+  assert (changed.images[0] == 7).all()
+  assert len(os.listdir(cache)) == 2
+
+
+def _marker_images(count):
+  """Images that are black but for one bright pixel at (row 10, col 5)."""
+  images = np.zeros((count, 32, 32, 3), np.uint8)
+  images[:, 10, 5] = 255
+  return images
+
+
+def _crop_offsets_and_flips(images):
+  """Recovers each image's crop offset and flip from the marker's position.
+
+  After 4-pixel padding the marker sits at (14, 9); a crop at (dy, dx) moves
+  it to (14 - dy, 9 - dx), i.e. column 1..9, and a flip to column
+  31 - (9 - dx) = 22..30. The two column ranges do not overlap.
+  """
+  offsets, flips = [], []
+  for image in images:
+    rows, cols = np.nonzero(image[..., 0])
+    assert len(rows) == 1, 'the marker is never cropped away'
+    row, col = rows[0], cols[0]
+    flipped = col >= 22
+    offsets.append((14 - row, col - 22 if flipped else 9 - col))
+    flips.append(flipped)
+  return np.asarray(offsets), np.asarray(flips)
+
+
+def _check_augmentation_statistics(images):
+  offsets, flips = _crop_offsets_and_flips(images)
+  n = len(flips)
+  assert offsets.min() == 0 and offsets.max() == 8
+  for axis in range(2):
+    counts = np.bincount(offsets[:, axis], minlength=9)
+    # Chi-square against uniform on 0..8 (8 dof; 99.9% quantile 26.1).
+    expected = n / 9
+    assert ((counts - expected) ** 2 / expected).sum() < 26.1, counts
+  # Flip rate 1/2 within 4.5 standard deviations.
+  assert abs(flips.mean() - 0.5) < 4.5 * 0.5 / np.sqrt(n)
+
+
+def test_device_augmentation_statistics(one_device_mesh):
+  data = arrays.SplitArrays(_marker_images(2000), np.zeros(2000, np.int32),
+                            1)
+  source = DeviceSource(data, mesh=one_device_mesh, batch_size=1000,
+                        train=True, seed=0)
+  images = np.concatenate([b['image'] for b in _batches(source)])
+  _check_augmentation_statistics(images)
+
+
+def test_tfdata_augmentation_statistics(tmp_path, one_device_mesh):
+  class_dir = tmp_path / 'train' / 'marker'
+  class_dir.mkdir(parents=True)
+  for i, image in enumerate(_marker_images(250)):
+    Image.fromarray(image).save(class_dir / f'{i}.png')
+  config = tiny_config(pipeline='tfdata', dataset=str(tmp_path),
+                       batch_size=250)
+  source = data_lib.make_source(config, 'train', one_device_mesh, train=True)
+  images = np.concatenate([b['image'] for epoch in range(4)
+                           for b in _batches(source, epoch)])
+  _check_augmentation_statistics(images)
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_epochs_are_reproducible_and_differ(pipeline, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=500)
+  first = _batches(data_lib.make_source(config, 'train', one_device_mesh,
+                                        train=True), epoch=3)
+  again = _batches(data_lib.make_source(config, 'train', one_device_mesh,
+                                        train=True), epoch=3)
+  other = _batches(data_lib.make_source(config, 'train', one_device_mesh,
+                                        train=True), epoch=4)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert not np.array_equal(first[0]['label'], other[0]['label'])
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_a_training_subset_is_evenly_spaced(pipeline, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=50,
+                       num_train_examples=300)
+  source = data_lib.make_source(config, 'train', one_device_mesh, train=True)
+  assert source.num_examples == 300 and source.steps_per_epoch == 6
+  labels = np.concatenate([b['label'] for b in _batches(source)])
+  _, all_labels = digits.load('train')
+  np.testing.assert_array_equal(np.sort(labels),
+                                np.sort(all_labels[::5]))
+  # Evaluation always uses the whole split.
+  test = data_lib.make_source(config, 'test', one_device_mesh, train=False)
+  assert test.num_examples == 297
+
+
+def test_epoch_order_is_a_permutation():
+  order = shuffle.epoch_order(100, seed=1, epoch=2)
+  np.testing.assert_array_equal(np.sort(order), np.arange(100))
+  np.testing.assert_array_equal(order, shuffle.epoch_order(100, 1, 2))
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_a_global_batch_is_split_over_eight_devices(pipeline,
+                                                    eight_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=64)
+  source = data_lib.make_source(config, 'train', eight_device_mesh,
+                                train=True)
+  batch = jax.jit(source.materialize)(source.resident,
+                                      next(source.epoch(0)))
+  image = batch['image']
+  assert image.shape == (64, 32, 32, 3)
+  assert image.sharding.spec == PartitionSpec('data')
+  shards = sorted(image.addressable_shards, key=lambda s: s.index[0].start)
+  assert len(shards) == 8
+  assert {s.data.shape for s in shards} == {(8, 32, 32, 3)}
+  assert len({s.device for s in shards}) == 8
+  np.testing.assert_array_equal(
+      np.concatenate([np.asarray(s.data) for s in shards]), np.asarray(image))
+
+
+def test_device_source_imports_no_tensorflow(tmp_path):
+  # A fresh process: build the device source, gather a batch and take a
+  # train step, then look for TensorFlow among the loaded modules.
+  script = textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {os.path.join(REPO_ROOT, 'tests')!r})
+      from conftest import tiny_config
+      from rotnet_jax import train
+      config = tiny_config(num_epochs=1, cache_dir={str(tmp_path)!r})
+      train.train_and_evaluate(config, {str(tmp_path / 'run')!r})
+      loaded = [m for m in sys.modules if m.split('.')[0] in
+                ('tensorflow', 'tensorflow_datasets')]
+      print('LOADED', loaded)
+      assert not loaded, loaded
+  ''')
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'LOADED []' in result.stdout

@@ -1,0 +1,160 @@
+"""The train step and loop: sharding invariance, learning, exact resume."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from rotnet_jax import checkpoint as checkpoint_lib
+from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import optim
+from rotnet_jax import parallel
+from rotnet_jax import rotation
+from rotnet_jax import train
+from rotnet_jax.data import digits
+
+
+def _step_on(mesh, batch, config):
+  spec = train.backbone_spec(config, 4)
+  tx = optim.sgd(0.1)
+  graphdef, state = train.create_train_state(config, spec, tx, mesh)
+  step = jax.jit(functools.partial(
+      train.train_step, graphdef=graphdef, tx=tx, mean_rgb=config.mean_rgb,
+      std_rgb=config.std_rgb, dtype=jnp.float32),
+                 out_shardings=parallel.replicated(mesh))
+  new_state, sums = step(state, parallel.host_to_global(mesh, batch))
+  return graphdef, jax.device_get(new_state), jax.device_get(sums)
+
+
+def _uneven_batch(size=16):
+  images, labels = digits.load('train')
+  images = images[:size].copy()
+  images[: size // 2] = 255 - images[: size // 2]  # Shards look different.
+  return {'image': images, 'label': labels[:size],
+          'mask': np.ones(size, np.float32)}
+
+
+def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
+                                                 eight_device_mesh):
+  config = tiny_config(**{'model.width': 1 / 16})
+  batch = _uneven_batch()
+  _, one, sums_one = _step_on(one_device_mesh, batch, config)
+  _, eight, sums_eight = _step_on(eight_device_mesh, batch, config)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(sums_one['loss_sum'], sums_eight['loss_sum'],
+                             rtol=1e-5)
+  assert sums_one['count'] == sums_eight['count'] == 64
+  # And the step did something.
+  init_graphdef, init = train.create_train_state(
+      config, train.backbone_spec(config, 4), optim.sgd(0.1),
+      one_device_mesh)
+  del init_graphdef
+  assert not np.allclose(init.params['classifier']['kernel'],
+                         one.params['classifier']['kernel'])
+
+
+def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
+                                                       eight_device_mesh):
+  config = tiny_config(**{'model.width': 1 / 16})
+  batch = _uneven_batch()
+  graphdef, new_state, _ = _step_on(eight_device_mesh, batch, config)
+  # The first conv's output on the whole rotated batch, with initial weights.
+  _, init = train.create_train_state(config, train.backbone_spec(config, 4),
+                                     optim.sgd(0.1), one_device_mesh)
+  model = nnx.merge(graphdef, init.params, init.batch_stats)
+  images, _ = rotation.rotate_batch(batch['image'])
+  inputs = train.normalize(images, config.mean_rgb, config.std_rgb,
+                           jnp.float32)
+  conv_out = np.asarray(model.blocks[0].layers[0].conv(inputs))
+  global_mean = conv_out.mean(axis=(0, 1, 2))
+  first_shard_mean = conv_out[:8].mean(axis=(0, 1, 2))  # Device 0's rows.
+  running_mean = new_state.batch_stats['blocks'][0]['layers'][0]['norm'][
+      'mean']
+  # Running mean after one step from zero: 0.1 x the global batch mean.
+  np.testing.assert_allclose(running_mean, 0.1 * global_mean, rtol=1e-4,
+                             atol=1e-6)
+  # The check can fail: device 0's shard alone has other statistics.
+  assert np.abs(0.1 * first_shard_mean - running_mean).max() > 1e-3
+
+
+def _final_params(workdir, config, mesh):
+  """Parameters of the latest checkpoint in `workdir`."""
+  _, state = train.create_train_state(config, train.backbone_spec(config, 4),
+                                      optim.sgd(0.1), mesh)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  restored = checkpoints.restore(checkpoints.latest_step(), model={
+      'params': state.params, 'batch_stats': state.batch_stats})
+  return jax.device_get(restored['model']), restored['meta']
+
+
+@pytest.mark.parametrize('pipeline', ['device', 'tfdata'])
+def test_interrupted_then_resumed_training_is_bit_identical(
+    pipeline, tmp_path, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=100, num_epochs=2,
+                       learning_rate_table=((1, 0.1), (2, 0.02)))
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight, mesh=one_device_mesh)
+
+  resumed = str(tmp_path / 'resumed')
+  first_half = config.copy_and_resolve_references()
+  first_half.num_epochs = 1
+  train.train_and_evaluate(first_half, resumed, mesh=one_device_mesh)
+  assert _final_params(resumed, config, one_device_mesh)[1]['epoch'] == 1
+  train.train_and_evaluate(config, resumed, mesh=one_device_mesh)
+
+  expected, expected_meta = _final_params(straight, config, one_device_mesh)
+  got, got_meta = _final_params(resumed, config, one_device_mesh)
+  assert got_meta == expected_meta == {
+      'epoch': 2, 'step': 10, 'backbone': train.backbone_spec(config, 4)}
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  # The resumed run logged only its own epoch: no repeated events.
+  epochs = [e['epoch'] for e in metrics_lib.read_jsonl(resumed)
+            if e['split'] == 'test']
+  assert epochs == [1, 2]
+
+
+def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
+                                            eight_device_mesh):
+  config = tiny_config(num_epochs=2)
+  workdir = str(tmp_path)
+  first_half = config.copy_and_resolve_references()
+  first_half.num_epochs = 1
+  saved = jax.device_get(train.train_and_evaluate(
+      first_half, workdir, mesh=eight_device_mesh))
+  # The 8-device checkpoint restores exactly onto one device...
+  restored, meta = _final_params(workdir, config, one_device_mesh)
+  assert meta['epoch'] == 1
+  for a, b in zip(jax.tree.leaves(saved.params),
+                  jax.tree.leaves(restored['params'])):
+    np.testing.assert_array_equal(a, b)
+  # ...and training goes on there.
+  final = train.train_and_evaluate(config, workdir, mesh=one_device_mesh)
+  assert _final_params(workdir, config, one_device_mesh)[1]['epoch'] == 2
+  assert final.params['classifier']['kernel'].sharding.num_devices == 1
+  assert not np.array_equal(saved.params['classifier']['kernel'],
+                            final.params['classifier']['kernel'])
+
+
+def test_rotation_prediction_is_learned(tmp_path, one_device_mesh):
+  config = tiny_config(num_epochs=3, batch_size=64, log_every_steps=23,
+                       num_train_examples=0,
+                       learning_rate_table=((2, 0.1), (3, 0.02)),
+                       **{'model.width': 1 / 16})
+  train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
+  events = metrics_lib.read_jsonl(str(tmp_path))
+  train_events = [e for e in events if e['split'] == 'train']
+  test_events = [e for e in events if e['split'] == 'test']
+  assert [e['epoch'] for e in test_events] == [1, 2, 3]
+  for event in events:
+    assert {'step', 'epoch', 'split', 'loss', 'accuracy',
+            'images_per_sec'} <= set(event)
+  assert train_events[-1]['loss'] < train_events[0]['loss']
+  assert train_events[0]['loss'] < 1.5  # Chance level is ln 4 = 1.386.
+  # Chance is 25%; unseen writers' digits are recognised as upright or not.
+  assert test_events[-1]['accuracy'] > 0.4, test_events
