@@ -140,26 +140,36 @@ def eval_step(state: TrainState, batch, *, graphdef, mean_rgb, std_rgb,
   return _weighted_sums(logits, labels, losses, weights)
 
 
-def compile_steps(config, graphdef, tx, mesh, train_source, test_source):
-  """Jitted ``(state, resident, inputs)`` steps that build their batch in jit.
+def _step_constants(config, graphdef) -> dict[str, Any]:
+  return dict(graphdef=graphdef, mean_rgb=tuple(config.mean_rgb),
+              std_rgb=tuple(config.std_rgb), dtype=compute_dtype(config))
 
-  Each source's ``materialize`` runs inside the compiled step, so the
-  device-resident source's gather and augmentation fuse with the step.
+
+def jit_train_step(config, graphdef, tx, mesh, source):
+  """``(state, resident, inputs) -> (state, sums)``, compiled for `source`.
+
+  The source's ``materialize`` runs inside the compiled step, so the
+  device-resident source's gather and augmentation fuse with the step. The
+  state is donated: its buffers are reused for the new state.
   """
-  common = dict(graphdef=graphdef, mean_rgb=tuple(config.mean_rgb),
-                std_rgb=tuple(config.std_rgb), dtype=compute_dtype(config))
-  replicated = parallel.replicated(mesh)
+  constants = _step_constants(config, graphdef)
 
-  def train_fn(state, resident, inputs):
-    batch = train_source.materialize(resident, inputs)
-    return train_step(state, batch, tx=tx, **common)
+  def step(state, resident, inputs):
+    batch = source.materialize(resident, inputs)
+    return train_step(state, batch, tx=tx, **constants)
 
-  def eval_fn(state, resident, inputs):
-    batch = test_source.materialize(resident, inputs)
-    return eval_step(state, batch, **common)
+  return jax.jit(step, donate_argnums=0,
+                 out_shardings=parallel.replicated(mesh))
 
-  return (jax.jit(train_fn, donate_argnums=0, out_shardings=replicated),
-          jax.jit(eval_fn, out_shardings=replicated))
+
+def jit_eval_step(config, graphdef, mesh, source):
+  """``(state, resident, inputs) -> sums``, compiled for `source`."""
+  constants = _step_constants(config, graphdef)
+
+  def step(state, resident, inputs):
+    return eval_step(state, source.materialize(resident, inputs), **constants)
+
+  return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
 def _needs_sync_every_step(mesh) -> bool:
@@ -242,8 +252,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   tx = optim.sgd(schedule, momentum=config.momentum,
                  nesterov=config.nesterov, weight_decay=config.weight_decay)
   graphdef, state = create_train_state(config, spec, tx, mesh)
-  train_fn, eval_fn = compile_steps(config, graphdef, tx, mesh, train_source,
-                                    test_source)
+  train_fn = jit_train_step(config, graphdef, tx, mesh, train_source)
+  eval_fn = jit_eval_step(config, graphdef, mesh, test_source)
 
   start_epoch, step = 0, 0
   latest = checkpoints.latest_step()

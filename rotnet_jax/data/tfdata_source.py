@@ -84,6 +84,7 @@ class TFDataSource:
     kind = arrays.dataset_kind(dataset)
     self._tfds_base = None
     if kind == 'tfds':
+      tfds_util.get_builder(dataset, data_dir)  # Fails fast on a bad name.
       if num_examples_limit:
         raise ValueError(
             'num_train_examples needs pipeline=device for TFDS datasets '

@@ -11,12 +11,11 @@ import tensorflow_datasets as tfds
 tf.config.set_visible_devices([], 'GPU')
 
 
-def prepared_builder(name: str, data_dir: str | None):
-  """Returns the TFDS builder of `name`, downloading the data if missing.
+def get_builder(name: str, data_dir: str | None):
+  """Returns the TFDS builder of `name` (nothing is downloaded yet).
 
   Raises:
     ValueError: `name` is not a TFDS dataset (with close matches).
-    RuntimeError: the data is not in `data_dir` and could not be downloaded.
   """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -28,6 +27,17 @@ def prepared_builder(name: str, data_dir: str | None):
         f'a TFDS dataset name. Close TFDS names: {close or "none"}. For an '
         f'image folder pass its path (<root>/{{train,test}}/<class>/*.jpg).'
     ) from e
+  return builder
+
+
+def prepared_builder(name: str, data_dir: str | None):
+  """Returns the TFDS builder of `name`, downloading the data if missing.
+
+  Raises:
+    ValueError: `name` is not a TFDS dataset (with close matches).
+    RuntimeError: the data is not in `data_dir` and could not be downloaded.
+  """
+  builder = get_builder(name, data_dir)
   try:
     builder.download_and_prepare()
   except Exception as e:

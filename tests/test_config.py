@@ -1,0 +1,122 @@
+"""Config schema: shipped configs are valid; bad keys, types, values fail."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_dict
+
+from conftest import REPO_ROOT
+from rotnet_jax import config_schema
+from rotnet_jax.config_schema import ConfigError
+
+
+def _load_config_file(name):
+  path = os.path.join(REPO_ROOT, 'configs', name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name', sorted(
+    f for f in os.listdir(os.path.join(REPO_ROOT, 'configs'))
+    if f.endswith('.py')))
+def test_shipped_configs_are_valid(name):
+  config_schema.validate(_load_config_file(name))
+
+
+def test_cifar_config_is_the_official_recipe():
+  config = _load_config_file('cifar.py')
+  assert config.num_epochs == 200 and config.batch_size == 128
+  assert config.learning_rate_table == ((60, 0.1), (120, 0.02), (160, 0.004),
+                                        (200, 0.0008))
+  assert (config.momentum, config.nesterov, config.weight_decay) == (
+      0.9, True, 5e-4)
+  assert (config.model.num_blocks, config.model.width) == (4, 1.0)
+
+
+def _with(**values):
+  config = config_schema.defaults().to_dict()
+  config.update(values)
+  return config_dict.ConfigDict(config)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+  with pytest.raises(ConfigError, match=r"'num_epoch'.*Did you mean "
+                     r"num_epochs"):
+    config_schema.validate(_with(num_epoch=3))
+  config = config_schema.defaults().to_dict()
+  config['model']['widht'] = 0.5
+  with pytest.raises(ConfigError, match="'model.widht'"):
+    config_schema.validate(config_dict.ConfigDict(config))
+
+
+@pytest.mark.parametrize('key,value,expected', [
+    ('num_epochs', 'ten', 'num_epochs.*expected int'),
+    ('batch_size', 12.5, 'batch_size.*expected int'),
+    ('half_precision', 'yes', 'half_precision.*expected bool'),
+    ('learning_rate_table', 0.1, 'learning_rate_table.*expected tuple'),
+])
+def test_wrong_types_are_named(key, value, expected):
+  with pytest.raises(ConfigError, match=expected):
+    config_schema.validate(_with(**{key: value}))
+
+
+@pytest.mark.parametrize('key,value,expected', [
+    ('pipeline', 'gpu', r"pipeline='gpu'.*\('device', 'tfdata'\)"),
+    ('batch_size', 0, 'batch_size=0: must be positive'),
+    ('learning_rate_table', ((60, 0.1), (30, 0.01)), 'increasing'),
+    ('mean_rgb', (1.0, 2.0), 'mean_rgb'),
+    ('num_train_examples', -1, 'num_train_examples'),
+])
+def test_impossible_values_are_named(key, value, expected):
+  with pytest.raises(ConfigError, match=expected):
+    config_schema.validate(_with(**{key: value}))
+
+
+def test_ints_are_accepted_for_floats():
+  config_schema.validate(_with(weight_decay=0))
+
+
+def _main(*args):
+  env = dict(os.environ, XLA_FLAGS='')
+  return subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/quick.py',
+       '--workdir=/nonexistent/never/written', *args], cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_command_line_unknown_key_fails_with_its_name():
+  result = _main('--config.num_epoch=3')
+  assert result.returncode != 0
+  assert "unknown config key 'num_epoch'" in result.stderr
+  assert 'num_epochs' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_command_line_wrong_type_fails_with_its_name():
+  result = _main('--config.num_epochs=ten')
+  assert result.returncode != 0
+  assert '--config.num_epochs=ten' in result.stderr
+
+
+def test_command_line_overrides_parse(tmp_path, monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  quick = os.path.join(REPO_ROOT, 'configs', 'quick.py')
+  argv = ['prog', f'--config={quick}',
+          '--config.learning_rate_table=((2, 0.5), (4, 0.1))',
+          '--config.model.width=0.5', f'--config.data_dir={tmp_path}']
+  # config_flags finds the override flags in sys.argv when defined.
+  monkeypatch.setattr(sys, 'argv', argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values,
+                                  lock_config=True)
+  flag_values(argv)
+  config = flag_values.config
+  assert config.learning_rate_table == ((2, 0.5), (4, 0.1))
+  assert config.model.width == 0.5 and config.data_dir == str(tmp_path)
+  config_schema.validate(config)
