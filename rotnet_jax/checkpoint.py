@@ -87,6 +87,12 @@ class Checkpointer:
       items['opt_state'] = ocp.args.StandardRestore(abstract_like(opt_state))
     return dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
 
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The JSON ``meta`` item of `step` alone (no arrays are read)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))
+    return dict(restored['meta'])
+
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
 

@@ -7,7 +7,7 @@ run through the NIN, and the SGD update is applied to replicated
 parameters. The same code runs on 1 or N devices and on several hosts.
 """
 
-import functools
+import contextlib
 import json
 import os
 import time
@@ -190,21 +190,46 @@ def evaluate(eval_fn, state, source, sync: bool) -> dict[str, float]:
   return metrics_lib.summarize(sums)
 
 
-def _check_workdir_model(workdir: str, spec: dict[str, Any]) -> None:
+def _check_same_network(checkpoints, step: int, spec: dict[str, Any]):
   """Refuses to resume a checkpoint of a different network."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f).get('backbone', {})
+  saved = checkpoints.read_meta(step).get('backbone', {})
   differ = {k: (saved.get(k), v) for k, v in spec.items()
             if k in saved and saved[k] != v}
   if differ:
     details = ', '.join(f'{k}: checkpoint {a!r} vs config {b!r}'
                         for k, (a, b) in differ.items())
     raise ValueError(
-        f'{workdir} holds checkpoints of a different network ({details}). '
-        f'Use a new --workdir, or the same model settings to resume.')
+        f'{checkpoints.directory} holds checkpoints of a different network '
+        f'({details}). Use a new --workdir, or the same model settings to '
+        'resume.')
+
+
+class _Progress:
+  """Training speed between log lines and the time left, evaluations excluded."""
+
+  def __init__(self, step: int, total_steps: int):
+    self._total_steps = total_steps
+    self._last_step = step
+    self._last_time = time.time()
+    self._seconds_per_step = None
+
+  def update(self, step: int, images_per_step: int) -> tuple[float, str]:
+    """Returns images/s since the last update and the estimated time left."""
+    now = time.time()
+    steps = step - self._last_step
+    seconds = max(now - self._last_time, 1e-9)
+    self._seconds_per_step = seconds / steps
+    self._last_step, self._last_time = step, now
+    eta = metrics_lib.format_duration(self._seconds_per_step *
+                                      (self._total_steps - step))
+    return steps * images_per_step / seconds, eta
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside (evaluation) counts as neither training nor ETA."""
+    start = time.time()
+    yield
+    self._last_time += time.time() - start
 
 
 def _write_config(workdir: str, config, spec) -> None:
@@ -242,8 +267,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints)
-  if checkpoints.latest_step() is not None:
-    _check_workdir_model(workdir, spec)
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    _check_same_network(checkpoints, latest, spec)
   _write_config(workdir, config, spec)
 
   steps_per_epoch = train_source.steps_per_epoch
@@ -256,7 +282,6 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   eval_fn = jit_eval_step(config, graphdef, mesh, test_source)
 
   start_epoch, step = 0, 0
-  latest = checkpoints.latest_step()
   if latest is not None:
     restored = checkpoints.restore(latest, model={
         'params': state.params, 'batch_stats': state.batch_stats},
@@ -270,14 +295,14 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
 
   writer = metrics_lib.MetricWriter(workdir)
   sync = _needs_sync_every_step(mesh)
-  images_per_step = config.batch_size * rotation.NUM_ROTATIONS
+  rotated_per_step = config.batch_size * rotation.NUM_ROTATIONS
   total_steps = config.num_epochs * steps_per_epoch
   logging.info('Training %d epochs x %d steps of %d images (%d rotated), '
                'pipeline=%s, %d examples.', config.num_epochs,
-               steps_per_epoch, config.batch_size, images_per_step,
+               steps_per_epoch, config.batch_size, rotated_per_step,
                config.pipeline, train_source.num_examples)
-  pending, interval_start, interval_steps = [], time.time(), 0
-  run_start, run_start_step = time.time(), step
+  progress = _Progress(step, total_steps)
+  pending = []
   for epoch in range(start_epoch, config.num_epochs):
     for inputs in train_source.epoch(epoch):
       state, sums = train_fn(state, train_source.resident, inputs)
@@ -285,38 +310,33 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
         jax.block_until_ready(sums)
       pending.append(sums)
       step += 1
-      interval_steps += 1
       if step % config.log_every_steps == 0:
         summary = metrics_lib.summarize(pending)
-        elapsed = time.time() - interval_start
-        speed = interval_steps * images_per_step / max(elapsed, 1e-9)
+        speed, eta = progress.update(step, rotated_per_step)
         writer.write(step=step, epoch=step / steps_per_epoch, split='train',
                      loss=summary['loss'], accuracy=summary['accuracy'],
                      images_per_sec=speed,
                      learning_rate=float(schedule(step - 1)))
-        seconds_per_step = (time.time() - run_start) / (step - run_start_step)
         logging.info(
             'epoch %d/%d step %d/%d | train loss %.4f rotation acc %.2f%% | '
             '%.0f img/s | ETA %s', epoch + 1, config.num_epochs, step,
             total_steps, summary['loss'], 100 * summary['accuracy'], speed,
-            metrics_lib.format_duration(seconds_per_step *
-                                        (total_steps - step)))
-        pending, interval_start, interval_steps = [], time.time(), 0
+            eta)
+        pending = []
 
     done = epoch + 1
     last = done == config.num_epochs
     if done % config.eval_every_epochs == 0 or last:
-      eval_start = time.time()
-      summary = evaluate(eval_fn, state, test_source, sync)
-      speed = (test_source.num_examples * rotation.NUM_ROTATIONS /
-               (time.time() - eval_start))
+      with progress.paused():
+        eval_start = time.time()
+        summary = evaluate(eval_fn, state, test_source, sync)
+        speed = (summary['count'] / (time.time() - eval_start))
       writer.write(step=step, epoch=done, split='test', loss=summary['loss'],
                    accuracy=summary['accuracy'], images_per_sec=speed)
       logging.info('epoch %d/%d | test loss %.4f rotation acc %.2f%% '
                    '(%d rotated images)', done, config.num_epochs,
                    summary['loss'], 100 * summary['accuracy'],
                    summary['count'])
-      interval_start = time.time()  # Evaluation time is not training speed.
     if done % config.checkpoint_every_epochs == 0 or last:
       checkpoints.save(step, model={'params': state.params,
                                     'batch_stats': state.batch_stats},
