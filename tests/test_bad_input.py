@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config, write_image_folder
+from helpers import tiny_config, write_image_folder
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import train
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from ml_collections import config_dict
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from rotnet_jax import config_schema
 from rotnet_jax.config_schema import ConfigError
 

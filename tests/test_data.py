@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
-from conftest import REPO_ROOT, tiny_config, write_image_folder
+from helpers import REPO_ROOT, tiny_config, write_image_folder
 from rotnet_jax import data as data_lib
 from rotnet_jax.data import arrays
 from rotnet_jax.data import digits
@@ -264,7 +264,7 @@ def test_device_source_imports_no_tensorflow(tmp_path):
   script = textwrap.dedent(f'''
       import sys
       sys.path.insert(0, {os.path.join(REPO_ROOT, 'tests')!r})
-      from conftest import tiny_config
+      from helpers import tiny_config
       from rotnet_jax import train
       config = tiny_config(num_epochs=1, cache_dir={str(tmp_path)!r})
       train.train_and_evaluate(config, {str(tmp_path / 'run')!r})

@@ -6,9 +6,8 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT, tiny_config
 from rotnet_jax import benchmark
-from conftest import tiny_config
 
 # A quick.py run shrunk to seconds: 256 digits, 1/32 width, 1 epoch.
 _SMALL = ['--config.num_epochs=1', '--config.num_train_examples=256',

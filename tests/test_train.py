@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
+from helpers import tiny_config
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import optim
@@ -24,7 +24,7 @@ def _step_on(mesh, batch, config):
   graphdef, state = train.create_train_state(config, spec, tx, mesh)
   step = jax.jit(functools.partial(
       train.train_step, graphdef=graphdef, tx=tx, mean_rgb=config.mean_rgb,
-      std_rgb=config.std_rgb, dtype=jnp.float32),
+      std_rgb=config.std_rgb, dtype=train.compute_dtype(config)),
                  out_shardings=parallel.replicated(mesh))
   new_state, sums = step(state, parallel.host_to_global(mesh, batch))
   return graphdef, jax.device_get(new_state), jax.device_get(sums)
@@ -56,6 +56,27 @@ def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
   del init_graphdef
   assert not np.allclose(init.params['classifier']['kernel'],
                          one.params['classifier']['kernel'])
+
+
+def test_half_precision_computes_in_bfloat16_and_keeps_float32_params(
+    one_device_mesh):
+  batch = _uneven_batch()
+  _, full, full_sums = _step_on(one_device_mesh, batch,
+                                tiny_config(**{'model.width': 1 / 16}))
+  graphdef, half, half_sums = _step_on(
+      one_device_mesh, batch,
+      tiny_config(half_precision=True, **{'model.width': 1 / 16}))
+  assert {x.dtype for x in jax.tree.leaves(
+      (half.params, half.batch_stats, half.opt_state))} == {np.dtype('float32')}
+  model = nnx.merge(graphdef, half.params, half.batch_stats)
+  assert model.blocks[0].layers[0].conv.dtype == jnp.bfloat16
+  # Same step up to bfloat16 rounding, and not bit-identical.
+  full_kernel = full.params['classifier']['kernel']
+  half_kernel = half.params['classifier']['kernel']
+  np.testing.assert_allclose(half_kernel, full_kernel, atol=2e-2)
+  assert not np.array_equal(half_kernel, full_kernel)
+  np.testing.assert_allclose(half_sums['loss_sum'], full_sums['loss_sum'],
+                             rtol=2e-2)
 
 
 def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,

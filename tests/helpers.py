@@ -1,0 +1,57 @@
+"""Small configs and data for tests (importable without pytest's setup)."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from rotnet_jax import config_schema
+from rotnet_jax.data import digits
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """A config for seconds-long runs: 500 digits, 1/32-width NIN-3, 1 epoch."""
+  config = config_schema.defaults()
+  config.dataset = 'digits'
+  config.pipeline = 'device'
+  config.num_train_examples = 500
+  config.model.num_blocks = 3
+  config.model.width = 1 / 32
+  config.batch_size = 96
+  config.num_epochs = 1
+  config.learning_rate_table = ((1, 0.1),)
+  config.log_every_steps = 5
+  config.eval_every_epochs = 1
+  config.checkpoint_every_epochs = 1
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def write_image_folder(root, *, per_class=6, classes=3, split_sizes=None):
+  """Writes digits as an image folder; even files PNG, odd files JPEG.
+
+  Returns:
+    ``{split: (images, labels)}``: the pixels written, in folder order.
+  """
+  split_sizes = split_sizes or {'train': per_class, 'test': per_class // 2}
+  written = {}
+  for split, count in split_sizes.items():
+    images, labels = digits.load(split)
+    out_images, out_labels = [], []
+    for label in range(classes):
+      class_dir = os.path.join(root, split, f'class_{label}')
+      os.makedirs(class_dir, exist_ok=True)
+      for i, image in enumerate(images[labels == label][:count]):
+        ext = 'png' if i % 2 == 0 else 'jpg'
+        Image.fromarray(image).save(os.path.join(class_dir, f'{i}.{ext}'))
+        out_images.append(image)
+        out_labels.append(label)
+    written[split] = (np.stack(out_images), np.asarray(out_labels))
+  return written
