@@ -1,9 +1,13 @@
 """Runs a rotnet-jax experiment.
 
     python main.py --config=configs/cifar.py --workdir=/tmp/rotnet_cifar
+    python main.py --config=configs/eval_multlayer.py --workdir=/tmp/eval \
+        --config.pretrained=/tmp/rotnet_cifar
 
 Any config key can be overridden, e.g. ``--config.num_epochs=10``.
 Re-running the same command resumes from the workdir's latest checkpoint.
+Bad input (a missing folder, an unknown key...) stops the run with a
+one-line message and exit status 2, before any training step.
 """
 
 import logging as python_logging
@@ -16,8 +20,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from rotnet_jax import config_schema
+from rotnet_jax import evaluate
 from rotnet_jax import parallel
 from rotnet_jax import train
+from rotnet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None,
@@ -49,16 +55,25 @@ def main(argv):
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
   config = FLAGS.config
-  config_schema.validate(config)
-  if config.mode == 'pretext':
-    train.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    if config.mode == 'evaluate':
+      evaluate.evaluate_pretrained(config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(config, FLAGS.workdir)
+  except InputError as e:
+    _fail(e)
+
+
+def _fail(error: Exception):
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(2)
 
 
 def run():
   try:
     config_schema.check_command_line(sys.argv)
   except config_schema.ConfigError as e:
-    sys.exit(f'error: {e}')
+    _fail(e)
   app.run(main)
 
 

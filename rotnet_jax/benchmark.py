@@ -27,52 +27,43 @@ from absl import flags
 from ml_collections import config_flags
 
 from rotnet_jax import config_schema
-from rotnet_jax import optim
+from rotnet_jax import models
 from rotnet_jax import parallel
-from rotnet_jax import rotation
 from rotnet_jax import train
 from rotnet_jax.data import arrays
 from rotnet_jax.data import DeviceSource
-
-SOURCES = ('device', 'tfdata')
+from rotnet_jax.data import PIPELINES
+from rotnet_jax.data.source import HostBatches
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('steps', 50, 'Timed steps per source.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
 flags.DEFINE_integer('examples', 10_000,
                      'Resident synthetic images for the device source.')
-flags.DEFINE_list('sources', list(SOURCES), f'Any of {SOURCES}.')
+flags.DEFINE_list('sources', list(PIPELINES), f'Any of {PIPELINES}.')
 flags.DEFINE_string('output', None, 'Also write the results as JSON here.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                 lock_config=True)
 
 
-class _ResidentBatch:
-  """The tf.data path's view of the step: the batch arrives complete."""
-  resident = {}
-
-  def materialize(self, resident, inputs):
-    del resident
-    return inputs
-
-
-def _time_steps(step_fn, state, resident, inputs_list, warmup, steps):
+def _time_steps(step_fn, state, constants, inputs_list, warmup, steps):
   """Compiles, warms up and times `step_fn`; returns (seconds, compile_s)."""
   start = time.perf_counter()
-  compiled = step_fn.lower(state, resident, inputs_list[0]).compile()
+  compiled = step_fn.lower(state, constants, inputs_list[0], 0).compile()
   compile_seconds = time.perf_counter() - start
   for i in range(warmup):
-    state, sums = compiled(state, resident, inputs_list[i % len(inputs_list)])
-  jax.block_until_ready((state, sums) if warmup else state)
+    state, _ = compiled(state, constants, inputs_list[i % len(inputs_list)], i)
+  jax.block_until_ready(state)
   start = time.perf_counter()
   for i in range(steps):
-    state, sums = compiled(state, resident, inputs_list[i % len(inputs_list)])
+    state, sums = compiled(state, constants,
+                           inputs_list[i % len(inputs_list)], i)
   jax.block_until_ready((state, sums))
   return time.perf_counter() - start, compile_seconds
 
 
 def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
-                  examples: int = 10_000, sources=SOURCES, mesh=None
+                  examples: int = 10_000, sources=PIPELINES, mesh=None
                   ) -> dict:
   """Benchmarks the train step for each of `sources`; returns a JSON dict."""
   config_schema.validate(config)
@@ -80,23 +71,24 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
   parallel.check_batch_size(config.batch_size, mesh)
   size = config.image_size
   rng = np.random.default_rng(0)
-  spec = train.backbone_spec(config, rotation.NUM_ROTATIONS)
-  # Any schedule: only the step's cost matters here.
-  tx = optim.sgd(optim.epoch_table_schedule(config.learning_rate_table, 100),
-                 momentum=config.momentum, nesterov=config.nesterov,
-                 weight_decay=config.weight_decay)
+  task = train.Task(config, num_dataset_classes=10)
+  spec = models.backbone_spec(config.model, image_size=size,
+                              num_classes=task.num_classes)
+  # Any epoch length: only the step's cost matters here.
+  tx = train.make_optimizer(config, steps_per_epoch=100)
   devices = jax.devices()
   report = {
       'device_kind': devices[0].device_kind, 'backend': jax.default_backend(),
       'num_devices': len(devices), 'jax_version': jax.__version__,
       'batch_size': config.batch_size,
-      'rotated_batch_size': config.batch_size * rotation.NUM_ROTATIONS,
+      'rotated_batch_size': config.batch_size * task.inputs_per_image,
       'precision': 'bfloat16' if config.half_precision else 'float32',
       'model': spec, 'timed_steps': steps, 'warmup_steps': warmup,
       'results': []}
   for name in sources:
-    if name not in SOURCES:
-      raise ValueError(f'unknown benchmark source {name!r}; valid: {SOURCES}')
+    if name not in PIPELINES:
+      raise ValueError(f'unknown benchmark source {name!r}; valid: '
+                       f'{PIPELINES}')
     graphdef, state = train.create_train_state(config, spec, tx, mesh)
     if name == 'device':
       data = arrays.SplitArrays(
@@ -106,7 +98,7 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
                             train=True, seed=config.seed)
       inputs_list = list(source.epoch(0))
     else:
-      source = _ResidentBatch()
+      source = HostBatches()  # What the tf.data path hands the step.
       batch = {
           'image': rng.integers(0, 256, (config.batch_size, size, size, 3),
                                 dtype=np.uint8),
@@ -116,9 +108,10 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
           lambda x: np.split(x, jax.process_count())[jax.process_index()],
           batch)
       inputs_list = [parallel.host_to_global(mesh, local)]
-    step_fn = train.jit_train_step(config, graphdef, tx, mesh, source)
-    seconds, compile_seconds = _time_steps(step_fn, state, source.resident,
-                                           inputs_list, warmup, steps)
+    step_fn, _ = train.jit_steps(graphdef, tx, task, mesh, source, source)
+    seconds, compile_seconds = _time_steps(
+        step_fn, state, {'train': source.resident}, inputs_list, warmup,
+        steps)
     report['results'].append({
         'source': name, 'compile_s': round(compile_seconds, 3),
         'ms_per_step': round(1000 * seconds / steps, 3),

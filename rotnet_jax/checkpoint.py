@@ -47,6 +47,9 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     self._manager = ocp.CheckpointManager(
         self.directory,
+        item_handlers={'model': ocp.StandardCheckpointHandler(),
+                       'opt_state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
@@ -92,6 +95,14 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))
     return dict(restored['meta'])
+
+  def model_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the saved ``model`` arrays by ``/``-joined path (no data read)."""
+    tree = self._manager.item_metadata(step)['model']
+    flat = jax.tree_util.tree_flatten_with_path(
+        tree.tree if hasattr(tree, 'tree') else tree)[0]
+    return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(
+        leaf.shape) for path, leaf in flat}
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

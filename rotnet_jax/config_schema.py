@@ -11,8 +11,12 @@ import re
 
 from ml_collections import config_dict
 
-MODES = ('pretext',)
-PIPELINES = ('device', 'tfdata')
+from rotnet_jax.data import PIPELINES
+from rotnet_jax.models.heads import HEAD_TYPES
+from rotnet_jax.errors import InputError
+
+MODES = ('pretext', 'supervised', 'evaluate')
+ROTATION_MODES = ('all', 'random')
 
 # CIFAR-10 per-channel statistics on the 0..255 scale (official code).
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
@@ -22,7 +26,10 @@ CIFAR_STD_RGB = (63.0, 62.1, 66.7)
 def defaults() -> config_dict.ConfigDict:
   """The RotNet CIFAR-10 pretext recipe of the official code."""
   config = config_dict.ConfigDict()
+  # 'pretext' (predict rotations), 'supervised' (predict classes), or
+  # 'evaluate' (classifier heads on a pretrained backbone, evaluate.py).
   config.mode = 'pretext'
+  config.experiment = ''  # Row name in reports (set by rotnet_jax.reproduce).
 
   # Data.
   config.dataset = 'cifar10'  # TFDS name, image-folder path, or 'digits'.
@@ -35,6 +42,10 @@ def defaults() -> config_dict.ConfigDict:
   config.shuffle_buffer_size = 50_000  # tf.data with TFDS only.
   # Train on an evenly spaced subset of this many examples (0: all).
   config.num_train_examples = 0
+  # Train on the first K examples of every class (0: all).
+  config.examples_per_class = 0
+  # Samples per training epoch (0: one pass over the training examples).
+  config.epoch_examples = 0
   config.mean_rgb = CIFAR_MEAN_RGB
   config.std_rgb = CIFAR_STD_RGB
 
@@ -52,6 +63,20 @@ def defaults() -> config_dict.ConfigDict:
   config.model.num_blocks = 4
   config.model.width = 1.0
 
+  # Pretext task: label k means a rotation by rotations[k] degrees,
+  # counter-clockwise. 'all': every image at every angle in each batch;
+  # 'random': one random angle per image.
+  config.rotations = (0, 90, 180, 270)
+  config.rotation_mode = 'all'
+
+  # Evaluation (mode='evaluate'): heads on frozen pretrained features.
+  config.pretrained = config_dict.placeholder(str)  # Workdir or 'random'.
+  config.pretrained_step = 0  # Checkpoint step to restore (0: latest).
+  config.head = 'multlayer'  # 'multlayer', 'conv_block' or 'linear'.
+  config.blocks = ()  # Blocks to train a head on each ((): every block).
+  config.finetune = False  # Train the backbone with the head.
+  config.linear_pool_size = 6  # Side of the 'linear' head's max-pool.
+
   config.half_precision = False  # bf16 compute, float32 parameters.
   config.seed = 0
 
@@ -63,7 +88,7 @@ def defaults() -> config_dict.ConfigDict:
   return config
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A config key is unknown, has the wrong type, or an invalid value."""
 
 
@@ -127,6 +152,18 @@ def validate(config) -> None:
       raise ConfigError(f'config.{name}={_get(config, name)!r}: {what}')
 
   require(config.mode in MODES, 'mode', f'must be one of {MODES}')
+  require(len(config.rotations) >= 2 and
+          len(set(config.rotations)) == len(config.rotations), 'rotations',
+          'needs at least two different angles (degrees)')
+  require(config.rotation_mode in ROTATION_MODES, 'rotation_mode',
+          f'must be one of {ROTATION_MODES}')
+  require(config.head in HEAD_TYPES, 'head', f'must be one of {HEAD_TYPES}')
+  require(config.mode != 'evaluate' or bool(config.pretrained), 'pretrained',
+          "mode='evaluate' needs the pretext run's workdir (or 'random' for "
+          'a randomly initialised backbone)')
+  require(config.pretrained_step >= 0, 'pretrained_step',
+          'must be >= 0 (0: latest checkpoint)')
+  require(config.linear_pool_size > 0, 'linear_pool_size', 'must be positive')
   require(config.pipeline in PIPELINES, 'pipeline',
           f'must be one of {PIPELINES}')
   require(bool(config.dataset), 'dataset', 'must name a dataset: a TFDS '
@@ -135,8 +172,10 @@ def validate(config) -> None:
                'eval_every_epochs', 'checkpoint_every_epochs',
                'keep_checkpoints', 'shuffle_buffer_size'):
     require(_get(config, name) > 0, name, 'must be positive')
-  require(config.num_train_examples >= 0, 'num_train_examples',
-          'must be >= 0 (0 uses the whole train split)')
+  for name in ('num_train_examples', 'examples_per_class', 'epoch_examples'):
+    require(_get(config, name) >= 0, name, 'must be >= 0 (0: not used)')
+  require(not (config.num_train_examples and config.examples_per_class),
+          'examples_per_class', 'cannot be combined with num_train_examples')
   require(config.model.num_blocks >= 3, 'model.num_blocks',
           'the NIN has at least 3 blocks')
   require(config.model.width > 0, 'model.width', 'must be positive')

@@ -60,14 +60,28 @@ def format_duration(seconds: float) -> str:
 class MetricWriter:
   """Writes metric events to JSONL and (if available) TensorBoard."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, keep_up_to_step: int | None = None):
+    """Opens the metric files of `workdir` for appending.
+
+    Args:
+      workdir: the run's folder.
+      keep_up_to_step: drop existing ``metrics.jsonl`` events after this
+        step: a run resuming from an earlier checkpoint (after a crash)
+        redoes those steps and logs them again.
+    """
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._tensorboard = None
     if not self._active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
+    path = os.path.join(workdir, METRICS_FILE)
+    if keep_up_to_step is not None and os.path.exists(path):
+      kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(json.dumps(e) + '\n' for e in kept)
+      os.replace(path + '.tmp', path)
+    self._jsonl = open(path, 'a')
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     except ImportError:
@@ -77,18 +91,27 @@ class MetricWriter:
       self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, *, step: int, epoch: float, split: str,
-            **values: float) -> None:
-    """Records one event; `values` are scalars such as loss and accuracy."""
+            head: str | None = None, **values: float) -> None:
+    """Records one event; `values` are scalars such as loss and accuracy.
+
+    Args:
+      step, epoch, split: where in training (``split`` is train or test).
+      head: which classifier the values are for (runs training several).
+      **values: the scalars.
+    """
     if not self._active:
       return
     record = {'step': int(step), 'epoch': round(float(epoch), 4),
               'split': split}
+    if head is not None:
+      record['head'] = head
     record.update({k: float(v) for k, v in values.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     if self._tensorboard is not None:
+      prefix = f'{split}/{head}' if head else split
       for key, value in values.items():
-        self._tensorboard.add_scalar(f'{split}/{key}', float(value), step)
+        self._tensorboard.add_scalar(f'{prefix}/{key}', float(value), step)
       self._tensorboard.flush()
 
   def close(self) -> None:

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rotnet_jax.errors import InputError
+
 DATA_AXIS = 'data'
 
 
@@ -33,16 +35,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = 'batch_size'):
-  """Raises ValueError unless `batch_size` splits evenly over devices and hosts."""
+  """Raises InputError unless `batch_size` splits over devices and hosts."""
   num_devices = mesh.devices.size
   if batch_size <= 0 or batch_size % num_devices:
     lower = max(num_devices, batch_size // num_devices * num_devices)
-    raise ValueError(
+    raise InputError(
         f'{name}={batch_size} must be a positive multiple of the number of '
         f'devices in the mesh ({num_devices}); for example {lower} or '
         f'{lower + num_devices}.')
   if batch_size % jax.process_count():
-    raise ValueError(
+    raise InputError(
         f'{name}={batch_size} must be divisible by the number of processes '
         f'({jax.process_count()}).')
 
@@ -74,6 +76,24 @@ def replicate(mesh: Mesh, tree):
   return jax.tree.map(
       lambda x: jax.make_array_from_callback(
           np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
+
+
+def first_process_then_others(fn, name: str):
+  """Runs `fn` on process 0, then on the others (a barrier in between).
+
+  For preparing files in a possibly shared folder: process 0 writes them,
+  the other processes then find them there (or, on their own disks, write
+  their own copy).
+  """
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    result = fn()
+    multihost_utils.sync_global_devices(name)
+    return result
+  multihost_utils.sync_global_devices(name)
+  return fn()
 
 
 def multihost_environment() -> bool:

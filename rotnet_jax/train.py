@@ -1,62 +1,36 @@
-"""RotNet pretext training: model, train step and the loop, top to bottom.
+"""Training a whole network: the RotNet pretext task, or supervised classes.
 
 One functional step, ``jax.jit``-compiled over a 1-D ``data`` mesh: the
-batch arrives as a global uint8 array split over the devices (or is
-gathered on device from a resident copy), is rotated four ways, normalised,
-run through the NIN, and the SGD update is applied to replicated
-parameters. The same code runs on 1 or N devices and on several hosts.
+batch arrives as a global uint8 array split over the devices (or is gathered
+on device from a resident copy), is normalised and turned into the task's
+inputs and labels (four rotated copies of every image for the pretext task;
+the class labels for ``mode='supervised'``), run through the NIN, and the
+SGD update is applied to replicated parameters. The same code runs on 1 or
+N devices and on several hosts. ``loop.fit`` runs the epochs.
 """
 
-import contextlib
-import json
-import os
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 from flax import nnx
-from flax import struct
 
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import data as data_lib
-from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import loop
+from rotnet_jax import models
 from rotnet_jax import optim
 from rotnet_jax import parallel
 from rotnet_jax import rotation
-from rotnet_jax.models import NIN
+from rotnet_jax.loop import TrainState
 
-CONFIG_FILE = 'config.json'
-
-
-@struct.dataclass
-class TrainState:
-  """Everything a train step updates. Plain nested dicts of arrays, so
-  checkpoints do not depend on Flax's module classes."""
-  params: Any
-  batch_stats: Any
-  opt_state: Any
+# Folded into the run seed for the random rotations of rotation_mode='random'.
+_TASK_STREAM = 0x7461736B
 
 
 def compute_dtype(config) -> jnp.dtype:
   return jnp.bfloat16 if config.half_precision else jnp.float32
-
-
-def backbone_spec(config, num_classes: int) -> dict[str, Any]:
-  """What it takes to rebuild the network; saved with every checkpoint."""
-  return {'name': 'nin', 'num_classes': num_classes,
-          'num_blocks': config.model.num_blocks, 'width': config.model.width,
-          'image_size': config.image_size}
-
-
-def build_model(spec: dict[str, Any], *, dtype=jnp.float32,
-                rngs: nnx.Rngs) -> NIN:
-  """The network described by :func:`backbone_spec`."""
-  return NIN(spec['num_classes'], num_blocks=spec['num_blocks'],
-             width=spec['width'], dtype=dtype, rngs=rngs)
 
 
 def normalize(images: jax.Array, mean_rgb, std_rgb, dtype) -> jax.Array:
@@ -66,52 +40,93 @@ def normalize(images: jax.Array, mean_rgb, std_rgb, dtype) -> jax.Array:
   return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
+class Task:
+  """Turns a batch into network inputs, labels and per-sample weights.
+
+  Attributes:
+    name: the head name in metrics (``rotation`` or ``classifier``).
+    num_classes: network outputs.
+    inputs_per_image: samples a training image becomes (4 for all
+      rotations, else 1), for images/s.
+  """
+
+  def __init__(self, config, num_dataset_classes: int):
+    self._mode = config.mode
+    self._angles = tuple(config.rotations)
+    self._random = config.rotation_mode == 'random'
+    self._seed = config.seed
+    self._norm = (tuple(config.mean_rgb), tuple(config.std_rgb),
+                  compute_dtype(config))
+    if self._mode == 'pretext':
+      self.name, self.num_classes = 'rotation', len(self._angles)
+      self.inputs_per_image = 1 if self._random else len(self._angles)
+    else:
+      self.name, self.num_classes = 'classifier', num_dataset_classes
+      self.inputs_per_image = 1
+
+  def __call__(self, batch, step, *, train: bool):
+    """Returns ``(inputs, labels, weights)``; runs inside jit.
+
+    Evaluation always scores every rotation of every test image.
+    """
+    images = normalize(batch['image'], *self._norm)
+    if self._mode == 'supervised':
+      return images, batch['label'], batch['mask']
+    if train and self._random:
+      key = jax.random.fold_in(
+          jax.random.fold_in(jax.random.key(self._seed), _TASK_STREAM), step)
+      images, labels = rotation.rotate_randomly(images, key, self._angles)
+      return images, labels, batch['mask']
+    images, labels = rotation.rotate_all(images, self._angles)
+    weights = rotation.repeat_per_rotation(batch['mask'], len(self._angles))
+    return images, labels, weights
+
+
 def create_train_state(config, spec, tx: optax.GradientTransformation,
                        mesh) -> tuple[nnx.GraphDef, TrainState]:
-  """Initialises the model and optimiser, replicated over `mesh`.
+  """Initialises the network and optimiser, replicated over `mesh`.
 
   Returns:
-    ``(graphdef, state)``: the model's static structure and its arrays.
+    ``(graphdef, state)``: the network's static structure and its arrays.
   """
   dtype = compute_dtype(config)
 
   def init():
-    model = build_model(spec, dtype=dtype, rngs=nnx.Rngs(config.seed))
+    model = models.build_backbone(spec, dtype=dtype,
+                                  rngs=nnx.Rngs(config.seed))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params = nnx.to_pure_dict(params)
     return TrainState(params, nnx.to_pure_dict(batch_stats), tx.init(params))
 
-  graphdef = nnx.graphdef(
-      nnx.eval_shape(lambda: build_model(spec, dtype=dtype,
-                                         rngs=nnx.Rngs(0))))
+  graphdef = nnx.graphdef(nnx.eval_shape(
+      lambda: models.build_backbone(spec, dtype=dtype, rngs=nnx.Rngs(0))))
   # Initialising under jit with a replicated output makes every host
   # compute the same values in place, without a host-to-device copy.
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
   return graphdef, state
 
 
-def _weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
+def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
+  """Weighted loss and correct-prediction sums, and the weight total."""
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return {'loss_sum': jnp.sum(losses * weights),
-          'correct': jnp.sum(correct * weights),
-          'count': jnp.sum(weights)}
+          'correct': jnp.sum(correct * weights), 'count': jnp.sum(weights)}
 
 
-def train_step(state: TrainState, batch, *, graphdef, tx, mean_rgb, std_rgb,
-               dtype) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on the four rotations of every image of `batch`.
+def train_step(state: TrainState, batch, step, *, graphdef, tx, task
+               ) -> tuple[TrainState, dict[str, Any]]:
+  """One SGD step of the whole network on `task`.
 
   Args:
     state: parameters, BatchNorm statistics and optimiser state.
-    batch: ``{'image': uint8 [B, H, W, 3], 'mask': f32 [B], ...}``; the
-      mask weights each image's four rotations in the loss.
+    batch: ``{'image': uint8 [B, H, W, 3], 'label', 'mask': f32 [B]}``;
+      the mask weights each image's samples in the loss.
+    step: global step (seeds the random rotations).
 
   Returns:
-    The new state and the batch's weighted metric sums.
+    The new state and ``{task.name: weighted metric sums}``.
   """
-  images, labels = rotation.rotate_batch(batch['image'])
-  weights = rotation.repeat_per_rotation(batch['mask'])
-  inputs = normalize(images, mean_rgb, std_rgb, dtype)
+  inputs, labels, weights = task(batch, step, train=True)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
@@ -125,227 +140,93 @@ def train_step(state: TrainState, batch, *, graphdef, tx, mean_rgb, std_rgb,
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(params, batch_stats, opt_state)
-  return new_state, _weighted_sums(logits, labels, losses, weights)
+  return (TrainState(params, batch_stats, opt_state),
+          {task.name: weighted_sums(logits, labels, losses, weights)})
 
 
-def eval_step(state: TrainState, batch, *, graphdef, mean_rgb, std_rgb,
-              dtype) -> dict[str, jax.Array]:
-  """Rotation loss and accuracy of a batch, BatchNorm in inference mode."""
-  images, labels = rotation.rotate_batch(batch['image'])
-  weights = rotation.repeat_per_rotation(batch['mask'])
+def eval_step(state: TrainState, batch, *, graphdef, task
+              ) -> dict[str, Any]:
+  """Loss and accuracy of a batch, BatchNorm in inference mode."""
+  inputs, labels, weights = task(batch, 0, train=False)
   model = nnx.merge(graphdef, state.params, state.batch_stats)
-  logits, _ = model(normalize(images, mean_rgb, std_rgb, dtype), train=False)
+  logits, _ = model(inputs, train=False)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return _weighted_sums(logits, labels, losses, weights)
+  return {task.name: weighted_sums(logits, labels, losses, weights)}
 
 
-def _step_constants(config, graphdef) -> dict[str, Any]:
-  return dict(graphdef=graphdef, mean_rgb=tuple(config.mean_rgb),
-              std_rgb=tuple(config.std_rgb), dtype=compute_dtype(config))
+def jit_steps(graphdef, tx, task, mesh, train_source, test_source):
+  """The compiled ``train_fn``/``eval_fn`` of ``loop.fit``.
 
-
-def jit_train_step(config, graphdef, tx, mesh, source):
-  """``(state, resident, inputs) -> (state, sums)``, compiled for `source`.
-
-  The source's ``materialize`` runs inside the compiled step, so the
+  ``constants`` is ``{'train': ..., 'test': ...}``, the sources' resident
+  data. Each source's ``materialize`` runs inside the compiled step, so the
   device-resident source's gather and augmentation fuse with the step. The
   state is donated: its buffers are reused for the new state.
   """
-  constants = _step_constants(config, graphdef)
+  replicated = parallel.replicated(mesh)
 
-  def step(state, resident, inputs):
-    batch = source.materialize(resident, inputs)
-    return train_step(state, batch, tx=tx, **constants)
+  def train_fn(state, constants, inputs, step):
+    batch = train_source.materialize(constants['train'], inputs)
+    return train_step(state, batch, step, graphdef=graphdef, tx=tx,
+                      task=task)
 
-  return jax.jit(step, donate_argnums=0,
-                 out_shardings=parallel.replicated(mesh))
+  def eval_fn(state, constants, inputs):
+    batch = test_source.materialize(constants['test'], inputs)
+    return eval_step(state, batch, graphdef=graphdef, task=task)
 
-
-def jit_eval_step(config, graphdef, mesh, source):
-  """``(state, resident, inputs) -> sums``, compiled for `source`."""
-  constants = _step_constants(config, graphdef)
-
-  def step(state, resident, inputs):
-    return eval_step(state, source.materialize(resident, inputs), **constants)
-
-  return jax.jit(step, out_shardings=parallel.replicated(mesh))
+  return (jax.jit(train_fn, donate_argnums=0, out_shardings=replicated),
+          jax.jit(eval_fn, out_shardings=replicated))
 
 
-def _needs_sync_every_step(mesh) -> bool:
-  # Several fake CPU devices in one process can deadlock XLA when multiple
-  # collective programs are in flight (DESIGN.md section 5). Waiting for
-  # each step costs nothing measurable on CPU; GPUs and TPUs keep running
-  # ahead.
-  return jax.default_backend() == 'cpu' and mesh.devices.size > 1
-
-
-def evaluate(eval_fn, state, source, sync: bool) -> dict[str, float]:
-  """Weighted loss and accuracy over one pass of `source`."""
-  sums = []
-  for inputs in source.epoch(0):
-    sums.append(eval_fn(state, source.resident, inputs))
-    if sync:
-      jax.block_until_ready(sums[-1])
-  return metrics_lib.summarize(sums)
-
-
-def _check_same_network(checkpoints, step: int, spec: dict[str, Any]):
-  """Refuses to resume a checkpoint of a different network."""
-  saved = checkpoints.read_meta(step).get('backbone', {})
-  differ = {k: (saved.get(k), v) for k, v in spec.items()
-            if k in saved and saved[k] != v}
-  if differ:
-    details = ', '.join(f'{k}: checkpoint {a!r} vs config {b!r}'
-                        for k, (a, b) in differ.items())
-    raise ValueError(
-        f'{checkpoints.directory} holds checkpoints of a different network '
-        f'({details}). Use a new --workdir, or the same model settings to '
-        'resume.')
-
-
-class _Progress:
-  """Training speed between log lines and the time left, evaluations excluded."""
-
-  def __init__(self, step: int, total_steps: int):
-    self._total_steps = total_steps
-    self._last_step = step
-    self._last_time = time.time()
-    self._seconds_per_step = None
-
-  def update(self, step: int, images_per_step: int) -> tuple[float, str]:
-    """Returns images/s since the last update and the estimated time left."""
-    now = time.time()
-    steps = step - self._last_step
-    seconds = max(now - self._last_time, 1e-9)
-    self._seconds_per_step = seconds / steps
-    self._last_step, self._last_time = step, now
-    eta = metrics_lib.format_duration(self._seconds_per_step *
-                                      (self._total_steps - step))
-    return steps * images_per_step / seconds, eta
-
-  @contextlib.contextmanager
-  def paused(self):
-    """Time spent inside (evaluation) counts as neither training nor ETA."""
-    start = time.time()
-    yield
-    self._last_time += time.time() - start
-
-
-def _write_config(workdir: str, config, spec) -> None:
-  if jax.process_index() != 0:
-    return
-  resolved = json.loads(config.to_json_best_effort())
-  resolved['backbone'] = spec
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
+def make_optimizer(config, steps_per_epoch: int):
+  """The recipe's SGD with the config's epoch learning-rate table."""
+  schedule = optim.epoch_table_schedule(config.learning_rate_table,
+                                        steps_per_epoch)
+  return optim.sgd(schedule, momentum=config.momentum,
+                   nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
-  """Trains the RotNet described by `config`, resuming from `workdir`.
+  """Trains the network of `config` (``mode`` pretext or supervised).
 
   Args:
     config: a config built on ``config_schema.defaults()``.
     workdir: output folder: ``checkpoints/``, ``config.json``,
-      ``metrics.jsonl``, ``tensorboard/``. Re-running with the same workdir
-      resumes from its latest checkpoint.
+      ``metrics.jsonl``, ``results.json``, ``tensorboard/``. Re-running with
+      the same workdir resumes from its latest checkpoint.
     mesh: the data mesh (default: every device of every process).
 
   Returns:
-    The final train state (metrics are in ``WORKDIR/metrics.jsonl``).
+    The final train state.
   """
   # Everything that can fail on bad input runs before any checkpoint is
-  # touched: config, mesh and batch size, both data sources, workdir model.
+  # touched: config, mesh and batch size, both data sources.
   config_schema.validate(config)
+  if config.mode not in ('pretext', 'supervised'):
+    raise config_schema.ConfigError(
+        f"train_and_evaluate runs mode 'pretext' or 'supervised', not "
+        f'{config.mode!r}')
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   train_source = data_lib.make_source(config, config.train_split, mesh,
                                       train=True)
   test_source = data_lib.make_source(config, config.test_split, mesh,
                                      train=False)
-  spec = backbone_spec(config, rotation.NUM_ROTATIONS)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints = checkpoint_lib.Checkpointer(
-      workdir, max_to_keep=config.keep_checkpoints)
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    _check_same_network(checkpoints, latest, spec)
-  _write_config(workdir, config, spec)
-
-  steps_per_epoch = train_source.steps_per_epoch
-  schedule = optim.epoch_table_schedule(config.learning_rate_table,
-                                        steps_per_epoch)
-  tx = optim.sgd(schedule, momentum=config.momentum,
-                 nesterov=config.nesterov, weight_decay=config.weight_decay)
+  task = Task(config, train_source.num_classes)
+  spec = models.backbone_spec(config.model, image_size=config.image_size,
+                              num_classes=task.num_classes)
+  tx = make_optimizer(config, train_source.steps_per_epoch)
   graphdef, state = create_train_state(config, spec, tx, mesh)
-  train_fn = jit_train_step(config, graphdef, tx, mesh, train_source)
-  eval_fn = jit_eval_step(config, graphdef, mesh, test_source)
+  train_fn, eval_fn = jit_steps(graphdef, tx, task, mesh, train_source,
+                                test_source)
+  extra = {task.name: {'block': None, 'head_type': task.name,
+                       'rotations': list(config.rotations)
+                       if config.mode == 'pretext' else None}}
+  return loop.fit(
+      config, workdir, network={'backbone': spec}, state=state,
+      train_fn=train_fn, eval_fn=eval_fn,
+      constants={'train': train_source.resident,
+                 'test': test_source.resident},
+      train_source=train_source, test_source=test_source, mesh=mesh,
+      images_per_step=config.batch_size * task.inputs_per_image,
+      extra_results=extra)
 
-  start_epoch, step = 0, 0
-  if latest is not None:
-    restored = checkpoints.restore(latest, model={
-        'params': state.params, 'batch_stats': state.batch_stats},
-                                   opt_state=state.opt_state)
-    state = TrainState(restored['model']['params'],
-                       restored['model']['batch_stats'],
-                       restored['opt_state'])
-    start_epoch, step = restored['meta']['epoch'], restored['meta']['step']
-    logging.info('Resumed from %s at step %d (epoch %d).',
-                 checkpoints.directory, step, start_epoch)
-
-  writer = metrics_lib.MetricWriter(workdir)
-  sync = _needs_sync_every_step(mesh)
-  rotated_per_step = config.batch_size * rotation.NUM_ROTATIONS
-  total_steps = config.num_epochs * steps_per_epoch
-  logging.info('Training %d epochs x %d steps of %d images (%d rotated), '
-               'pipeline=%s, %d examples.', config.num_epochs,
-               steps_per_epoch, config.batch_size, rotated_per_step,
-               config.pipeline, train_source.num_examples)
-  progress = _Progress(step, total_steps)
-  pending = []
-  for epoch in range(start_epoch, config.num_epochs):
-    for inputs in train_source.epoch(epoch):
-      state, sums = train_fn(state, train_source.resident, inputs)
-      if sync:
-        jax.block_until_ready(sums)
-      pending.append(sums)
-      step += 1
-      if step % config.log_every_steps == 0:
-        summary = metrics_lib.summarize(pending)
-        speed, eta = progress.update(step, rotated_per_step)
-        writer.write(step=step, epoch=step / steps_per_epoch, split='train',
-                     loss=summary['loss'], accuracy=summary['accuracy'],
-                     images_per_sec=speed,
-                     learning_rate=float(schedule(step - 1)))
-        logging.info(
-            'epoch %d/%d step %d/%d | train loss %.4f rotation acc %.2f%% | '
-            '%.0f img/s | ETA %s', epoch + 1, config.num_epochs, step,
-            total_steps, summary['loss'], 100 * summary['accuracy'], speed,
-            eta)
-        pending = []
-
-    done = epoch + 1
-    last = done == config.num_epochs
-    if done % config.eval_every_epochs == 0 or last:
-      with progress.paused():
-        eval_start = time.time()
-        summary = evaluate(eval_fn, state, test_source, sync)
-        speed = (summary['count'] / (time.time() - eval_start))
-      writer.write(step=step, epoch=done, split='test', loss=summary['loss'],
-                   accuracy=summary['accuracy'], images_per_sec=speed)
-      logging.info('epoch %d/%d | test loss %.4f rotation acc %.2f%% '
-                   '(%d rotated images)', done, config.num_epochs,
-                   summary['loss'], 100 * summary['accuracy'],
-                   summary['count'])
-    if done % config.checkpoint_every_epochs == 0 or last:
-      checkpoints.save(step, model={'params': state.params,
-                                    'batch_stats': state.batch_stats},
-                       opt_state=state.opt_state,
-                       meta={'epoch': done, 'step': step, 'backbone': spec})
-
-  if start_epoch >= config.num_epochs:
-    logging.info('Nothing to train: %s already holds epoch %d of %d.',
-                 workdir, start_epoch, config.num_epochs)
-  checkpoints.close()
-  writer.close()
-  return state

@@ -11,6 +11,11 @@ from rotnet_jax.data import digits
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The two-process test's run: a small learning rate keeps float rounding
+# (all-reduce order) from growing into visible differences in 5 steps.
+MULTIHOST_OVERRIDES = {'batch_size': 100, 'learning_rate_table': ((1, 0.01),)}
+
+
 def tiny_config(**overrides):
   """A config for seconds-long runs: 500 digits, 1/32-width NIN-3, 1 epoch."""
   config = config_schema.defaults()

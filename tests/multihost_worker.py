@@ -13,7 +13,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import MULTIHOST_OVERRIDES, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rotnet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -22,7 +22,7 @@ def main():
   jax.distributed.initialize(f'localhost:{port}', num_processes=2,
                              process_id=int(process_id))
   assert jax.process_count() == 2 and jax.device_count() == 2
-  config = tiny_config(pipeline=pipeline, batch_size=100)
+  config = tiny_config(pipeline=pipeline, **MULTIHOST_OVERRIDES)
   state = train.train_and_evaluate(config, workdir)
   leaves = jax.tree.leaves(state.params)
   # Parameters are replicated: this process holds a full copy.

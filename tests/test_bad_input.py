@@ -8,7 +8,10 @@ import pytest
 
 from helpers import tiny_config, write_image_folder
 from rotnet_jax import checkpoint as checkpoint_lib
+from rotnet_jax import models
+from rotnet_jax import optim
 from rotnet_jax import train
+from rotnet_jax.errors import InputError
 
 PIPELINES = ('device', 'tfdata')
 
@@ -48,6 +51,20 @@ def test_unreadable_image_is_named(pipeline, tmp_path, one_device_mesh):
     _run(config, tmp_path / 'run', one_device_mesh)
 
 
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_truncated_image_is_named_before_training(pipeline, tmp_path,
+                                                  one_device_mesh):
+  write_image_folder(str(tmp_path / 'data'), per_class=4)
+  good = tmp_path / 'data' / 'train' / 'class_2' / '1.jpg'
+  (tmp_path / 'data' / 'train' / 'class_2' / 'cut.jpg').write_bytes(
+      good.read_bytes()[:300])  # A valid header, half the data.
+  config = tiny_config(pipeline=pipeline, dataset=str(tmp_path / 'data'),
+                       batch_size=4, cache_dir=str(tmp_path / 'cache'))
+  with pytest.raises(InputError, match=r'cannot read image file .*cut\.jpg'):
+    _run(config, tmp_path / 'run', one_device_mesh)
+  assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl')
+
+
 def test_wrong_image_size_is_named(tmp_path, one_device_mesh):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   write_image_folder(str(tmp_path / 'data'), per_class=4)
@@ -76,8 +93,8 @@ def test_unknown_tfds_name(tmp_path, one_device_mesh):
 
 
 def _snapshot(workdir, config, mesh):
-  _, state = train.create_train_state(
-      config, train.backbone_spec(config, 4), train.optim.sgd(0.1), mesh)
+  spec = models.backbone_spec(config.model, image_size=32, num_classes=4)
+  _, state = train.create_train_state(config, spec, optim.sgd(0.1), mesh)
   checkpoints = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
   restored = checkpoints.restore(checkpoints.latest_step(), model={
       'params': state.params, 'batch_stats': state.batch_stats})
@@ -122,6 +139,6 @@ def test_resuming_a_different_network_names_the_difference(tmp_path,
                                                            one_device_mesh):
   _run(tiny_config(), tmp_path, one_device_mesh)
   config = tiny_config(num_epochs=2, **{'model.width': 0.5})
-  with pytest.raises(ValueError, match=r'width: checkpoint 0.03125 vs config '
-                     r'0.5'):
+  with pytest.raises(InputError, match=r"different network \(backbone: "
+                     r".*'width': 0.03125.* vs config .*'width': 0.5"):
     _run(config, tmp_path, one_device_mesh)

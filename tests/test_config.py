@@ -91,7 +91,7 @@ def _main(*args):
 
 def test_command_line_unknown_key_fails_with_its_name():
   result = _main('--config.num_epoch=3')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert "unknown config key 'num_epoch'" in result.stderr
   assert 'num_epochs' in result.stderr
   assert 'Traceback' not in result.stderr
@@ -100,7 +100,8 @@ def test_command_line_unknown_key_fails_with_its_name():
 def test_command_line_wrong_type_fails_with_its_name():
   result = _main('--config.num_epochs=ten')
   assert result.returncode != 0
-  assert '--config.num_epochs=ten' in result.stderr
+  assert ('flag --config.num_epochs=ten: invalid literal for int()'
+          in result.stderr)
 
 
 def test_command_line_overrides_parse(tmp_path, monkeypatch):
@@ -120,3 +121,22 @@ def test_command_line_overrides_parse(tmp_path, monkeypatch):
   assert config.learning_rate_table == ((2, 0.5), (4, 0.1))
   assert config.model.width == 0.5 and config.data_dir == str(tmp_path)
   config_schema.validate(config)
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, False),
+    ({'SLURM_NTASKS': '1'}, False),
+    ({'SLURM_NTASKS': '4'}, True),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
+    ({'TPU_WORKER_HOSTNAMES': 'localhost'}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1'}, True),
+])
+def test_multihost_environment_detection(env, expected, monkeypatch):
+  from rotnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  for name in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
+               'JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert parallel.multihost_environment() is expected

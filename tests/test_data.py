@@ -277,3 +277,34 @@ def test_device_source_imports_no_tensorflow(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'LOADED []' in result.stdout
+
+
+def _local_batches(monkeypatch, mesh, process, processes, epoch=0):
+  """One process's host batches, as if `processes` processes ran."""
+  from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  monkeypatch.setattr(jax, 'process_index', lambda: process)
+  config = tiny_config(pipeline='tfdata', batch_size=100)
+  source = tfdata_source.TFDataSource(
+      'digits', 'train', mesh=mesh, batch_size=100, train=True,
+      seed=config.seed, image_size=32,
+      subset=lambda labels: np.arange(len(labels))[::3])
+  monkeypatch.undo()
+  return list(source._dataset(epoch).as_numpy_iterator())
+
+
+def test_tfdata_processes_split_each_global_batch(monkeypatch,
+                                                  one_device_mesh):
+  single = _local_batches(monkeypatch, one_device_mesh, 0, 1)
+  shares = [_local_batches(monkeypatch, one_device_mesh, p, 2)
+            for p in range(2)]
+  assert len(single) == len(shares[0]) == len(shares[1]) == 5
+  for whole, first, second in zip(single, *shares):
+    assert len(first['image']) == len(second['image']) == 50
+    # Disjoint shares that together are the one-process batch, with the
+    # same augmentation for every example.
+    joined = np.concatenate([first['image'], second['image']])
+    order = lambda x: np.lexsort(x.reshape(len(x), -1).T)  # pylint: disable=unnecessary-lambda-assignment
+    np.testing.assert_array_equal(joined[order(joined)],
+                                  whole['image'][order(whole['image'])])
+    assert not np.array_equal(first['label'], second['label'])

@@ -31,15 +31,15 @@ def test_main_trains_writes_outputs_and_resumes(tmp_path):
   log = result.stderr
   assert 'process 0 of 1, 1 local / 1 global devices' in log
   assert 'epoch 1/1 step 2/4 | train loss' in log and 'ETA' in log
-  assert 'epoch 1/1 | test loss' in log and '(1188 rotated images)' in log
+  assert 'epoch 1/1 | test loss' in log and '(1188 test samples)' in log
   assert 'orbax' not in log.lower()  # Library chatter is filtered.
 
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   assert config['dataset'] == 'digits'
-  assert config['backbone'] == {'name': 'nin', 'num_classes': 4,
-                                'num_blocks': 4, 'width': 0.03125,
-                                'image_size': 32}
+  assert config['network'] == {'backbone': {
+      'name': 'nin', 'num_classes': 4, 'num_blocks': 4, 'width': 0.03125,
+      'image_size': 32}}
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     events = [json.loads(line) for line in f]
   assert [e['split'] for e in events] == ['train', 'train', 'test']
@@ -64,8 +64,14 @@ def test_benchmark_reports_both_sources(tmp_path, one_device_mesh):
   assert [r['source'] for r in report['results']] == ['device', 'tfdata']
   for result in report['results']:
     assert result['images_per_sec'] > 0 and result['compile_s'] > 0
-    assert abs(result['ms_per_step'] / 1000 * result['images_per_sec']
-               - 128) < 1
+
+
+def test_bad_input_prints_one_line_and_exits_2(tmp_path):
+  result = _main(str(tmp_path / 'run'), '--config.dataset=/no/such/folder')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: image folder split 'train' not found: /no/such/folder/train")
+  assert 'Traceback' not in result.stderr
 
 
 def test_benchmark_command_writes_json(tmp_path):

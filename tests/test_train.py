@@ -1,6 +1,8 @@
 """The train step and loop: sharding invariance, learning, exact resume."""
 
 import functools
+import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,23 +13,27 @@ from flax import nnx
 from helpers import tiny_config
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import models
 from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import rotation
 from rotnet_jax import train
 from rotnet_jax.data import digits
 
 
+def _spec(config):
+  return models.backbone_spec(config.model, image_size=32, num_classes=4)
+
+
 def _step_on(mesh, batch, config):
-  spec = train.backbone_spec(config, 4)
   tx = optim.sgd(0.1)
-  graphdef, state = train.create_train_state(config, spec, tx, mesh)
+  graphdef, state = train.create_train_state(config, _spec(config), tx, mesh)
   step = jax.jit(functools.partial(
-      train.train_step, graphdef=graphdef, tx=tx, mean_rgb=config.mean_rgb,
-      std_rgb=config.std_rgb, dtype=train.compute_dtype(config)),
+      train.train_step, graphdef=graphdef, tx=tx,
+      task=train.Task(config, num_dataset_classes=10)),
                  out_shardings=parallel.replicated(mesh))
-  new_state, sums = step(state, parallel.host_to_global(mesh, batch))
-  return graphdef, jax.device_get(new_state), jax.device_get(sums)
+  new_state, sums = step(state, parallel.host_to_global(mesh, batch), 0)
+  return graphdef, jax.device_get(new_state), jax.device_get(
+      sums['rotation'])
 
 
 def _uneven_batch(size=16):
@@ -50,10 +56,8 @@ def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
                              rtol=1e-5)
   assert sums_one['count'] == sums_eight['count'] == 64
   # And the step did something.
-  init_graphdef, init = train.create_train_state(
-      config, train.backbone_spec(config, 4), optim.sgd(0.1),
-      one_device_mesh)
-  del init_graphdef
+  _, init = train.create_train_state(config, _spec(config), optim.sgd(0.1),
+                                     one_device_mesh)
   assert not np.allclose(init.params['classifier']['kernel'],
                          one.params['classifier']['kernel'])
 
@@ -85,12 +89,10 @@ def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
   batch = _uneven_batch()
   graphdef, new_state, _ = _step_on(eight_device_mesh, batch, config)
   # The first conv's output on the whole rotated batch, with initial weights.
-  _, init = train.create_train_state(config, train.backbone_spec(config, 4),
-                                     optim.sgd(0.1), one_device_mesh)
+  _, init = train.create_train_state(config, _spec(config), optim.sgd(0.1),
+                                     one_device_mesh)
   model = nnx.merge(graphdef, init.params, init.batch_stats)
-  images, _ = rotation.rotate_batch(batch['image'])
-  inputs = train.normalize(images, config.mean_rgb, config.std_rgb,
-                           jnp.float32)
+  inputs = train.Task(config, 10)(batch, 0, train=True)[0]
   conv_out = np.asarray(model.blocks[0].layers[0].conv(inputs))
   global_mean = conv_out.mean(axis=(0, 1, 2))
   first_shard_mean = conv_out[:8].mean(axis=(0, 1, 2))  # Device 0's rows.
@@ -105,8 +107,8 @@ def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
 
 def _final_params(workdir, config, mesh):
   """Parameters of the latest checkpoint in `workdir`."""
-  _, state = train.create_train_state(config, train.backbone_spec(config, 4),
-                                      optim.sgd(0.1), mesh)
+  _, state = train.create_train_state(config, _spec(config), optim.sgd(0.1),
+                                      mesh)
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   restored = checkpoints.restore(checkpoints.latest_step(), model={
       'params': state.params, 'batch_stats': state.batch_stats})
@@ -130,14 +132,27 @@ def test_interrupted_then_resumed_training_is_bit_identical(
 
   expected, expected_meta = _final_params(straight, config, one_device_mesh)
   got, got_meta = _final_params(resumed, config, one_device_mesh)
-  assert got_meta == expected_meta == {
-      'epoch': 2, 'step': 10, 'backbone': train.backbone_spec(config, 4)}
+  assert got_meta == expected_meta
+  assert (got_meta['epoch'], got_meta['step']) == (2, 10)
+  assert got_meta['network'] == {'backbone': _spec(config)}
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
   # The resumed run logged only its own epoch: no repeated events.
   epochs = [e['epoch'] for e in metrics_lib.read_jsonl(resumed)
             if e['split'] == 'test']
   assert epochs == [1, 2]
+
+
+def test_a_crash_after_the_last_checkpoint_logs_each_event_once(
+    tmp_path, one_device_mesh):
+  config = tiny_config(batch_size=100, num_epochs=2)
+  train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
+  # As if the run had died after logging epoch 2 but before saving it.
+  shutil.rmtree(tmp_path / 'checkpoints' / '10')
+  train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
+  events = metrics_lib.read_jsonl(str(tmp_path))
+  steps = [(e['split'], e['step']) for e in events]
+  assert steps == [('train', 5), ('test', 5), ('train', 10), ('test', 10)]
 
 
 def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
@@ -175,6 +190,11 @@ def test_rotation_prediction_is_learned(tmp_path, one_device_mesh):
   for event in events:
     assert {'step', 'epoch', 'split', 'loss', 'accuracy',
             'images_per_sec'} <= set(event)
+    assert event['head'] == 'rotation'
+  with open(tmp_path / 'results.json') as f:
+    (result,) = json.load(f)['heads']
+  assert result['final_test_accuracy'] == test_events[-1]['accuracy']
+  assert result['test_samples'] == 297 * 4
   assert train_events[-1]['loss'] < train_events[0]['loss']
   assert train_events[0]['loss'] < 1.5  # Chance level is ln 4 = 1.386.
   # Chance is 25%; unseen writers' digits are recognised as upright or not.

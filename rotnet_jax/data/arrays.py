@@ -15,6 +15,7 @@ import numpy as np
 
 from rotnet_jax.data import digits
 from rotnet_jax.data import folder
+from rotnet_jax.errors import InputError
 
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'rotnet_jax')
 
@@ -27,15 +28,39 @@ class SplitArrays:
   num_classes: int
 
 
-def subset_indices(total: int, count: int) -> np.ndarray:
-  """`count` evenly spaced indices of ``range(total)`` (all if count is 0).
+def training_subset(labels: np.ndarray, *, num_examples: int = 0,
+                    examples_per_class: int = 0) -> np.ndarray:
+  """Indices of the training examples to keep (all by default).
 
-  Evenly spaced rather than the first `count`, so that a class-sorted image
-  folder keeps every class in a subset.
+  Args:
+    labels: class of every example, in dataset order.
+    num_examples: keep this many, evenly spaced (every N/n-th example), so
+      that a class-sorted image folder keeps every class. 0: all.
+    examples_per_class: keep the first K examples of every class, in
+      dataset order (the paper's semi-supervised setting). 0: all.
+
+  Raises:
+    InputError: both are set, or K exceeds the smallest class.
   """
-  if count <= 0 or count >= total:
-    return np.arange(total)
-  return np.arange(count) * total // count
+  total = len(labels)
+  if num_examples and examples_per_class:
+    raise InputError('set num_train_examples or examples_per_class, not both')
+  if examples_per_class:
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    if examples_per_class > present.min():
+      raise InputError(
+          f'examples_per_class={examples_per_class} is more than the '
+          f'smallest class has ({present.min()} images of class '
+          f'{int(np.flatnonzero(counts == present.min())[0])})')
+    rank_in_class = np.empty(total, np.int64)
+    for label in np.flatnonzero(counts):
+      members = np.flatnonzero(labels == label)
+      rank_in_class[members] = np.arange(len(members))
+    return np.flatnonzero(rank_in_class < examples_per_class)
+  if 0 < num_examples < total:
+    return np.arange(num_examples) * total // num_examples
+  return np.arange(total)
 
 
 def dataset_kind(dataset: str) -> str:
@@ -70,7 +95,7 @@ def load_split(dataset: str, split: str, *, image_size: int,
 
 def _check_image_size(dataset, images, image_size):
   if images.shape[1:3] != (image_size, image_size):
-    raise ValueError(
+    raise InputError(
         f'dataset {dataset!r} has {images.shape[1]}x{images.shape[2]} images '
         f'but config.image_size={image_size}')
 
@@ -80,7 +105,15 @@ def _load_tfds_cached(name, split, image_size, data_dir, cache_dir):
   path = os.path.join(os.path.expanduser(cache_dir),
                       f'tfds-{name.replace("/", "_")}-{split}-{key}.npz')
   if not os.path.exists(path):
-    from rotnet_jax.data import tfds_util  # pylint: disable=g-import-not-at-top
+    try:
+      from rotnet_jax.data import tfds_util  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise InputError(
+          f'dataset={name!r} is read through TensorFlow Datasets the first '
+          f'time, and TensorFlow is not installed ({e}). Install it '
+          f"(pip install -e '.[tf]'), run once on a machine that has it to "
+          f'fill the cache ({path}), or pass an image folder as dataset=.'
+      ) from e
     images, labels, num_classes = tfds_util.load_as_arrays(name, split,
                                                            data_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)

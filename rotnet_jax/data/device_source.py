@@ -1,13 +1,14 @@
 """Device-resident source: the whole split lives on every device.
 
 The fast path for CIFAR-sized data (CIFAR-10 train is 150 MB as uint8). The
-images are put on the devices once; each epoch the host sends only a
-permutation (``int32 [steps, B]``), and the jitted step gathers its batch
+images are put on the devices once; each epoch the host sends only the
+example order (``int32 [steps, B]``), and the jitted step gathers its batch
 from the resident array and augments it there. No host decoding, no
 host-to-device image copies, and no TensorFlow import.
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -17,34 +18,51 @@ from rotnet_jax import parallel
 from rotnet_jax.data import augment as augment_lib
 from rotnet_jax.data import shuffle
 from rotnet_jax.data.arrays import SplitArrays
+from rotnet_jax.errors import InputError
+
+# Folded into the run seed so augmentation draws never coincide with the
+# model initialisation's keys (which also start from the run seed).
+_AUGMENT_STREAM = 0x61756720
 
 
 class DeviceSource:
   """Batches gathered on device from a resident copy of the split.
 
-  Attributes:
-    num_examples: examples in the split.
-    num_classes: class count of the dataset's labels.
-    batch_size: global batch size (images, before rotation).
-    steps_per_epoch: full batches per epoch when training (the remainder is
-      dropped, differently each epoch); for evaluation, enough batches to see
-      every example once, the last one padded with ``mask`` 0.
-    resident: the arrays passed into the jitted step (replicated).
+  Implements ``rotnet_jax.data.source.Source``.
   """
 
   def __init__(self, data: SplitArrays, *, mesh: Mesh, batch_size: int,
-               train: bool, seed: int):
+               train: bool, seed: int,
+               subset: Callable[[np.ndarray], np.ndarray] | None = None,
+               epoch_length: int = 0):
+    """Puts `data` on the devices of `mesh`.
+
+    Args:
+      data: the whole split.
+      mesh: the data mesh.
+      batch_size: global batch size.
+      train: shuffle, augment and drop the last partial batch if True; keep
+        the order and pad the last batch (``mask`` 0) if False.
+      seed: run seed (order and augmentation).
+      subset: maps the labels to the indices of the examples to keep.
+      epoch_length: samples per training epoch (0: one pass over the data).
+    """
+    if subset is not None:
+      keep = subset(data.labels)
+      data = SplitArrays(data.images[keep], data.labels[keep],
+                         data.num_classes)
     self.num_examples = len(data.images)
     self.num_classes = data.num_classes
     self.batch_size = batch_size
     self.train = train
     self.seed = seed
     self._mesh = mesh
+    self._epoch_length = epoch_length or self.num_examples
     if train:
-      self.steps_per_epoch = self.num_examples // batch_size
+      self.steps_per_epoch = self._epoch_length // batch_size
       if self.steps_per_epoch == 0:
-        raise ValueError(f'batch_size={batch_size} is larger than the '
-                         f'{self.num_examples} training examples')
+        raise InputError(f'batch_size={batch_size} is larger than an epoch '
+                         f'({self._epoch_length} training examples)')
     else:
       self.steps_per_epoch = math.ceil(self.num_examples / batch_size)
     self.resident = parallel.replicate(
@@ -54,10 +72,11 @@ class DeviceSource:
     """Yields the per-step inputs of `epoch` for :meth:`materialize`."""
     steps, batch = self.steps_per_epoch, self.batch_size
     if self.train:
-      order = shuffle.epoch_order(self.num_examples, self.seed,
-                                  epoch)[:steps * batch]
+      order = shuffle.epoch_order(self.num_examples, self.seed, epoch,
+                                  self._epoch_length)[:steps * batch]
       mask = np.ones(steps * batch, np.float32)
     else:
+      # Padding repeats real examples; their mask 0 removes them again.
       order = np.arange(steps * batch) % self.num_examples
       mask = (np.arange(steps * batch) < self.num_examples).astype(np.float32)
     # Rows are steps; each row is split over the devices like a batch.
@@ -70,17 +89,13 @@ class DeviceSource:
              'step': np.int32(step)}
 
   def materialize(self, resident, inputs):
-    """Gathers (and for training augments) one batch; runs inside jit.
-
-    Returns:
-      ``{'image': uint8 [B, H, W, 3], 'label': int32 [B], 'mask': f32 [B]}``.
-    """
+    """Gathers (and for training augments) one batch; runs inside jit."""
     indices = inputs['indices'][inputs['step']]
     images = resident['image'][indices]
     if self.train:
-      key = jax.random.fold_in(
-          jax.random.fold_in(jax.random.key(self.seed), inputs['epoch']),
-          inputs['step'])
+      key = jax.random.fold_in(jax.random.key(self.seed), _AUGMENT_STREAM)
+      key = jax.random.fold_in(jax.random.fold_in(key, inputs['epoch']),
+                               inputs['step'])
       images = augment_lib.random_crop_flip(images, key)
     return {'image': images, 'label': resident['label'][indices],
             'mask': inputs['mask'][inputs['step']]}
@@ -90,4 +105,3 @@ def _global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """`array` (identical on every process) as a global array."""
   return jax.make_array_from_callback(array.shape, sharding,
                                       lambda index: array[index])
-

@@ -1,15 +1,22 @@
 """tf.data host pipeline: TFDS datasets, image folders and bundled digits.
 
-Each process reads its own share of the examples (files or TFDS shards),
-shuffles them per epoch with a seed derived from (seed, epoch), decodes and
-augments them on the host (random crop of the 4-pixel zero-padded image and
-horizontal flip, with stateless per-example seeds, so an epoch is the same
-whenever it runs), batches them and hands global ``jax.Array``s sharded on
-the mesh's ``data`` axis to the train step. Imports TensorFlow.
+Image folders and digits: every process computes the same global order of
+the epoch (``shuffle.epoch_order``) and reads positions
+``process, process + P, ...`` of it, so global batch ``b`` holds the same
+examples whatever the number of processes. Each example is augmented (random
+crop of the 4-pixel zero-padded image, horizontal flip) with a stateless
+seed of (seed, epoch, position in the epoch), so an epoch is the same
+whenever it runs. TFDS datasets: each process reads its own shard
+(``tfds.split_for_jax_process``) and shuffles it with a seed that includes
+the process index.
+
+Batches leave as global ``jax.Array``s sharded on the mesh's ``data`` axis.
+Imports TensorFlow.
 """
 
 import collections
 import math
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -23,9 +30,8 @@ from rotnet_jax.data import digits
 from rotnet_jax.data import folder
 from rotnet_jax.data import shuffle
 from rotnet_jax.data import tfds_util
-
-# TensorFlow stays off the accelerators (tfds_util sets this too).
-tf.config.set_visible_devices([], 'GPU')
+from rotnet_jax.data.source import HostBatches
+from rotnet_jax.errors import InputError
 
 _DEVICE_PREFETCH = 2
 
@@ -55,123 +61,127 @@ def _crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.cond(flip, lambda: image[:, ::-1], lambda: image)
 
 
-class TFDataSource:
-  """Host-side batches; interchangeable with ``DeviceSource``.
-
-  Attributes:
-    num_examples: examples in the split (all processes).
-    num_classes: class count of the dataset's labels.
-    batch_size: global batch size.
-    steps_per_epoch: as for ``DeviceSource``.
-    resident: empty: every batch arrives whole from the host.
-  """
-
-  resident = {}
+class TFDataSource(HostBatches):
+  """Host-side batches; implements ``rotnet_jax.data.source.Source``."""
 
   def __init__(self, dataset: str, split: str, *, mesh: Mesh,
                batch_size: int, train: bool, seed: int, image_size: int,
                data_dir: str | None = None,
                shuffle_buffer_size: int = 50_000,
-               num_examples_limit: int = 0):
+               subset: Callable[[np.ndarray], np.ndarray] | None = None,
+               epoch_length: int = 0):
+    """Indexes `split` of `dataset` and checks it; see ``DeviceSource``."""
     self.batch_size = batch_size
     self.train = train
     self.seed = seed
     self._mesh = mesh
     self._image_size = image_size
-    self._shuffle_buffer_size = shuffle_buffer_size
-    processes, process = jax.process_count(), jax.process_index()
-    self._local_batch = batch_size // processes
+    self._processes, self._process = jax.process_count(), jax.process_index()
+    self._local_batch = batch_size // self._processes
     kind = arrays.dataset_kind(dataset)
-    self._tfds_base = None
     if kind == 'tfds':
-      tfds_util.get_builder(dataset, data_dir)  # Fails fast on a bad name.
-      if num_examples_limit:
-        raise ValueError(
-            'num_train_examples needs pipeline=device for TFDS datasets '
-            f'(dataset={dataset!r}, pipeline=tfdata)')
-      builder = tfds_util.prepared_builder(dataset, data_dir)
-      tfds_util.check_split(builder, split)
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      local_split = tfds.split_for_jax_process(split, drop_remainder=train)
-      self.num_examples = builder.info.splits[split].num_examples
-      self.num_classes = tfds_util.num_classes(builder)
-      self._num_local = builder.info.splits[local_split].num_examples
-      self._tfds_base = builder.as_dataset(
-          split=local_split, shuffle_files=False).map(
-              lambda x: {'image': x['image'], 'label': x['label']},
-              num_parallel_calls=tf.data.AUTOTUNE).cache()
+      self._init_tfds(dataset, split, data_dir, shuffle_buffer_size, subset,
+                      epoch_length)
     else:
-      if kind == 'digits':
-        images, labels = digits.load(split)
-        self.num_classes = digits.NUM_CLASSES
-        if images.shape[1:3] != (image_size, image_size):
-          raise ValueError(f'digits images are {images.shape[1]}px, '
-                           f'config.image_size={image_size}')
-        items = images
-      else:
-        index = folder.scan(dataset, split)
-        folder.check_images(index, image_size)
-        items, labels = np.asarray(index.paths), index.labels
-        self.num_classes = len(index.class_names)
-      keep = arrays.subset_indices(len(labels), num_examples_limit)
-      items, labels = items[keep], labels[keep]
-      self._is_files = kind == 'folder'
-      self._items = items[process::processes]
-      self._labels = np.asarray(labels[process::processes], np.int32)
-      self.num_examples = len(labels)
-      self._num_local = len(self._labels)
+      self._init_items(dataset, split, kind, subset)
+    self._epoch_length = epoch_length or self.num_examples
     if train:
-      # Every process runs the same number of steps: that of the smallest
-      # share, floor(N / processes).
-      self.steps_per_epoch = (self.num_examples // processes
-                              // self._local_batch)
+      self.steps_per_epoch = self._epoch_length // batch_size
       if self.steps_per_epoch == 0:
-        raise ValueError(f'batch_size={batch_size} is larger than the '
-                         f'{self.num_examples} training examples')
+        raise InputError(f'batch_size={batch_size} is larger than an epoch '
+                         f'({self._epoch_length} training examples)')
     else:
-      largest_share = math.ceil(self.num_examples / processes)
+      largest_share = math.ceil(self.num_examples / self._processes)
       self.steps_per_epoch = math.ceil(largest_share / self._local_batch)
 
+  def _init_items(self, dataset, split, kind, subset):
+    """Digits (pixels in memory) or an image folder (paths, checked)."""
+    if kind == 'digits':
+      items, labels = digits.load(split)
+      self.num_classes = digits.NUM_CLASSES
+      if items.shape[1:3] != (self._image_size,) * 2:
+        raise InputError(f'digits images are {items.shape[1]}px, '
+                         f'config.image_size={self._image_size}')
+    else:
+      index = folder.scan(dataset, split)
+      folder.check_images(index, self._image_size)
+      items, labels = np.asarray(index.paths), index.labels
+      self.num_classes = len(index.class_names)
+    if subset is not None:
+      keep = subset(labels)
+      items, labels = items[keep], labels[keep]
+    self._items, self._labels = items, np.asarray(labels, np.int32)
+    self._is_files = kind == 'folder'
+    self._tfds_base = None
+    self.num_examples = len(labels)
+
+  def _init_tfds(self, name, split, data_dir, shuffle_buffer_size, subset,
+                 epoch_length):
+    tfds_util.get_builder(name, data_dir)  # Fails fast on a bad name.
+    if subset is not None or epoch_length:
+      raise InputError(
+          'training subsets (num_train_examples, examples_per_class, '
+          'epoch_examples) of a TFDS dataset need pipeline=device '
+          f'(dataset={name!r})')
+    builder = tfds_util.prepared_builder(name, data_dir)
+    tfds_util.check_split(builder, split)
+    tfds_util.check_image_shape(builder, self._image_size)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    local_split = tfds.split_for_jax_process(split, drop_remainder=self.train)
+    self.num_examples = builder.info.splits[split].num_examples
+    self.num_classes = tfds_util.num_classes(builder)
+    self._num_local = builder.info.splits[local_split].num_examples
+    self._shuffle_buffer_size = min(shuffle_buffer_size, self._num_local)
+    self._tfds_base = builder.as_dataset(
+        split=local_split, shuffle_files=False).map(
+            lambda x: {'image': x['image'], 'label': x['label']},
+            num_parallel_calls=tf.data.AUTOTUNE).cache()
+
   def _examples(self, epoch: int) -> tf.data.Dataset:
-    """This process's examples for `epoch`, shuffled when training."""
-    seed = shuffle.epoch_seed(self.seed, epoch)
+    """This process's examples of `epoch` with their augmentation seeds."""
     if self._tfds_base is not None:
+      seed = shuffle.epoch_seed(self.seed, epoch, self._process)
       ds = self._tfds_base
       if self.train:
-        ds = ds.shuffle(min(self._shuffle_buffer_size, self._num_local),
-                        seed=seed, reshuffle_each_iteration=False)
-      return ds
-    order = (shuffle.epoch_order(self._num_local, self.seed, epoch)
-             if self.train else np.arange(self._num_local))
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'image': self._items[order], 'label': self._labels[order]})
+        ds = ds.shuffle(self._shuffle_buffer_size, seed=seed,
+                        reshuffle_each_iteration=False)
+      return ds.enumerate().map(lambda i, x: dict(
+          x, seed=tf.stack([tf.constant(seed, tf.int64), i])))
+    if self.train:
+      order = shuffle.epoch_order(self.num_examples, self.seed, epoch,
+                                  self._epoch_length)
+    else:
+      order = np.arange(self.num_examples)
+    positions = np.arange(self._process, len(order), self._processes)
+    local = order[positions]
+    seed = shuffle.epoch_seed(self.seed, epoch)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'image': self._items[local], 'label': self._labels[local],
+        'seed': np.stack([np.full(len(local), seed, np.int64),
+                          positions.astype(np.int64)], axis=1)})
     if self._is_files:
-      ds = ds.map(lambda x: {'image': _decode_file(x['image']),
-                             'label': x['label']},
+      ds = ds.map(lambda x: dict(x, image=_decode_file(x['image'])),
                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds
 
   def _dataset(self, epoch: int) -> tf.data.Dataset:
     size = self._image_size
-    ds = self._examples(epoch)
 
-    def finish(index, example):
+    def finish(example):
       image = tf.ensure_shape(example['image'], [size, size, 3])
       if self.train:
-        seed = tf.stack([tf.constant(shuffle.epoch_seed(self.seed, epoch),
-                                     tf.int64), index])
-        image = _crop_flip(image, seed)
+        image = _crop_flip(image, example['seed'])
       return {'image': image, 'label': tf.cast(example['label'], tf.int32),
               'mask': tf.constant(1.0, tf.float32)}
 
-    ds = ds.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = self._examples(epoch).map(finish,
+                                   num_parallel_calls=tf.data.AUTOTUNE)
     steps = self.steps_per_epoch
     if not self.train:
-      padding = steps * self._local_batch - self._num_local
       ds = ds.concatenate(tf.data.Dataset.from_tensors({
           'image': tf.zeros([size, size, 3], tf.uint8),
           'label': tf.constant(0, tf.int32),
-          'mask': tf.constant(0.0, tf.float32)}).repeat(padding))
+          'mask': tf.constant(0.0, tf.float32)}).repeat())
     ds = ds.batch(self._local_batch, drop_remainder=True).take(steps)
     options = tf.data.Options()
     options.deterministic = True
@@ -186,8 +196,3 @@ class TFDataSource:
         yield in_flight.popleft()
     while in_flight:
       yield in_flight.popleft()
-
-  def materialize(self, resident, inputs):
-    """The batch is complete already; runs inside jit."""
-    del resident
-    return inputs
