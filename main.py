@@ -10,7 +10,6 @@ Bad input (a missing folder, an unknown key...) stops the run with a
 one-line message and exit status 2, before any training step.
 """
 
-import logging as python_logging
 import sys
 
 import jax
@@ -19,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rotnet_jax import cli
 from rotnet_jax import config_schema
 from rotnet_jax import evaluate
 from rotnet_jax import parallel
@@ -38,16 +38,10 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _hide_library_info_logs(record) -> bool:
-  """Keeps Orbax's many INFO lines per save out of the console."""
-  return (record.levelno >= python_logging.WARNING or
-          '/orbax/' not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_logger().addFilter(_hide_library_info_logs)
+  cli.quiet_library_logs()
   if FLAGS.distributed or parallel.multihost_environment():
     jax.distributed.initialize()
   logging.info('JAX %s, process %d of %d, %d local / %d global devices: %s',
@@ -61,19 +55,14 @@ def main(argv):
     else:
       train.train_and_evaluate(config, FLAGS.workdir)
   except InputError as e:
-    _fail(e)
-
-
-def _fail(error: Exception):
-  print(f'error: {error}', file=sys.stderr)
-  sys.exit(2)
+    cli.fail(e)
 
 
 def run():
   try:
     config_schema.check_command_line(sys.argv)
   except config_schema.ConfigError as e:
-    _fail(e)
+    cli.fail(e)
   app.run(main)
 
 

@@ -26,8 +26,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from rotnet_jax import cli
 from rotnet_jax import config_schema
 from rotnet_jax import models
+from rotnet_jax import optim
 from rotnet_jax import parallel
 from rotnet_jax import train
 from rotnet_jax.data import arrays
@@ -75,7 +77,7 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
   spec = models.backbone_spec(config.model, image_size=size,
                               num_classes=task.num_classes)
   # Any epoch length: only the step's cost matters here.
-  tx = train.make_optimizer(config, steps_per_epoch=100)
+  tx = optim.from_config(config, steps_per_epoch=100)
   devices = jax.devices()
   report = {
       'device_kind': devices[0].device_kind, 'backend': jax.default_backend(),
@@ -123,6 +125,7 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
   report = run_benchmark(FLAGS.config, steps=FLAGS.steps,
                          warmup=FLAGS.warmup, examples=FLAGS.examples,
                          sources=FLAGS.sources)

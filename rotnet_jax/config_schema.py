@@ -88,6 +88,30 @@ def defaults() -> config_dict.ConfigDict:
   return config
 
 
+# The official code's schedules for the classifiers on frozen features.
+HEAD_SCHEDULES = {
+    'multlayer': dict(num_epochs=50, learning_rate_table=(
+        (20, 0.1), (40, 0.02), (45, 0.004), (50, 0.0008))),
+    'conv_block': dict(num_epochs=100, learning_rate_table=(
+        (35, 0.1), (70, 0.02), (85, 0.004), (100, 0.0008))),
+    # No CIFAR-10 protocol in the paper (its linear probes are ImageNet's):
+    # the non-linear head's schedule.
+    'linear': dict(num_epochs=50, learning_rate_table=(
+        (20, 0.1), (40, 0.02), (45, 0.004), (50, 0.0008))),
+}
+
+
+def evaluation_defaults(head: str) -> config_dict.ConfigDict:
+  """``mode='evaluate'`` with `head` and its schedule (all blocks)."""
+  config = defaults()
+  config.mode = 'evaluate'
+  config.head = head
+  for key, value in HEAD_SCHEDULES[head].items():
+    config[key] = value
+  config.eval_every_epochs = max(1, config.num_epochs // 10)
+  return config
+
+
 class ConfigError(InputError):
   """A config key is unknown, has the wrong type, or an invalid value."""
 

@@ -11,8 +11,7 @@ its features, all from one forward pass of the backbone. With
 same sharded, jitted machinery as training (``loop.fit``) runs the epochs,
 writes checkpoints, resumes, and writes ``results.json``.
 
-This module reads checkpoints; it never imports the training loop's
-internals beyond the shared step helpers.
+This module reads checkpoints; it never imports the training module.
 """
 
 import os
@@ -27,17 +26,16 @@ from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import data as data_lib
 from rotnet_jax import loop
+from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
+from rotnet_jax import optim
 from rotnet_jax import parallel
+from rotnet_jax.data import transforms
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.loop import TrainState
 from rotnet_jax.models import heads as heads_lib
 from rotnet_jax.models import nin
-from rotnet_jax.train import compute_dtype
-from rotnet_jax.train import make_optimizer
-from rotnet_jax.train import normalize
-from rotnet_jax.train import weighted_sums
 
 RANDOM_BACKBONE = 'random'
 
@@ -121,9 +119,12 @@ def load_backbone(config, mesh) -> tuple[dict[str, Any], dict[str, Any],
   target = _abstract_variables(spec, mesh)
   saved_shapes = checkpoints.model_shapes(step)
   wanted = _flat_shapes(target)
-  differ = [f'{k}: checkpoint {saved_shapes.get(k)} vs config {wanted.get(k)}'
-            for k in sorted(set(saved_shapes) | set(wanted))
-            if saved_shapes.get(k) != wanted.get(k)]
+  # Parameters first: they say more than the BatchNorm statistics.
+  paths = sorted(set(saved_shapes) | set(wanted),
+                 key=lambda k: (not k.startswith('params'), k))
+  differ = [f"{k}: checkpoint {saved_shapes.get(k, 'absent')} vs config "
+            f"{wanted.get(k, 'absent')}"
+            for k in paths if saved_shapes.get(k) != wanted.get(k)]
   if differ or saved_spec != spec:
     raise InputError(
         f'the checkpoint in {checkpoints.directory} (step {step}) is a '
@@ -161,7 +162,7 @@ class Classifiers:
   """
 
   def __init__(self, config, spec, blocks, num_classes: int):
-    dtype = compute_dtype(config)
+    dtype = models.compute_dtype(config.half_precision)
     self.blocks = blocks
     self.finetune = config.finetune
     abstract_backbone = nnx.eval_shape(
@@ -242,12 +243,12 @@ def jit_steps(config, classifiers: Classifiers, tx, mesh, train_source,
   ``'frozen'`` (the frozen backbone's variables).
   """
   norm = (tuple(config.mean_rgb), tuple(config.std_rgb),
-          compute_dtype(config))
+          models.compute_dtype(config.half_precision))
 
   def train_fn(state, constants, inputs, step):
     del step  # Heads need no per-step randomness.
     batch = train_source.materialize(constants['train'], inputs)
-    images = normalize(batch['image'], *norm)
+    images = transforms.normalize(batch['image'], *norm)
     weights = batch['mask']
     total = jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -263,16 +264,16 @@ def jit_steps(config, classifiers: Classifiers, tx, mesh, train_source,
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    sums = {b: weighted_sums(logits[b], batch['label'], losses[b], weights)
+    sums = {b: metrics_lib.weighted_sums(logits[b], batch['label'], losses[b], weights)
             for b in logits}
     return TrainState(params, batch_stats, opt_state), sums
 
   def eval_fn(state, constants, inputs):
     batch = test_source.materialize(constants['test'], inputs)
-    images = normalize(batch['image'], *norm)
+    images = transforms.normalize(batch['image'], *norm)
     logits, _ = classifiers(state.params, state.batch_stats,
                             constants['frozen'], images, train=False)
-    return {b: weighted_sums(l, batch['label'], _losses(l, batch['label']),
+    return {b: metrics_lib.weighted_sums(l, batch['label'], _losses(l, batch['label']),
                              batch['mask']) for b, l in logits.items()}
 
   replicated = parallel.replicated(mesh)
@@ -308,7 +309,7 @@ def evaluate_pretrained(config, workdir: str, *, mesh=None
   test_source = data_lib.make_source(config, config.test_split, mesh,
                                      train=False)
   classifiers = Classifiers(config, spec, blocks, train_source.num_classes)
-  tx = make_optimizer(config, train_source.steps_per_epoch)
+  tx = optim.from_config(config, train_source.steps_per_epoch)
 
   def init(backbone):
     heads = classifiers.init_heads(config.seed)

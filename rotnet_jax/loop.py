@@ -281,6 +281,9 @@ def write_results(workdir, config, best, extra, *, num_epochs):
   results = {
       'experiment': config.experiment, 'mode': config.mode,
       'dataset': config.dataset, 'pipeline': config.pipeline,
+      'seed': config.seed, 'model_width': config.model.width,
+      'num_train_examples': config.num_train_examples,
+      'examples_per_class': config.examples_per_class,
       'num_epochs': num_epochs,
       'complete': all(r['final_epoch'] == num_epochs for r in best.values()),
       'heads': heads}

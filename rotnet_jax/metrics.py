@@ -22,10 +22,21 @@ import os
 from collections.abc import Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 METRICS_FILE = 'metrics.jsonl'
+
+
+def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
+  """A batch's weighted loss and correct-prediction sums, and weight total.
+
+  Runs inside jit; `losses` are per-sample, `weights` the sample mask.
+  """
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {'loss_sum': jnp.sum(losses * weights),
+          'correct': jnp.sum(correct * weights), 'count': jnp.sum(weights)}
 
 
 def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:

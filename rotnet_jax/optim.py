@@ -46,3 +46,11 @@ def sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9,
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+
+
+def from_config(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The recipe's SGD with ``config.learning_rate_table`` over epochs."""
+  schedule = epoch_table_schedule(config.learning_rate_table,
+                                  steps_per_epoch)
+  return sgd(schedule, momentum=config.momentum, nesterov=config.nesterov,
+             weight_decay=config.weight_decay)

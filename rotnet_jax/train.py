@@ -19,25 +19,16 @@ from flax import nnx
 from rotnet_jax import config_schema
 from rotnet_jax import data as data_lib
 from rotnet_jax import loop
+from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
 from rotnet_jax import optim
 from rotnet_jax import parallel
 from rotnet_jax import rotation
+from rotnet_jax.data import transforms
 from rotnet_jax.loop import TrainState
 
 # Folded into the run seed for the random rotations of rotation_mode='random'.
 _TASK_STREAM = 0x7461736B
-
-
-def compute_dtype(config) -> jnp.dtype:
-  return jnp.bfloat16 if config.half_precision else jnp.float32
-
-
-def normalize(images: jax.Array, mean_rgb, std_rgb, dtype) -> jax.Array:
-  """uint8 images to ``(x - mean) / std`` (statistics on the 0..255 scale)."""
-  mean = jnp.asarray(mean_rgb, jnp.float32)
-  std = jnp.asarray(std_rgb, jnp.float32)
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
 class Task:
@@ -56,7 +47,7 @@ class Task:
     self._random = config.rotation_mode == 'random'
     self._seed = config.seed
     self._norm = (tuple(config.mean_rgb), tuple(config.std_rgb),
-                  compute_dtype(config))
+                  models.compute_dtype(config.half_precision))
     if self._mode == 'pretext':
       self.name, self.num_classes = 'rotation', len(self._angles)
       self.inputs_per_image = 1 if self._random else len(self._angles)
@@ -69,7 +60,7 @@ class Task:
 
     Evaluation always scores every rotation of every test image.
     """
-    images = normalize(batch['image'], *self._norm)
+    images = transforms.normalize(batch['image'], *self._norm)
     if self._mode == 'supervised':
       return images, batch['label'], batch['mask']
     if train and self._random:
@@ -89,7 +80,7 @@ def create_train_state(config, spec, tx: optax.GradientTransformation,
   Returns:
     ``(graphdef, state)``: the network's static structure and its arrays.
   """
-  dtype = compute_dtype(config)
+  dtype = models.compute_dtype(config.half_precision)
 
   def init():
     model = models.build_backbone(spec, dtype=dtype,
@@ -104,13 +95,6 @@ def create_train_state(config, spec, tx: optax.GradientTransformation,
   # compute the same values in place, without a host-to-device copy.
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
   return graphdef, state
-
-
-def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
-  """Weighted loss and correct-prediction sums, and the weight total."""
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return {'loss_sum': jnp.sum(losses * weights),
-          'correct': jnp.sum(correct * weights), 'count': jnp.sum(weights)}
 
 
 def train_step(state: TrainState, batch, step, *, graphdef, tx, task
@@ -141,7 +125,7 @@ def train_step(state: TrainState, batch, step, *, graphdef, tx, task
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   return (TrainState(params, batch_stats, opt_state),
-          {task.name: weighted_sums(logits, labels, losses, weights)})
+          {task.name: metrics_lib.weighted_sums(logits, labels, losses, weights)})
 
 
 def eval_step(state: TrainState, batch, *, graphdef, task
@@ -151,7 +135,7 @@ def eval_step(state: TrainState, batch, *, graphdef, task
   model = nnx.merge(graphdef, state.params, state.batch_stats)
   logits, _ = model(inputs, train=False)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {task.name: weighted_sums(logits, labels, losses, weights)}
+  return {task.name: metrics_lib.weighted_sums(logits, labels, losses, weights)}
 
 
 def jit_steps(graphdef, tx, task, mesh, train_source, test_source):
@@ -175,14 +159,6 @@ def jit_steps(graphdef, tx, task, mesh, train_source, test_source):
 
   return (jax.jit(train_fn, donate_argnums=0, out_shardings=replicated),
           jax.jit(eval_fn, out_shardings=replicated))
-
-
-def make_optimizer(config, steps_per_epoch: int):
-  """The recipe's SGD with the config's epoch learning-rate table."""
-  schedule = optim.epoch_table_schedule(config.learning_rate_table,
-                                        steps_per_epoch)
-  return optim.sgd(schedule, momentum=config.momentum,
-                   nesterov=config.nesterov, weight_decay=config.weight_decay)
 
 
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
@@ -214,7 +190,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   task = Task(config, train_source.num_classes)
   spec = models.backbone_spec(config.model, image_size=config.image_size,
                               num_classes=task.num_classes)
-  tx = make_optimizer(config, train_source.steps_per_epoch)
+  tx = optim.from_config(config, train_source.steps_per_epoch)
   graphdef, state = create_train_state(config, spec, tx, mesh)
   train_fn, eval_fn = jit_steps(graphdef, tx, task, mesh, train_source,
                                 test_source)

@@ -25,7 +25,14 @@ def _load_config_file(name):
     f for f in os.listdir(os.path.join(REPO_ROOT, 'configs'))
     if f.endswith('.py')))
 def test_shipped_configs_are_valid(name):
-  config_schema.validate(_load_config_file(name))
+  config = _load_config_file(name)
+  if config.mode == 'evaluate' and not config.pretrained:
+    # Evaluation configs get the pretext workdir on the command line.
+    with pytest.raises(ConfigError, match="pretrained=None: mode='evaluate' "
+                       "needs the pretext run's workdir"):
+      config_schema.validate(config)
+    config.pretrained = '/a/pretext/workdir'
+  config_schema.validate(config)
 
 
 def test_cifar_config_is_the_official_recipe():

@@ -17,6 +17,7 @@ from rotnet_jax.data import arrays
 from rotnet_jax.data import digits
 from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import shuffle
+from rotnet_jax.errors import InputError
 
 PIPELINES = ('device', 'tfdata')
 
@@ -231,6 +232,44 @@ def test_a_training_subset_is_evenly_spaced(pipeline, one_device_mesh):
   # Evaluation always uses the whole split.
   test = data_lib.make_source(config, 'test', one_device_mesh, train=False)
   assert test.num_examples == 297
+
+
+def test_first_k_per_class_in_dataset_order():
+  labels = np.asarray([2, 0, 2, 1, 0, 2, 1, 0, 0, 1])
+  keep = arrays.training_subset(labels, examples_per_class=2)
+  np.testing.assert_array_equal(keep, [0, 1, 2, 3, 4, 6])
+  assert np.bincount(labels[keep]).tolist() == [2, 2, 2]
+  with pytest.raises(InputError, match='examples_per_class=4 is more than '
+                     r'the smallest class has \(3 images of class 1\)'):
+    arrays.training_subset(labels, examples_per_class=4)
+  with pytest.raises(InputError, match='not both'):
+    arrays.training_subset(labels, examples_per_class=1, num_examples=5)
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_k_per_class_with_a_fixed_epoch_length(pipeline, one_device_mesh):
+  config = tiny_config(pipeline=pipeline, batch_size=50, num_train_examples=0,
+                       examples_per_class=20, epoch_examples=1000)
+  source = data_lib.make_source(config, 'train', one_device_mesh, train=True)
+  assert source.num_examples == 200 and source.steps_per_epoch == 20
+  images, labels = digits.load('train')
+  expected = np.concatenate([np.flatnonzero(labels == c)[:20]
+                             for c in range(10)])
+  batches = _batches(source)
+  seen = np.concatenate([b['label'] for b in batches])
+  assert len(seen) == 1000
+  # Every kept image is drawn 5 times per epoch, 100 per class.
+  assert np.bincount(seen).tolist() == [100] * 10
+  if pipeline == 'device':
+    assert sorted(np.asarray(source.resident['label']).tolist()) == sorted(
+        labels[expected].tolist())
+
+
+def test_longer_epochs_repeat_permutations():
+  order = shuffle.epoch_order(10, seed=0, epoch=1, length=25)
+  assert len(order) == 25
+  for start in (0, 10):
+    assert sorted(order[start:start + 10]) == list(range(10))
 
 
 def test_epoch_order_is_a_permutation():

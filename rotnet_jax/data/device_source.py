@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rotnet_jax import parallel
-from rotnet_jax.data import augment as augment_lib
+from rotnet_jax.data import transforms
 from rotnet_jax.data import shuffle
 from rotnet_jax.data.arrays import SplitArrays
 from rotnet_jax.errors import InputError
@@ -96,7 +96,7 @@ class DeviceSource:
       key = jax.random.fold_in(jax.random.key(self.seed), _AUGMENT_STREAM)
       key = jax.random.fold_in(jax.random.fold_in(key, inputs['epoch']),
                                inputs['step'])
-      images = augment_lib.random_crop_flip(images, key)
+      images = transforms.random_crop_flip(images, key)
     return {'image': images, 'label': resident['label'][indices],
             'mask': inputs['mask'][inputs['step']]}
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from rotnet_jax import parallel
 from rotnet_jax.data import arrays
-from rotnet_jax.data import augment as augment_lib
+from rotnet_jax.data import transforms
 from rotnet_jax.data import digits
 from rotnet_jax.data import folder
 from rotnet_jax.data import shuffle
@@ -49,7 +49,7 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
 
 def _crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Random crop of the zero-padded image and a random flip (stateless)."""
-  pad = augment_lib.CROP_PADDING
+  pad = transforms.CROP_PADDING
   height, width = image.shape[0], image.shape[1]
   offset_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))

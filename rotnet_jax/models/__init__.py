@@ -12,6 +12,11 @@ from flax import nnx
 from rotnet_jax.models.nin import NIN
 
 
+def compute_dtype(half_precision: bool) -> jnp.dtype:
+  """bfloat16 activations for ``half_precision``; parameters stay float32."""
+  return jnp.bfloat16 if half_precision else jnp.float32
+
+
 def backbone_spec(model_config, *, image_size: int,
                   num_classes: int) -> dict[str, Any]:
   """The spec of the NIN described by ``config.model``."""
@@ -29,4 +34,4 @@ def build_backbone(spec: dict[str, Any], *, dtype=jnp.float32,
              width=spec['width'], dtype=dtype, rngs=rngs)
 
 
-__all__ = ['NIN', 'backbone_spec', 'build_backbone']
+__all__ = ['NIN', 'backbone_spec', 'build_backbone', 'compute_dtype']

@@ -1,8 +1,10 @@
-"""CIFAR train augmentation in JAX: random 32x32 crop of the 4-pixel
-zero-padded image, then a horizontal flip with probability 1/2.
+"""Image transforms that run on device, inside the jitted step.
 
-Used inside the jitted step by the device-resident source; the tf.data
-pipeline applies the same transform on the host (``tfdata_source``).
+* ``random_crop_flip``: the CIFAR train augmentation, a random 32x32 crop
+  of the 4-pixel zero-padded image, then a horizontal flip with probability
+  1/2 (the device-resident source; the tf.data pipeline applies the same
+  transform on the host).
+* ``normalize``: uint8 to ``(x - mean) / std``, for every source.
 """
 
 import jax
@@ -38,3 +40,10 @@ def random_crop_flip(images: jax.Array, key: jax.Array,
 
   cropped = jax.vmap(crop)(padded, offsets)
   return jnp.where(flips[:, None, None, None], cropped[:, :, ::-1], cropped)
+
+
+def normalize(images: jax.Array, mean_rgb, std_rgb, dtype) -> jax.Array:
+  """uint8 images to ``(x - mean) / std`` (statistics on the 0..255 scale)."""
+  mean = jnp.asarray(mean_rgb, jnp.float32)
+  std = jnp.asarray(std_rgb, jnp.float32)
+  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)

@@ -1,0 +1,89 @@
+"""The paper's CIFAR-10 test accuracies (%), and the names of our experiments.
+
+Numbers are those recorded in DESIGN.md section 4 (Gidaris et al., ICLR
+2018, Tables 1-3). Rows the paper reports but DESIGN.md does not record
+(Table 1's 3- and 5-block RotNets, fine-tuned non-linear head) are listed
+without a number: fill them in from the paper, never from our runs.
+
+Experiment names are ``table/setting/head``; each result row adds the block
+(or ``rotation`` / ``classifier`` for pretext and supervised runs).
+"""
+
+# (experiment, head) -> paper accuracy in %, None where not recorded.
+CIFAR10 = {
+    ('table1/nin3/multlayer', 'conv1'): None,
+    ('table1/nin3/multlayer', 'conv2'): None,
+    ('table1/nin3/multlayer', 'conv3'): None,
+    ('table1/nin4/multlayer', 'conv1'): 85.07,
+    ('table1/nin4/multlayer', 'conv2'): 89.06,
+    ('table1/nin4/multlayer', 'conv3'): 86.21,
+    ('table1/nin4/multlayer', 'conv4'): 61.73,
+    ('table1/nin5/multlayer', 'conv1'): None,
+    ('table1/nin5/multlayer', 'conv2'): None,
+    ('table1/nin5/multlayer', 'conv3'): None,
+    ('table1/nin5/multlayer', 'conv4'): None,
+    ('table1/nin5/multlayer', 'conv5'): None,
+    ('table2/rot4/multlayer', 'conv2'): 89.06,
+    ('table2/rot8/multlayer', 'conv2'): 88.51,
+    ('table2/rot2_0_180/multlayer', 'conv2'): 87.46,
+    ('table2/rot2_90_270/multlayer', 'conv2'): 85.52,
+    ('table3/supervised_nin3', 'classifier'): 92.80,
+    ('table3/random_conv', 'conv2'): 72.50,
+    ('table3/rotnet_multlayer', 'conv2'): 89.06,
+    ('table3/rotnet_conv', 'conv2'): 91.16,
+    ('table3/rotnet_multlayer_finetune', 'conv2'): None,
+    ('table3/rotnet_conv_finetune', 'conv2'): 92.17,
+}
+
+DESCRIPTIONS = {
+    'table1/nin3/multlayer': 'RotNet NIN-3 + non-linear',
+    'table1/nin4/multlayer': 'RotNet NIN-4 + non-linear',
+    'table1/nin5/multlayer': 'RotNet NIN-5 + non-linear',
+    'table2/rot4/multlayer': '4 rotations (0/90/180/270)',
+    'table2/rot8/multlayer': '8 rotations (multiples of 45)',
+    'table2/rot2_0_180/multlayer': '2 rotations (0/180)',
+    'table2/rot2_90_270/multlayer': '2 rotations (90/270)',
+    'table3/supervised_nin3': 'Supervised NIN-3',
+    'table3/random_conv': 'Random init. + conv',
+    'table3/rotnet_multlayer': 'RotNet + non-linear',
+    'table3/rotnet_conv': 'RotNet + conv',
+    'table3/rotnet_multlayer_finetune': 'RotNet + non-linear (fine-tuned)',
+    'table3/rotnet_conv_finetune': 'RotNet + conv (fine-tuned)',
+    'semi/rotnet_conv': 'Semi-supervised: RotNet + conv',
+    'semi/supervised_nin3': 'Semi-supervised: supervised NIN-3',
+    'variants/random_rotation/multlayer':
+        'One random rotation per image + non-linear',
+    'pretext/nin3': 'Pretext NIN-3 (rotation accuracy)',
+    'pretext/nin4': 'Pretext NIN-4 (rotation accuracy)',
+    'pretext/nin5': 'Pretext NIN-5 (rotation accuracy)',
+    'pretext/rot8': 'Pretext, 8 rotations (rotation accuracy)',
+    'pretext/rot2_0_180': 'Pretext, rotations 0/180 (rotation accuracy)',
+    'pretext/rot2_90_270': 'Pretext, rotations 90/270 (rotation accuracy)',
+    'pretext/random_rotation':
+        'Pretext, one random rotation per image (rotation accuracy)',
+    'smoke/pretext': 'Smoke: pretext NIN-4, 3 epochs (rotation accuracy)',
+    'smoke/rotnet_linear': 'Smoke: RotNet (3 epochs) + linear probe',
+    'smoke/random_linear': 'Smoke: random init. + linear probe',
+}
+
+
+def comparable(dataset: str) -> bool:
+  """Whether a run on `dataset` can be compared with the paper's CIFAR-10.
+
+  TFDS ``cifar10`` and image folders (presumably a CIFAR-10 copy) can; the
+  bundled digits cannot.
+  """
+  return dataset != 'digits'
+
+
+def paper_accuracy(experiment: str, head: str) -> float | None:
+  """The paper's number for a row, or None."""
+  return CIFAR10.get((experiment, head))
+
+
+def describe(experiment: str) -> str:
+  """A readable name for `experiment` (its ``/k<K>`` suffix kept)."""
+  base, _, suffix = experiment.rpartition('/k')
+  if base in DESCRIPTIONS and suffix.isdigit():
+    return f'{DESCRIPTIONS[base]}, K={suffix}'
+  return DESCRIPTIONS.get(experiment, experiment)

@@ -1,0 +1,111 @@
+"""Prints our results next to the paper's, as a Markdown table.
+
+    python -m rotnet_jax.report /tmp/rotnet_repro
+
+Reads every ``results.json`` under the folder (one per run, written by
+training and evaluation). Rows are (experiment, block); runs of several
+seeds are averaged (mean ± standard deviation). "Ours" is the test accuracy
+after the last epoch; the best epoch's accuracy is shown apart, labelled as
+selected on the test set (what the official code reported). Rows trained
+on other data than CIFAR-10 (the bundled digits) get no difference to the
+paper; the epochs column shows shortened schedules.
+"""
+
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+
+from rotnet_jax import loop
+from rotnet_jax import paper
+
+
+def collect(root: str) -> list[dict]:
+  """Every (run, head) result under `root`, flattened."""
+  rows = []
+  for folder, _, files in sorted(os.walk(root)):
+    if loop.RESULTS_FILE not in files:
+      continue
+    with open(os.path.join(folder, loop.RESULTS_FILE)) as f:
+      results = json.load(f)
+    experiment = results.get('experiment') or os.path.relpath(folder, root)
+    for head in results['heads']:
+      rows.append(dict(
+          experiment=experiment, head=head['head'],
+          final=100 * head['final_test_accuracy'],
+          best=100 * head['best_test_accuracy_test_selected'],
+          best_epoch=head['best_epoch_test_selected'],
+          complete=results.get('complete', False),
+          epochs=results.get('num_epochs'),
+          data=f"{results.get('dataset')} ({results.get('pipeline')})",
+          dataset=results.get('dataset'),
+          width=results.get('model_width')))
+  return rows
+
+
+def _mean_std(values) -> str:
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
+
+
+def _sort_key(key):
+  experiment, head = key
+  known = list(paper.DESCRIPTIONS)
+  base = experiment.rpartition('/k')[0] if '/k' in experiment else experiment
+  rank = known.index(base) if base in known else len(known)
+  k = experiment.rpartition('/k')[2]
+  return (experiment.startswith(('pretext', 'smoke/pretext')), rank, base,
+          int(k) if k.isdigit() else 0, head)
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """One line per (experiment, head): paper, ours, difference, details."""
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[(row['experiment'], row['head'])].append(row)
+  lines = [
+      '| experiment | block | paper | ours (final epoch) | ours − paper | '
+      'best epoch (test-selected) | runs | epochs | width | data |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  for key in sorted(groups, key=_sort_key):
+    runs = groups[key]
+    finals = [r['final'] for r in runs]
+    reference = paper.paper_accuracy(*key)
+    paper_text = f'{reference:.2f}' if reference is not None else '—'
+    if reference is None:
+      diff = '—'
+    elif not all(paper.comparable(r['dataset']) for r in runs):
+      diff = f"n/a ({', '.join(sorted({r['dataset'] for r in runs}))})"
+    else:
+      diff = f'{np.mean(finals) - reference:+.2f}'
+    best = _mean_std([r['best'] for r in runs])
+    epochs = sorted({r['best_epoch'] for r in runs})
+    incomplete = sum(not r['complete'] for r in runs)
+    lines.append(
+        f"| {paper.describe(key[0])} | {key[1]} | {paper_text} | "
+        f"{_mean_std(finals)} | {diff} | {best} (epoch "
+        f"{', '.join(map(str, epochs))}) | {len(runs)}"
+        f"{f' ({incomplete} unfinished)' if incomplete else ''} | "
+        f"{', '.join(str(e) for e in sorted({r['epochs'] for r in runs}))} | "
+        f"{', '.join(f'{w:g}' for w in sorted({r['width'] for r in runs}))} | "
+        f"{', '.join(sorted({r['data'] for r in runs}))} |")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) != 2 or not os.path.isdir(argv[1]):
+    print('usage: python -m rotnet_jax.report RESULTS_DIR', file=sys.stderr)
+    return 2
+  rows = collect(argv[1])
+  if not rows:
+    print(f'no results.json under {argv[1]}', file=sys.stderr)
+    return 1
+  print(markdown_table(rows))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

@@ -1,0 +1,351 @@
+"""Runs every job of one of the paper's CIFAR-10 tables, in order, resumably.
+
+    python -m rotnet_jax.reproduce table3 --root=/tmp/rotnet_repro
+    python -m rotnet_jax.reproduce table3 --root=/tmp/quick --quick
+    python -m rotnet_jax.report /tmp/rotnet_repro
+
+Tables: ``table1`` (non-linear heads on every block of NIN-3/4/5 RotNets),
+``table2`` (4, 8, 2 rotations), ``table3`` (supervised, random init,
+RotNet + heads, fine-tuned), ``semi`` (K labels per class), ``variants``
+(one random rotation per image), and ``smoke``: a 3-epoch RotNet and
+linear probes on its conv2 features and on a random NIN's, a few minutes
+on a CPU, which shows the features were learned. Pretext runs are shared
+between tables.
+
+Each job is an ordinary run of a ``configs/`` file with a few overrides, in
+``ROOT/seed<S>/<job>``; the command line of each is logged, so any job can
+be rerun by hand. A job whose ``results.json`` says it finished is
+skipped; an interrupted one resumes from its checkpoint. ``--epochs_scale``
+shortens every schedule (epochs and learning-rate steps) for a quick check;
+``--quick`` is a CPU-sized smoke run (scale 0.03, 1/16 width, at most 2,000
+training images, the bundled digits unless ``--dataset`` is given). Scaled
+runs are not the paper's protocol: the report lists their epochs.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from rotnet_jax import cli
+from rotnet_jax import evaluate
+from rotnet_jax import loop
+from rotnet_jax import train
+from rotnet_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('root', None, 'Folder for all runs of the table.')
+flags.DEFINE_list('seeds', ['0'], 'Seeds; each gets its own set of runs.')
+flags.DEFINE_float('epochs_scale', 1.0,
+                   'Multiplies every epoch count (schedules included).')
+flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
+flags.DEFINE_string('dataset', None, 'Override config.dataset.')
+flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
+flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
+flags.DEFINE_float('width', None, 'Override config.model.width.')
+flags.DEFINE_list('ks', [str(k) for k in (20, 100, 400, 1000, 5000)],
+                  'Labelled images per class for the semi table.')
+flags.DEFINE_bool('dry_run', False, 'Print the jobs, run nothing.')
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs')
+QUICK_SCALE = 0.03
+# Small batches: more steps for the same CPU time.
+QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,
+                   'batch_size': 32}
+QUICK_DATASET = 'digits'
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run: a config file, overrides, and where its backbone comes from.
+
+  Attributes:
+    name: workdir under ``ROOT/seed<S>/``.
+    config_file: file in ``configs/``.
+    experiment: row name in the report (``config.experiment``).
+    overrides: extra ``(key, value)`` config settings.
+    pretrained: name of the pretext job whose workdir is the backbone.
+  """
+  name: str
+  config_file: str
+  experiment: str
+  overrides: tuple[tuple[str, Any], ...] = ()
+  pretrained: str | None = None
+
+
+def _pretext(name: str, config_file: str, *overrides) -> Job:
+  return Job(f'pretext/{name}', config_file, f'pretext/{name}',
+             tuple(overrides))
+
+
+PRETEXT = {
+    'nin3': _pretext('nin3', 'cifar_nin3.py'),
+    'nin4': _pretext('nin4', 'cifar.py'),
+    'nin5': _pretext('nin5', 'cifar_nin5.py'),
+    'rot8': _pretext('rot8', 'cifar_rot8.py'),
+    'rot2_0_180': _pretext('rot2_0_180', 'cifar_rot2_0_180.py'),
+    'rot2_90_270': _pretext('rot2_90_270', 'cifar_rot2_90_270.py'),
+    'random_rotation': _pretext('random_rotation',
+                                'cifar_random_rotation.py'),
+}
+_CONV2 = (('blocks', ('conv2',)),)
+
+
+def _table1():
+  jobs = []
+  for blocks in (3, 4, 5):
+    name = f'nin{blocks}'
+    jobs += [PRETEXT[name], Job(
+        f'table1/{name}_multlayer', 'eval_multlayer.py',
+        f'table1/{name}/multlayer', (('model.num_blocks', blocks),),
+        pretrained=PRETEXT[name].name)]
+  return jobs
+
+
+def _table2():
+  jobs = []
+  for name, pretext in (('rot4', 'nin4'), ('rot8', 'rot8'),
+                        ('rot2_0_180', 'rot2_0_180'),
+                        ('rot2_90_270', 'rot2_90_270')):
+    jobs += [PRETEXT[pretext], Job(
+        f'table2/{name}_multlayer', 'eval_multlayer.py',
+        f'table2/{name}/multlayer', _CONV2, pretrained=PRETEXT[pretext].name)]
+  return jobs
+
+
+def _table3():
+  nin4 = PRETEXT['nin4'].name
+  return [
+      Job('table3/supervised_nin3', 'supervised_nin3.py',
+          'table3/supervised_nin3'),
+      PRETEXT['nin4'],
+      Job('table3/random_conv', 'eval_conv_random.py', 'table3/random_conv'),
+      Job('table3/rotnet_multlayer', 'eval_multlayer.py',
+          'table3/rotnet_multlayer', _CONV2, pretrained=nin4),
+      Job('table3/rotnet_conv', 'eval_conv.py', 'table3/rotnet_conv',
+          pretrained=nin4),
+      Job('table3/rotnet_multlayer_finetune', 'eval_multlayer_finetune.py',
+          'table3/rotnet_multlayer_finetune', pretrained=nin4),
+      Job('table3/rotnet_conv_finetune', 'eval_conv_finetune.py',
+          'table3/rotnet_conv_finetune', pretrained=nin4),
+  ]
+
+
+def _semi(ks):
+  jobs = [PRETEXT['nin4']]
+  for k in ks:
+    jobs += [
+        Job(f'semi/rotnet_conv_k{k}', 'semi_conv.py',
+            f'semi/rotnet_conv/k{k}', (('examples_per_class', k),),
+            pretrained=PRETEXT['nin4'].name),
+        Job(f'semi/supervised_nin3_k{k}', 'semi_supervised_nin3.py',
+            f'semi/supervised_nin3/k{k}', (('examples_per_class', k),)),
+    ]
+  return jobs
+
+
+def _variants():
+  return [PRETEXT['random_rotation'], Job(
+      'variants/random_rotation_multlayer', 'eval_multlayer.py',
+      'variants/random_rotation/multlayer', _CONV2,
+      pretrained=PRETEXT['random_rotation'].name)]
+
+
+def _smoke():
+  # Own short schedule, small model and the bundled digits (--dataset and
+  # --width still apply): learned features must show within minutes.
+  short = (('num_epochs', 3), ('learning_rate_table', ((2, 0.1), (3, 0.02))),
+           ('eval_every_epochs', 1), ('log_every_steps', 10),
+           ('batch_size', 64), ('model.width', 1 / 16), ('dataset', 'digits'))
+  pretext = Job('smoke/pretext', 'cifar.py', 'smoke/pretext', short)
+  probe = short + (('blocks', ('conv2',)),)
+  return [
+      pretext,
+      Job('smoke/rotnet_linear', 'eval_linear.py', 'smoke/rotnet_linear',
+          probe, pretrained=pretext.name),
+      Job('smoke/random_linear', 'eval_linear.py', 'smoke/random_linear',
+          probe + (('pretrained', 'random'),)),
+  ]
+
+
+TABLES = ('table1', 'table2', 'table3', 'semi', 'variants', 'smoke')
+DEFAULT_KS = (20, 100, 400, 1000, 5000)
+
+
+def table_jobs(table: str, ks=DEFAULT_KS) -> list[Job]:
+  """The jobs of `table`, pretext runs first."""
+  builders = {'table1': _table1, 'table2': _table2, 'table3': _table3,
+              'semi': lambda: _semi(ks), 'variants': _variants,
+              'smoke': _smoke}
+  if table not in builders:
+    raise InputError(f'unknown table {table!r}; valid: {TABLES}')
+  return builders[table]()
+
+
+def load_config_file(config_file: str, configs_dir: str = CONFIGS_DIR):
+  """``get_config()`` of a file in ``configs/``."""
+  path = os.path.join(configs_dir, config_file)
+  if not os.path.exists(path):
+    raise InputError(f'config file {path} not found: run from a checkout '
+                     'of rotnet-jax (configs/ is not installed).')
+  spec = importlib.util.spec_from_file_location(
+      f'rotnet_configs.{config_file[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _set(config, key: str, value) -> None:
+  node = config
+  *parents, leaf = key.split('.')
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+
+
+def scale_schedule(config, scale: float) -> None:
+  """Shortens (or lengthens) every epoch count of `config` by `scale`."""
+  if scale == 1.0:
+    return
+  config.num_epochs = max(1, round(config.num_epochs * scale))
+  table, last_end = [], 0
+  for end, lr in config.learning_rate_table:
+    end = max(1, round(end * scale))
+    if end > last_end:
+      table.append((end, lr))
+      last_end = end
+  config.learning_rate_table = tuple(table)
+  for key in ('eval_every_epochs', 'checkpoint_every_epochs'):
+    config[key] = max(1, round(config[key] * scale))
+  if config.epoch_examples:
+    config.epoch_examples = max(config.batch_size,
+                                round(config.epoch_examples * scale))
+
+
+def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
+               overrides: dict[str, Any] | None = None):
+  """The config of `job` for `seed` under `root`, with user overrides."""
+  config = load_config_file(job.config_file)
+  for key, value in job.overrides:
+    _set(config, key, value)
+  for key, value in (overrides or {}).items():
+    if key == 'num_train_examples' and config.examples_per_class:
+      continue  # A K-per-class run already picks its subset.
+    _set(config, key, value)
+  scale_schedule(config, scale)
+  config.seed = seed
+  config.experiment = job.experiment
+  if job.pretrained:
+    config.pretrained = os.path.join(root, f'seed{seed}', job.pretrained)
+  return config
+
+
+def command_line(job: Job, config, workdir: str) -> str:
+  """The ``main.py`` command that runs the same job by hand."""
+  reference = load_config_file(job.config_file)
+  args = ['python', 'main.py', f'--config=configs/{job.config_file}',
+          f'--workdir={workdir}']
+  flat_config = json.loads(config.to_json_best_effort())
+  flat_reference = json.loads(reference.to_json_best_effort())
+
+  def walk(node, ref, prefix=''):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, ref.get(key, {}), f'{prefix}{key}.')
+      elif ref.get(key) != value:
+        if isinstance(value, list):
+          value = tuple(tuple(v) if isinstance(v, list) else v
+                        for v in value)
+        args.append(f'--config.{prefix}{key}={value}')
+
+  walk(flat_config, flat_reference)
+  return ' '.join(shlex.quote(a) for a in args)
+
+
+def finished(workdir: str, config) -> bool:
+  """Whether `workdir` holds complete results for `config`'s schedule."""
+  path = os.path.join(workdir, loop.RESULTS_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    results = json.load(f)
+  return bool(results.get('complete')) and (
+      results.get('num_epochs') == config.num_epochs)
+
+
+def run_job(config, workdir: str) -> None:
+  if config.mode == 'evaluate':
+    evaluate.evaluate_pretrained(config, workdir)
+  else:
+    train.train_and_evaluate(config, workdir)
+
+
+def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
+              overrides: dict[str, Any] | None = None, ks=None,
+              dry_run: bool = False) -> list[str]:
+  """Runs (or lists) the jobs of `table` under `root`.
+
+  Returns:
+    The workdirs of the table's jobs, in order.
+  """
+  root = os.path.abspath(root)
+  workdirs = []
+  for seed in seeds:
+    for job in table_jobs(table, ks or DEFAULT_KS):
+      workdir = os.path.join(root, f'seed{seed}', job.name)
+      if workdir in workdirs:
+        continue
+      workdirs.append(workdir)
+      config = job_config(job, root=root, seed=seed, scale=scale,
+                          overrides=overrides)
+      logging.info('%s: %s', job.experiment, command_line(job, config,
+                                                          workdir))
+      if dry_run:
+        print(command_line(job, config, workdir))
+        continue
+      if finished(workdir, config):
+        logging.info('%s: finished already, skipped.', workdir)
+        continue
+      run_job(config, workdir)
+  return workdirs
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError(f'usage: python -m rotnet_jax.reproduce {{{",".join(TABLES)}}} '
+                         '--root=DIR [--quick] [--epochs_scale=F]')
+  table = argv[1]
+  overrides = dict(QUICK_OVERRIDES) if FLAGS.quick else {}
+  if FLAGS.quick:
+    overrides['dataset'] = FLAGS.dataset or QUICK_DATASET
+  elif FLAGS.dataset:
+    overrides['dataset'] = FLAGS.dataset
+  for key, value in (('data_dir', FLAGS.data_dir),
+                     ('pipeline', FLAGS.pipeline),
+                     ('model.width', FLAGS.width)):
+    if value is not None:
+      overrides[key] = value
+  scale = QUICK_SCALE if FLAGS.quick and FLAGS.epochs_scale == 1.0 else (
+      FLAGS.epochs_scale)
+  ks = [int(k) for k in FLAGS.ks]
+  if FLAGS.quick and overrides['dataset'] == QUICK_DATASET:
+    ks = [k for k in ks if k <= 100]  # Digits have ~150 images per class.
+  cli.quiet_library_logs()
+  try:
+    reproduce(table, FLAGS.root, seeds=[int(s) for s in FLAGS.seeds],
+              scale=scale, overrides=overrides, ks=ks,
+              dry_run=FLAGS.dry_run)
+  except InputError as e:
+    cli.fail(e)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['root'])
+  app.run(main)

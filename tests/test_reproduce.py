@@ -1,0 +1,129 @@
+"""The reproduction runner and the report, end to end on the bundled data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import report
+from rotnet_jax import reproduce
+
+
+def test_smoke_table_learns_features_that_beat_random_ones(tmp_path,
+                                                           capsys):
+  # pretext -> checkpoint -> evaluation -> report, through the runner.
+  root = str(tmp_path)
+  workdirs = reproduce.reproduce('smoke', root)
+  assert [os.path.relpath(w, root) for w in workdirs] == [
+      'seed0/smoke/pretext', 'seed0/smoke/rotnet_linear',
+      'seed0/smoke/random_linear']
+  pretext_events = metrics_lib.read_jsonl(workdirs[0])
+  train_events = [e for e in pretext_events if e['split'] == 'train']
+  test_events = [e for e in pretext_events if e['split'] == 'test']
+  assert [e['epoch'] for e in test_events] == [1, 2, 3]
+  assert train_events[-1]['loss'] < train_events[0]['loss']
+  # Rotation prediction is learned: chance is 25%.
+  assert test_events[-1]['accuracy'] > 0.4, test_events
+  with open(os.path.join(workdirs[0], 'results.json')) as f:
+    (pretext_result,) = json.load(f)['heads']
+  assert pretext_result['final_test_accuracy'] == test_events[-1]['accuracy']
+  assert pretext_result['test_samples'] == 297 * 4
+
+  rows = {(r['experiment'], r['head']): r for r in report.collect(root)}
+  rotnet = rows[('smoke/rotnet_linear', 'conv2')]['final']
+  random = rows[('smoke/random_linear', 'conv2')]['final']
+  assert rotnet > random + 5, (rotnet, random)  # Percent.
+
+  # A second run finds everything finished and trains nothing.
+  before = {w: os.path.getmtime(os.path.join(w, 'results.json'))
+            for w in workdirs}
+  reproduce.reproduce('smoke', root)
+  assert before == {w: os.path.getmtime(os.path.join(w, 'results.json'))
+                    for w in workdirs}
+  assert report.main(['report', root]) == 0
+  table = capsys.readouterr().out
+  assert '| Smoke: RotNet (3 epochs) + linear probe | conv2 | — |' in table
+
+
+def _write_results(folder, experiment, accuracies, **extra):
+  os.makedirs(folder, exist_ok=True)
+  results = {'experiment': experiment, 'mode': 'evaluate',
+             'dataset': 'cifar10', 'pipeline': 'device', 'num_epochs': 50,
+             'complete': True, 'model_width': 1.0,
+             'heads': [{'head': head, 'final_test_accuracy': acc,
+                        'best_test_accuracy_test_selected': acc + 0.01,
+                        'best_epoch_test_selected': 45, 'test_samples': 10000}
+                       for head, acc in accuracies.items()]}
+  results.update(extra)
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(results, f)
+
+
+def test_report_table_on_hand_made_results(tmp_path):
+  for seed, acc in ((0, 0.88), (1, 0.90)):
+    _write_results(tmp_path / f'seed{seed}' / 'table1' / 'nin4',
+                   'table1/nin4/multlayer',
+                   {'conv1': 0.85, 'conv2': acc})
+  _write_results(tmp_path / 'seed0' / 'semi' / 'k20', 'semi/rotnet_conv/k20',
+                 {'conv2': 0.5}, complete=False)
+  table = report.markdown_table(report.collect(str(tmp_path)))
+  lines = table.splitlines()
+  assert lines[0].startswith('| experiment | block | paper | ours')
+  conv2 = next(l for l in lines if '| conv2 | 89.06 |' in l)
+  # Mean and sample std of 88 and 90; difference to the paper's 89.06.
+  assert '| 89.00 ± 1.41 | -0.06 |' in conv2
+  assert '| 90.00 ± 1.41 (epoch 45) | 2 |' in conv2
+  conv1 = next(l for l in lines if '| conv1 |' in l)
+  assert '| 85.07 | 85.00 ± 0.00 | -0.07 |' in conv1
+  semi = next(l for l in lines if 'K=20' in l)
+  assert '| — | 50.00 | — |' in semi and '1 (1 unfinished)' in semi
+  _write_results(tmp_path / 'digits', 'table3/rotnet_conv', {'conv2': 0.5},
+                 dataset='digits')
+  table = report.markdown_table(report.collect(str(tmp_path)))
+  assert '| 91.16 | 50.00 | n/a (digits) |' in table
+  # Paper tables first, in the paper's order.
+  assert lines.index(conv1) < lines.index(conv2) < lines.index(semi)
+
+
+def test_scaled_schedules_stay_valid():
+  config = reproduce.load_config_file('eval_multlayer.py')
+  reproduce.scale_schedule(config, 0.05)
+  assert config.num_epochs == 2
+  assert config.learning_rate_table == ((1, 0.1), (2, 0.02))
+  config = reproduce.load_config_file('semi_conv.py')
+  reproduce.scale_schedule(config, 0.1)
+  assert config.num_epochs == 10 and config.epoch_examples == 5000
+
+
+def test_jobs_chain_pretext_and_evaluation(tmp_path):
+  jobs = {job.name: job for job in reproduce.table_jobs('table1')}
+  job = jobs['table1/nin3_multlayer']
+  config = reproduce.job_config(job, root=str(tmp_path), seed=2)
+  assert config.pretrained == str(tmp_path / 'seed2' / 'pretext' / 'nin3')
+  assert config.model.num_blocks == 3 and config.seed == 2
+  assert config.experiment == 'table1/nin3/multlayer'
+  command = reproduce.command_line(job, config, '/w')
+  assert command.startswith('python main.py --config=configs/'
+                            'eval_multlayer.py --workdir=/w')
+  assert '--config.model.num_blocks=3' in command
+  semi = [j for j in reproduce.table_jobs('semi', ks=(20,))]
+  assert [j.name for j in semi] == ['pretext/nin4', 'semi/rotnet_conv_k20',
+                                    'semi/supervised_nin3_k20']
+  with pytest.raises(reproduce.InputError, match='unknown table'):
+    reproduce.table_jobs('table9')
+
+
+def test_every_job_config_is_valid(tmp_path):
+  from rotnet_jax import config_schema  # pylint: disable=g-import-not-at-top
+  for table in reproduce.TABLES:
+    for job in reproduce.table_jobs(table):
+      config = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                                    scale=reproduce.QUICK_SCALE,
+                                    overrides=reproduce.QUICK_OVERRIDES)
+      config_schema.validate(config)
+
+
+def test_np_std_is_sample_std():
+  assert report._mean_std([88.0, 90.0]) == f'89.00 ± {np.std([88, 90], ddof=1):.2f}'
