@@ -126,11 +126,13 @@ def load_backbone(config, mesh) -> tuple[dict[str, Any], dict[str, Any],
             f"{wanted.get(k, 'absent')}"
             for k in paths if saved_shapes.get(k) != wanted.get(k)]
   if differ or saved_spec != spec:
+    checkpoints.close()
     raise InputError(
         f'the checkpoint in {checkpoints.directory} (step {step}) is a '
-        f'{saved_spec}, but this config describes {spec}. Set '
-        '--config.model.num_blocks/--config.model.width (and image_size) '
-        'to those of the pretext run. Differing arrays: '
+        f'{saved_spec}, but this config describes {spec}. Pass the pretext '
+        f"run's shape: --config.model.num_blocks={saved_spec['num_blocks']} "
+        f"--config.model.width={saved_spec['width']} "
+        f"--config.image_size={saved_spec['image_size']}. Differing arrays: "
         + ('; '.join(differ[:6]) or 'none') +
         (f' (and {len(differ) - 6} more)' if len(differ) > 6 else ''))
   variables = checkpoints.restore(step, model=target)['model']
@@ -159,12 +161,14 @@ class Classifiers:
   Attributes:
     blocks: the blocks with a head, in order.
     finetune: whether the backbone trains too.
+    deepest_block: where the backbone's forward pass stops.
   """
 
   def __init__(self, config, spec, blocks, num_classes: int):
     dtype = models.compute_dtype(config.half_precision)
     self.blocks = blocks
     self.finetune = config.finetune
+    self.deepest_block = max(blocks, key=lambda name: int(name[4:]))
     abstract_backbone = nnx.eval_shape(
         lambda: models.build_backbone(spec, dtype=dtype, rngs=nnx.Rngs(0)))
     self.backbone_graphdef = nnx.graphdef(abstract_backbone)
@@ -209,16 +213,18 @@ class Classifiers:
       inputs: normalised images.
       train: BatchNorm mode of the trained parts.
     """
+    # Blocks after the deepest head are not run: no wasted compute, and
+    # when fine-tuning their BatchNorm statistics stay as restored.
     if self.finetune:
       backbone = nnx.merge(self.backbone_graphdef, params['backbone'],
                            batch_stats['backbone'])
-      _, features = backbone(inputs, train=train)
+      _, features = backbone(inputs, train=train, up_to=self.deepest_block)
       new_stats = {'backbone': nnx.to_pure_dict(
           nnx.state(backbone, nnx.BatchStat))}
     else:
       backbone = nnx.merge(self.backbone_graphdef, frozen['params'],
                            frozen['batch_stats'])
-      _, features = backbone(inputs, train=False)
+      _, features = backbone(inputs, train=False, up_to=self.deepest_block)
       features = jax.lax.stop_gradient(features)
       new_stats = {}
     logits, head_stats = {}, {}
@@ -328,7 +334,8 @@ def evaluate_pretrained(config, workdir: str, *, mesh=None
              'finetune': config.finetune, **origin,
              'num_classes': train_source.num_classes}
   extra = {block: {'block': block, 'head_type': config.head,
-                   'finetune': config.finetune, **origin}
+                   'finetune': config.finetune, 'dataset': config.dataset,
+                   'pipeline': config.pipeline, **origin}
            for block in blocks}
   state = loop.fit(
       config, workdir, network=network, state=state, train_fn=train_fn,

@@ -287,5 +287,7 @@ def write_results(workdir, config, best, extra, *, num_epochs):
       'num_epochs': num_epochs,
       'complete': all(r['final_epoch'] == num_epochs for r in best.values()),
       'heads': heads}
-  with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+  path = os.path.join(workdir, RESULTS_FILE)
+  with open(path + '.tmp', 'w') as f:  # Atomic: never a half-written file.
     json.dump(results, f, indent=2)
+  os.replace(path + '.tmp', path)

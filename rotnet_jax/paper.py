@@ -35,6 +35,20 @@ CIFAR10 = {
     ('table3/rotnet_conv_finetune', 'conv2'): 92.17,
 }
 
+# Epochs of the head (or of the supervised network) in the paper's protocol:
+# a row is compared with the paper only when it ran this schedule.
+_HEAD_EPOCHS = {'multlayer': 50, 'conv': 100, 'supervised': 200}
+
+
+def protocol_epochs(experiment: str) -> int | None:
+  """Epochs of the protocol behind a row with a paper number, else None."""
+  if not any(key[0] == experiment for key in CIFAR10):
+    return None
+  if 'supervised' in experiment:
+    return _HEAD_EPOCHS['supervised']
+  return _HEAD_EPOCHS['multlayer' if 'multlayer' in experiment else 'conv']
+
+
 DESCRIPTIONS = {
     'table1/nin3/multlayer': 'RotNet NIN-3 + non-linear',
     'table1/nin4/multlayer': 'RotNet NIN-4 + non-linear',

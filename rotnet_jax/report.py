@@ -6,9 +6,9 @@ Reads every ``results.json`` under the folder (one per run, written by
 training and evaluation). Rows are (experiment, block); runs of several
 seeds are averaged (mean ± standard deviation). "Ours" is the test accuracy
 after the last epoch; the best epoch's accuracy is shown apart, labelled as
-selected on the test set (what the official code reported). Rows trained
-on other data than CIFAR-10 (the bundled digits) get no difference to the
-paper; the epochs column shows shortened schedules.
+selected on the test set (what the official code reported). Only runs of
+the paper's protocol (CIFAR-10, full width, the protocol's epochs) get a
+difference to the paper; others say why not.
 """
 
 import collections
@@ -52,20 +52,38 @@ def _mean_std(values) -> str:
 
 
 def _sort_key(key):
-  experiment, head = key
+  experiment, head = key[:2]
   known = list(paper.DESCRIPTIONS)
   base = experiment.rpartition('/k')[0] if '/k' in experiment else experiment
   rank = known.index(base) if base in known else len(known)
   k = experiment.rpartition('/k')[2]
   return (experiment.startswith(('pretext', 'smoke/pretext')), rank, base,
-          int(k) if k.isdigit() else 0, head)
+          int(k) if k.isdigit() else 0, head, str(key[2:]))
+
+
+def _difference(experiment, runs, finals, reference) -> str:
+  """Ours minus the paper, only for runs of the paper's protocol."""
+  if reference is None:
+    return '—'
+  run = runs[0]  # A group's runs share data, width and epochs.
+  if not paper.comparable(run['dataset']):
+    return f"n/a ({run['dataset']})"
+  if run['width'] != 1.0 or run['epochs'] != paper.protocol_epochs(
+      experiment):
+    return 'n/a (not the protocol)'
+  return f'{np.mean(finals) - reference:+.2f}'
 
 
 def markdown_table(rows: list[dict]) -> str:
-  """One line per (experiment, head): paper, ours, difference, details."""
+  """One line per (experiment, head) and setting: paper, ours, difference.
+
+  Runs average into one line only when they share dataset, width and
+  epochs (seeds of one setting).
+  """
   groups = collections.defaultdict(list)
   for row in rows:
-    groups[(row['experiment'], row['head'])].append(row)
+    groups[(row['experiment'], row['head'], row['dataset'], row['width'],
+            row['epochs'])].append(row)
   lines = [
       '| experiment | block | paper | ours (final epoch) | ours − paper | '
       'best epoch (test-selected) | runs | epochs | width | data |',
@@ -73,14 +91,9 @@ def markdown_table(rows: list[dict]) -> str:
   for key in sorted(groups, key=_sort_key):
     runs = groups[key]
     finals = [r['final'] for r in runs]
-    reference = paper.paper_accuracy(*key)
+    reference = paper.paper_accuracy(key[0], key[1])
     paper_text = f'{reference:.2f}' if reference is not None else '—'
-    if reference is None:
-      diff = '—'
-    elif not all(paper.comparable(r['dataset']) for r in runs):
-      diff = f"n/a ({', '.join(sorted({r['dataset'] for r in runs}))})"
-    else:
-      diff = f'{np.mean(finals) - reference:+.2f}'
+    diff = _difference(key[0], runs, finals, reference)
     best = _mean_std([r['best'] for r in runs])
     epochs = sorted({r['best_epoch'] for r in runs})
     incomplete = sum(not r['complete'] for r in runs)
@@ -89,8 +102,7 @@ def markdown_table(rows: list[dict]) -> str:
         f"{_mean_std(finals)} | {diff} | {best} (epoch "
         f"{', '.join(map(str, epochs))}) | {len(runs)}"
         f"{f' ({incomplete} unfinished)' if incomplete else ''} | "
-        f"{', '.join(str(e) for e in sorted({r['epochs'] for r in runs}))} | "
-        f"{', '.join(f'{w:g}' for w in sorted({r['width'] for r in runs}))} | "
+        f"{key[4]} | {key[3]:g} | "
         f"{', '.join(sorted({r['data'] for r in runs}))} |")
   return '\n'.join(lines)
 

@@ -25,6 +25,7 @@ runs are not the paper's protocol: the report lists their epochs.
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import shlex
 from typing import Any
@@ -39,6 +40,8 @@ from rotnet_jax import loop
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
 
+DEFAULT_KS = (20, 100, 400, 1000, 5000)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('root', None, 'Folder for all runs of the table.')
 flags.DEFINE_list('seeds', ['0'], 'Seeds; each gets its own set of runs.')
@@ -49,7 +52,9 @@ flags.DEFINE_string('dataset', None, 'Override config.dataset.')
 flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
 flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
 flags.DEFINE_float('width', None, 'Override config.model.width.')
-flags.DEFINE_list('ks', [str(k) for k in (20, 100, 400, 1000, 5000)],
+flags.DEFINE_bool('half_precision', False,
+                  'bfloat16 compute for every job (faster on GPU and TPU).')
+flags.DEFINE_list('ks', [str(k) for k in DEFAULT_KS],
                   'Labelled images per class for the semi table.')
 flags.DEFINE_bool('dry_run', False, 'Print the jobs, run nothing.')
 
@@ -72,12 +77,15 @@ class Job:
     experiment: row name in the report (``config.experiment``).
     overrides: extra ``(key, value)`` config settings.
     pretrained: name of the pretext job whose workdir is the backbone.
+    scalable: whether ``--epochs_scale``/``--quick`` shorten it (not the
+      smoke jobs, which have their own short schedule).
   """
   name: str
   config_file: str
   experiment: str
   overrides: tuple[tuple[str, Any], ...] = ()
   pretrained: str | None = None
+  scalable: bool = True
 
 
 def _pretext(name: str, config_file: str, *overrides) -> Job:
@@ -164,21 +172,19 @@ def _smoke():
   short = (('num_epochs', 3), ('learning_rate_table', ((2, 0.1), (3, 0.02))),
            ('eval_every_epochs', 1), ('log_every_steps', 10),
            ('batch_size', 64), ('model.width', 1 / 16), ('dataset', 'digits'))
-  pretext = Job('smoke/pretext', 'cifar.py', 'smoke/pretext', short)
+  pretext = Job('smoke/pretext', 'cifar.py', 'smoke/pretext', short,
+                scalable=False)
   probe = short + (('blocks', ('conv2',)),)
   return [
       pretext,
       Job('smoke/rotnet_linear', 'eval_linear.py', 'smoke/rotnet_linear',
-          probe, pretrained=pretext.name),
+          probe, pretrained=pretext.name, scalable=False),
       Job('smoke/random_linear', 'eval_linear.py', 'smoke/random_linear',
-          probe + (('pretrained', 'random'),)),
+          probe + (('pretrained', 'random'),), scalable=False),
   ]
 
 
 TABLES = ('table1', 'table2', 'table3', 'semi', 'variants', 'smoke')
-DEFAULT_KS = (20, 100, 400, 1000, 5000)
-
-
 def table_jobs(table: str, ks=DEFAULT_KS) -> list[Job]:
   """The jobs of `table`, pretext runs first."""
   builders = {'table1': _table1, 'table2': _table2, 'table3': _table3,
@@ -210,23 +216,27 @@ def _set(config, key: str, value) -> None:
   node[leaf] = value
 
 
+def _round(x: float) -> int:
+  return int(math.floor(x + 0.5))
+
+
 def scale_schedule(config, scale: float) -> None:
-  """Shortens (or lengthens) every epoch count of `config` by `scale`."""
+  """Shortens (or lengthens) every epoch count of `config` by `scale`.
+
+  Every learning rate of the table keeps at least one epoch, so a short
+  schedule still steps down through all of them. The epoch *length*
+  (``epoch_examples``) is not scaled: only the number of epochs is.
+  """
   if scale == 1.0:
     return
-  config.num_epochs = max(1, round(config.num_epochs * scale))
-  table, last_end = [], 0
-  for end, lr in config.learning_rate_table:
-    end = max(1, round(end * scale))
-    if end > last_end:
-      table.append((end, lr))
-      last_end = end
+  table, end = [], 0
+  for old_end, lr in config.learning_rate_table:
+    end = max(end + 1, _round(old_end * scale))
+    table.append((end, lr))
   config.learning_rate_table = tuple(table)
+  config.num_epochs = max(end, _round(config.num_epochs * scale))
   for key in ('eval_every_epochs', 'checkpoint_every_epochs'):
-    config[key] = max(1, round(config[key] * scale))
-  if config.epoch_examples:
-    config.epoch_examples = max(config.batch_size,
-                                round(config.epoch_examples * scale))
+    config[key] = max(1, _round(config[key] * scale))
 
 
 def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
@@ -239,7 +249,8 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
     if key == 'num_train_examples' and config.examples_per_class:
       continue  # A K-per-class run already picks its subset.
     _set(config, key, value)
-  scale_schedule(config, scale)
+  if job.scalable:
+    scale_schedule(config, scale)
   config.seed = seed
   config.experiment = job.experiment
   if job.pretrained:
@@ -269,15 +280,43 @@ def command_line(job: Job, config, workdir: str) -> str:
   return ' '.join(shlex.quote(a) for a in args)
 
 
+# Settings that do not change what a job computes.
+_BOOKKEEPING_KEYS = ('log_every_steps', 'eval_every_epochs',
+                     'checkpoint_every_epochs', 'keep_checkpoints',
+                     'data_dir', 'cache_dir', 'shuffle_buffer_size')
+
+
+def _job_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in config_dict.items() if k not in _BOOKKEEPING_KEYS}
+
+
 def finished(workdir: str, config) -> bool:
-  """Whether `workdir` holds complete results for `config`'s schedule."""
+  """Whether `workdir` already holds this job's complete results.
+
+  Raises:
+    InputError: `workdir` holds a run of other settings (another dataset,
+      width, schedule...): its results would be reported as this job's.
+  """
+  path = os.path.join(workdir, loop.CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = _job_settings(json.load(f))
+  wanted = _job_settings(json.loads(config.to_json_best_effort()))
+  saved.pop('network', None)
+  differ = sorted(k for k in set(saved) | set(wanted)
+                  if saved.get(k) != wanted.get(k))
+  if differ:
+    raise InputError(
+        f'{workdir} holds a run with other settings ('
+        + ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
+                    for k in differ[:5])
+        + '). Use another --root for other settings.')
   path = os.path.join(workdir, loop.RESULTS_FILE)
   if not os.path.exists(path):
     return False
   with open(path) as f:
-    results = json.load(f)
-  return bool(results.get('complete')) and (
-      results.get('num_epochs') == config.num_epochs)
+    return bool(json.load(f).get('complete'))
 
 
 def run_job(config, workdir: str) -> None:
@@ -332,6 +371,8 @@ def main(argv):
                      ('model.width', FLAGS.width)):
     if value is not None:
       overrides[key] = value
+  if FLAGS.half_precision:
+    overrides['half_precision'] = True
   scale = QUICK_SCALE if FLAGS.quick and FLAGS.epochs_scale == 1.0 else (
       FLAGS.epochs_scale)
   ks = [int(k) for k in FLAGS.ks]

@@ -8,7 +8,9 @@ counter-clockwise: for multiples of 90 degrees this is exactly
 Other angles (the paper's 8 rotations, multiples of 45 degrees) are resampled
 bilinearly about the image centre. Corners: output pixels whose source falls
 outside the image are 0. Rotation is applied to *normalised* images, so
-those corners take the dataset's mean colour rather than black.
+those corners take the dataset's mean colour rather than black. Beware that
+this gives the network a shortcut the paper's 8-rotation experiment shares:
+the odd multiples of 45 degrees are the blurred ones with flat corners.
 
 Layout with all rotations: the copies of one image sit next to each other
 (row ``n * i + k`` is image ``i`` at angle ``k``), which keeps every

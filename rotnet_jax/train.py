@@ -195,6 +195,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   train_fn, eval_fn = jit_steps(graphdef, tx, task, mesh, train_source,
                                 test_source)
   extra = {task.name: {'block': None, 'head_type': task.name,
+                       'dataset': config.dataset, 'pipeline': config.pipeline,
                        'rotations': list(config.rotations)
                        if config.mode == 'pretext' else None}}
   return loop.fit(

@@ -140,9 +140,16 @@ def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,
   head = nnx.merge(classifiers.head_graphdefs['conv2'],
                    head_vars['params']['conv2'],
                    head_vars['batch_stats']['conv2'])
-  expected = head(net(x, train=False)[1]['conv2'], train=False)
-  logits, _ = classifiers(params, stats, backbone, x, train=False)
-  np.testing.assert_allclose(logits['conv2'], expected, rtol=1e-5, atol=1e-5)
+  eval_features = net(x, train=False)[1]['conv2']
+  for train_heads in (False, True):
+    # Even while the heads train (their BatchNorm on batch statistics), the
+    # frozen backbone runs in inference mode.
+    expected = head(eval_features, train=train_heads)
+    logits, _ = classifiers(params, stats, backbone, x, train=train_heads)
+    np.testing.assert_allclose(logits['conv2'], expected, rtol=1e-5,
+                               atol=1e-5)
+  train_mode_features = net(x, train=True)[1]['conv2']
+  assert not np.allclose(eval_features, train_mode_features, atol=1e-3)
 
 
 def test_finetuning_changes_the_backbone(pretext_run, tmp_path,

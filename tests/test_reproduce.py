@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 from rotnet_jax import metrics as metrics_lib
@@ -81,20 +80,46 @@ def test_report_table_on_hand_made_results(tmp_path):
   assert '| — | 50.00 | — |' in semi and '1 (1 unfinished)' in semi
   _write_results(tmp_path / 'digits', 'table3/rotnet_conv', {'conv2': 0.5},
                  dataset='digits')
+  _write_results(tmp_path / 'short', 'table3/rotnet_conv', {'conv2': 0.6},
+                 num_epochs=3)
   table = report.markdown_table(report.collect(str(tmp_path)))
   assert '| 91.16 | 50.00 | n/a (digits) |' in table
+  # Another schedule is its own row, not compared with the paper.
+  assert '| 91.16 | 60.00 | n/a (not the protocol) |' in table
   # Paper tables first, in the paper's order.
   assert lines.index(conv1) < lines.index(conv2) < lines.index(semi)
 
 
-def test_scaled_schedules_stay_valid():
+def test_scaled_schedules_keep_every_rate_and_the_epoch_length():
   config = reproduce.load_config_file('eval_multlayer.py')
   reproduce.scale_schedule(config, 0.05)
-  assert config.num_epochs == 2
-  assert config.learning_rate_table == ((1, 0.1), (2, 0.02))
+  # 20, 40, 45, 50 epochs -> 1, 2, 2.25, 2.5: every rate keeps an epoch.
+  assert config.learning_rate_table == ((1, 0.1), (2, 0.02), (3, 0.004),
+                                        (4, 0.0008))
+  assert config.num_epochs == 4
   config = reproduce.load_config_file('semi_conv.py')
   reproduce.scale_schedule(config, 0.1)
-  assert config.num_epochs == 10 and config.epoch_examples == 5000
+  assert config.learning_rate_table == ((4, 0.1), (7, 0.02), (9, 0.004),
+                                        (10, 0.0008))
+  assert config.num_epochs == 10 and config.epoch_examples == 50_000
+
+
+def test_runner_refuses_a_root_with_other_settings(tmp_path):
+  job = reproduce.table_jobs('table3')[0]
+  config = reproduce.job_config(job, root=str(tmp_path), seed=0)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  assert not reproduce.finished(str(workdir), config)
+  with open(workdir / 'config.json', 'w') as f:
+    json.dump(dict(json.loads(config.to_json_best_effort()),
+                   network={}, log_every_steps=1), f)
+  assert not reproduce.finished(str(workdir), config)  # Same job, unfinished.
+  (workdir / 'results.json').write_text('{"complete": true}')
+  assert reproduce.finished(str(workdir), config)
+  other = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                               overrides={'model.width': 0.5})
+  with pytest.raises(reproduce.InputError, match=r'other settings \(model: '):
+    reproduce.finished(str(workdir), other)
 
 
 def test_jobs_chain_pretext_and_evaluation(tmp_path):
@@ -124,6 +149,3 @@ def test_every_job_config_is_valid(tmp_path):
                                     overrides=reproduce.QUICK_OVERRIDES)
       config_schema.validate(config)
 
-
-def test_np_std_is_sample_std():
-  assert report._mean_std([88.0, 90.0]) == f'89.00 ± {np.std([88, 90], ddof=1):.2f}'

@@ -37,7 +37,8 @@ def training_subset(labels: np.ndarray, *, num_examples: int = 0,
     num_examples: keep this many, evenly spaced (every N/n-th example), so
       that a class-sorted image folder keeps every class. 0: all.
     examples_per_class: keep the first K examples of every class, in
-      dataset order (the paper's semi-supervised setting). 0: all.
+      dataset order (the paper's semi-supervised setting): file order in an
+      image folder, TFDS's stored order for a TFDS dataset. 0: all.
 
   Raises:
     InputError: both are set, or K exceeds the smallest class.

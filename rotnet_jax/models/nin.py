@@ -136,23 +136,30 @@ class NIN(nnx.Module):
         bias_init=torch_default_bias_init(later[-1]), dtype=dtype,
         param_dtype=jnp.float32, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, *, train: bool, up_to: str | None = None
+               ) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Runs the network.
 
     Args:
       x: normalised images ``[B, H, W, C]``.
       train: batch statistics (and their running-average update) if True,
         running averages if False.
+      up_to: stop after this block (e.g. ``conv2``): later blocks and the
+        classifier are not run (their BatchNorm statistics stay as they
+        are) and the logits are None.
 
     Returns:
       ``(logits, features)``: float32 logits ``[B, num_classes]`` and a dict
-      of every block's output, ``conv1``..``convN``.
+      of the output of every block run, ``conv1``..``convN``.
     """
+    if up_to is not None and up_to not in self.block_names:
+      raise ValueError(f'up_to={up_to!r}; valid: {self.block_names}')
     features = {}
     for name, block in zip(self.block_names, self.blocks):
       x = block(x, train=train)
       features[name] = x
+      if name == up_to:
+        return None, features
     pooled = jnp.mean(x, axis=(1, 2))
     logits = self.classifier(pooled).astype(jnp.float32)
     return logits, features
