@@ -39,6 +39,13 @@ def abstract_like(tree):
       tree)
 
 
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``{'params/blocks/0/...': shape}`` of every array (or array spec)."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(x.shape)
+          for path, x in flat}
+
+
 class Checkpointer:
   """Saves and restores training state under ``WORKDIR/checkpoints``."""
 
@@ -99,10 +106,7 @@ class Checkpointer:
   def model_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the saved ``model`` arrays by ``/``-joined path (no data read)."""
     tree = self._manager.item_metadata(step)['model']
-    flat = jax.tree_util.tree_flatten_with_path(
-        tree.tree if hasattr(tree, 'tree') else tree)[0]
-    return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(
-        leaf.shape) for path, leaf in flat}
+    return flat_shapes(tree.tree if hasattr(tree, 'tree') else tree)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

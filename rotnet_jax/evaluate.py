@@ -40,12 +40,6 @@ from rotnet_jax.models import nin
 RANDOM_BACKBONE = 'random'
 
 
-def _variables(model) -> dict[str, Any]:
-  _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  return {'params': nnx.to_pure_dict(params),
-          'batch_stats': nnx.to_pure_dict(batch_stats)}
-
-
 def _abstract_variables(spec, mesh) -> dict[str, Any]:
   """Shapes of the backbone's variables, with replicated shardings."""
   abstract = nnx.eval_shape(
@@ -53,13 +47,7 @@ def _abstract_variables(spec, mesh) -> dict[str, Any]:
   sharding = parallel.replicated(mesh)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      _variables(abstract))
-
-
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(x.shape)
-          for path, x in flat}
+      models.variables(abstract))
 
 
 def _pretrained_checkpoint(config) -> tuple[checkpoint_lib.Checkpointer, int]:
@@ -105,7 +93,7 @@ def load_backbone(config, mesh) -> tuple[dict[str, Any], dict[str, Any],
   if config.pretrained == RANDOM_BACKBONE:
     spec = models.backbone_spec(config.model, image_size=config.image_size,
                                 num_classes=len(config.rotations))
-    init = jax.jit(lambda: _variables(models.build_backbone(
+    init = jax.jit(lambda: models.variables(models.build_backbone(
         spec, rngs=nnx.Rngs(config.seed))),
                    out_shardings=parallel.replicated(mesh))
     return spec, init(), {'pretrained': RANDOM_BACKBONE,
@@ -118,7 +106,7 @@ def load_backbone(config, mesh) -> tuple[dict[str, Any], dict[str, Any],
                               num_classes=saved_spec['num_classes'])
   target = _abstract_variables(spec, mesh)
   saved_shapes = checkpoints.model_shapes(step)
-  wanted = _flat_shapes(target)
+  wanted = checkpoint_lib.flat_shapes(target)
   # Parameters first: they say more than the BatchNorm statistics.
   paths = sorted(set(saved_shapes) | set(wanted),
                  key=lambda k: (not k.startswith('params'), k))
@@ -198,7 +186,7 @@ class Classifiers:
   def init_heads(self, seed: int) -> dict[str, Any]:
     """``{'params': {block: ...}, 'batch_stats': {block: ...}}`` of new heads."""
     heads = self._make_heads(nnx.Rngs(seed))
-    variables = {block: _variables(head) for block, head in heads.items()}
+    variables = {block: models.variables(head) for block, head in heads.items()}
     return {'params': {b: v['params'] for b, v in variables.items()},
             'batch_stats': {b: v['batch_stats'] for b, v in variables.items()}}
 

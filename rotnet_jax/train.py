@@ -83,11 +83,10 @@ def create_train_state(config, spec, tx: optax.GradientTransformation,
   dtype = models.compute_dtype(config.half_precision)
 
   def init():
-    model = models.build_backbone(spec, dtype=dtype,
-                                  rngs=nnx.Rngs(config.seed))
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = nnx.to_pure_dict(params)
-    return TrainState(params, nnx.to_pure_dict(batch_stats), tx.init(params))
+    model = models.variables(models.build_backbone(
+        spec, dtype=dtype, rngs=nnx.Rngs(config.seed)))
+    return TrainState(model['params'], model['batch_stats'],
+                      tx.init(model['params']))
 
   graphdef = nnx.graphdef(nnx.eval_shape(
       lambda: models.build_backbone(spec, dtype=dtype, rngs=nnx.Rngs(0))))

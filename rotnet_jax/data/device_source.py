@@ -7,7 +7,6 @@ from the resident array and augments it there. No host decoding, no
 host-to-device image copies, and no TensorFlow import.
 """
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -18,7 +17,6 @@ from rotnet_jax import parallel
 from rotnet_jax.data import transforms
 from rotnet_jax.data import shuffle
 from rotnet_jax.data.arrays import SplitArrays
-from rotnet_jax.errors import InputError
 
 # Folded into the run seed so augmentation draws never coincide with the
 # model initialisation's keys (which also start from the run seed).
@@ -58,13 +56,9 @@ class DeviceSource:
     self.seed = seed
     self._mesh = mesh
     self._epoch_length = epoch_length or self.num_examples
-    if train:
-      self.steps_per_epoch = self._epoch_length // batch_size
-      if self.steps_per_epoch == 0:
-        raise InputError(f'batch_size={batch_size} is larger than an epoch '
-                         f'({self._epoch_length} training examples)')
-    else:
-      self.steps_per_epoch = math.ceil(self.num_examples / batch_size)
+    # Every process holds the whole split: one share.
+    self.steps_per_epoch = shuffle.steps_per_epoch(
+        self.num_examples, batch_size, train=train, epoch_length=epoch_length)
     self.resident = parallel.replicate(
         mesh, {'image': data.images, 'label': data.labels})
 

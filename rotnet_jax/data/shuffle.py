@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from rotnet_jax.errors import InputError
+
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
   """A 32-bit seed derived from the run `seed`, the `epoch` and `more`."""
@@ -28,3 +30,25 @@ def epoch_order(num_examples: int, seed: int, epoch: int,
   passes = math.ceil(length / num_examples)
   return np.concatenate([rng.permutation(num_examples)
                          for _ in range(passes)])[:length]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, *, train: bool,
+                    epoch_length: int = 0, processes: int = 1) -> int:
+  """Steps of one epoch, the same on every process.
+
+  Training: full batches of an epoch of `epoch_length` draws (default one
+  pass); the remainder is dropped. Evaluation: enough batches for the
+  largest of `processes` equal shares (``num_examples / processes``, rounded
+  up) to be seen once; the last batch is padded.
+
+  Raises:
+    InputError: a training epoch is shorter than one batch.
+  """
+  if train:
+    steps = (epoch_length or num_examples) // batch_size
+    if steps == 0:
+      raise InputError(f'batch_size={batch_size} is larger than an epoch '
+                       f'({epoch_length or num_examples} training examples)')
+    return steps
+  largest_share = math.ceil(num_examples / processes)
+  return math.ceil(largest_share / (batch_size // processes))

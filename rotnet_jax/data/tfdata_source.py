@@ -15,7 +15,6 @@ Imports TensorFlow.
 """
 
 import collections
-import math
 from collections.abc import Callable
 
 import jax
@@ -85,14 +84,9 @@ class TFDataSource(HostBatches):
     else:
       self._init_items(dataset, split, kind, subset)
     self._epoch_length = epoch_length or self.num_examples
-    if train:
-      self.steps_per_epoch = self._epoch_length // batch_size
-      if self.steps_per_epoch == 0:
-        raise InputError(f'batch_size={batch_size} is larger than an epoch '
-                         f'({self._epoch_length} training examples)')
-    else:
-      largest_share = math.ceil(self.num_examples / self._processes)
-      self.steps_per_epoch = math.ceil(largest_share / self._local_batch)
+    self.steps_per_epoch = shuffle.steps_per_epoch(
+        self.num_examples, batch_size, train=train, epoch_length=epoch_length,
+        processes=self._processes)
 
   def _init_items(self, dataset, split, kind, subset):
     """Digits (pixels in memory) or an image folder (paths, checked)."""

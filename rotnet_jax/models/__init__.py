@@ -12,6 +12,13 @@ from flax import nnx
 from rotnet_jax.models.nin import NIN
 
 
+def variables(module: nnx.Module) -> dict[str, Any]:
+  """``{'params': ..., 'batch_stats': ...}`` of `module` as plain dicts."""
+  _, params, batch_stats = nnx.split(module, nnx.Param, nnx.BatchStat)
+  return {'params': nnx.to_pure_dict(params),
+          'batch_stats': nnx.to_pure_dict(batch_stats)}
+
+
 def compute_dtype(half_precision: bool) -> jnp.dtype:
   """bfloat16 activations for ``half_precision``; parameters stay float32."""
   return jnp.bfloat16 if half_precision else jnp.float32
@@ -34,4 +41,5 @@ def build_backbone(spec: dict[str, Any], *, dtype=jnp.float32,
              width=spec['width'], dtype=dtype, rngs=rngs)
 
 
-__all__ = ['NIN', 'backbone_spec', 'build_backbone', 'compute_dtype']
+__all__ = ['NIN', 'backbone_spec', 'build_backbone', 'compute_dtype',
+           'variables']
