@@ -10,8 +10,6 @@ Bad input (a missing folder, an unknown key...) stops the run with a
 one-line message and exit status 2, before any training step.
 """
 
-import sys
-
 import jax
 from absl import app
 from absl import flags
@@ -19,8 +17,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from rotnet_jax import cli
-from rotnet_jax import config_schema
-from rotnet_jax import evaluate
 from rotnet_jax import parallel
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
@@ -48,23 +44,11 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  config = FLAGS.config
   try:
-    if config.mode == 'evaluate':
-      evaluate.evaluate_pretrained(config, FLAGS.workdir)
-    else:
-      train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except InputError as e:
     cli.fail(e)
 
 
-def run():
-  try:
-    config_schema.check_command_line(sys.argv)
-  except config_schema.ConfigError as e:
-    cli.fail(e)
-  app.run(main)
-
-
 if __name__ == '__main__':
-  run()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -5,7 +5,8 @@
 
 As configs/eval_multlayer.py, but the pretrained backbone is not frozen: it
 trains together with the head (BatchNorm in training mode, same schedule).
-Paper: not recorded in DESIGN.md (RotNet + non-linear, fine-tuned).
+Paper: Table 3, RotNet + non-linear, fine-tuned (number not yet filled in
+rotnet_jax/paper.py).
 """
 
 from rotnet_jax import config_schema

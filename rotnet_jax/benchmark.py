@@ -27,11 +27,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from rotnet_jax import cli
-from rotnet_jax import config_schema
-from rotnet_jax import models
+from rotnet_jax import objectives
 from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import train
+from rotnet_jax import steps as steps_lib
+from rotnet_jax import validation
 from rotnet_jax.data import arrays
 from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import PIPELINES
@@ -48,10 +48,13 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                 lock_config=True)
 
 
-def _time_steps(step_fn, state, constants, inputs_list, warmup, steps):
-  """Compiles, warms up and times `step_fn`; returns (seconds, compile_s)."""
+def _time_steps(compiled_steps, state, inputs_list, warmup, steps):
+  """Compiles, warms up and times the train step; returns
+  ``(seconds, compile_seconds)``."""
+  constants = compiled_steps.constants
   start = time.perf_counter()
-  compiled = step_fn.lower(state, constants, inputs_list[0], 0).compile()
+  compiled = compiled_steps.train_fn.lower(state, constants, inputs_list[0],
+                                           0).compile()
   compile_seconds = time.perf_counter() - start
   for i in range(warmup):
     state, _ = compiled(state, constants, inputs_list[i % len(inputs_list)], i)
@@ -65,17 +68,19 @@ def _time_steps(step_fn, state, constants, inputs_list, warmup, steps):
 
 
 def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
-                  examples: int = 10_000, sources=PIPELINES, mesh=None
-                  ) -> dict:
-  """Benchmarks the train step for each of `sources`; returns a JSON dict."""
-  config_schema.validate(config)
+                  examples: int = 10_000, sources=PIPELINES,
+                  num_classes: int = 10, mesh=None) -> dict:
+  """Benchmarks the train step for each of `sources`; returns a JSON dict.
+
+  The objective is the config's (the RotNet pretext task for
+  ``configs/cifar.py``) with ``num_classes`` dataset classes.
+  """
+  config = validation.check_config(config)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   size = config.image_size
   rng = np.random.default_rng(0)
-  task = train.Task(config, num_dataset_classes=10)
-  spec = models.backbone_spec(config.model, image_size=size,
-                              num_classes=task.num_classes)
+  objective = objectives.from_config(config, num_classes, mesh)
   # Any epoch length: only the step's cost matters here.
   tx = optim.from_config(config, steps_per_epoch=100)
   devices = jax.devices()
@@ -83,19 +88,19 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       'device_kind': devices[0].device_kind, 'backend': jax.default_backend(),
       'num_devices': len(devices), 'jax_version': jax.__version__,
       'batch_size': config.batch_size,
-      'rotated_batch_size': config.batch_size * task.inputs_per_image,
+      'rotated_batch_size': config.batch_size * objective.inputs_per_image,
       'precision': 'bfloat16' if config.half_precision else 'float32',
-      'model': spec, 'timed_steps': steps, 'warmup_steps': warmup,
+      'model': objective.network['backbone'], 'timed_steps': steps, 'warmup_steps': warmup,
       'results': []}
   for name in sources:
     if name not in PIPELINES:
       raise ValueError(f'unknown benchmark source {name!r}; valid: '
                        f'{PIPELINES}')
-    graphdef, state = train.create_train_state(config, spec, tx, mesh)
+    state = steps_lib.init_state(objective, tx, config.seed, mesh)
     if name == 'device':
       data = arrays.SplitArrays(
           rng.integers(0, 256, (examples, size, size, 3), dtype=np.uint8),
-          np.zeros(examples, np.int32), 1)
+          np.zeros(examples, np.int32), num_classes)
       source = DeviceSource(data, mesh=mesh, batch_size=config.batch_size,
                             train=True, seed=config.seed)
       inputs_list = list(source.epoch(0))
@@ -110,10 +115,10 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
           lambda x: np.split(x, jax.process_count())[jax.process_index()],
           batch)
       inputs_list = [parallel.host_to_global(mesh, local)]
-    step_fn, _ = train.jit_steps(graphdef, tx, task, mesh, source, source)
-    seconds, compile_seconds = _time_steps(
-        step_fn, state, {'train': source.resident}, inputs_list, warmup,
-        steps)
+    compiled_steps = steps_lib.compile_steps(config, objective, tx, mesh,
+                                             source, source)
+    seconds, compile_seconds = _time_steps(compiled_steps, state,
+                                           inputs_list, warmup, steps)
     report['results'].append({
         'source': name, 'compile_s': round(compile_seconds, 3),
         'ms_per_step': round(1000 * seconds / steps, 3),
@@ -131,8 +136,7 @@ def main(argv):
                          sources=FLAGS.sources)
   print(f"{report['device_kind']} x{report['num_devices']}, batch "
         f"{report['batch_size']} ({report['rotated_batch_size']} rotated), "
-        f"{report['precision']}, NIN-{report['model']['num_blocks']} width "
-        f"{report['model']['width']}")
+        f"{report['precision']}, model {report['model']}")
   for result in report['results']:
     print(f"  {result['source']:>7}: {result['images_per_sec']:>10,.0f} "
           f"rotated img/s  {result['ms_per_step']:8.2f} ms/step  "

@@ -7,7 +7,8 @@ Layout of ``WORKDIR/checkpoints/<step>/`` (one folder per saved step, Orbax
   variables as plain nested dicts, all an evaluation run needs;
 * ``opt_state``: the optax state (momentum, step count);
 * ``meta``: JSON ``{'epoch': epochs completed, 'step': optimiser steps,
-  'backbone': what it takes to rebuild the network}``.
+  'network': what was trained (the backbone's spec...), 'config': the
+  resolved config, 'best': best-so-far test accuracies}``.
 
 ``WORKDIR/config.json`` holds the whole resolved config beside them.
 Saves are asynchronous; Orbax writes each step to a temporary folder and
@@ -15,17 +16,17 @@ renames it when complete, so an interrupted save never hides the previous
 checkpoint.
 """
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_SUBDIR = 'checkpoints'
+from rotnet_jax import run_files
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+  """``WORKDIR/checkpoints``, absolute."""
+  return run_files.path(workdir, run_files.CHECKPOINTS_DIR)
 
 
 def abstract_like(tree):
@@ -107,9 +108,6 @@ class Checkpointer:
     """Shapes of the saved ``model`` arrays by ``/``-joined path (no data read)."""
     tree = self._manager.item_metadata(step)['model']
     return flat_shapes(tree.tree if hasattr(tree, 'tree') else tree)
-
-  def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

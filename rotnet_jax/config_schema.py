@@ -1,33 +1,47 @@
-"""Every config key, its default, and the checks a config must pass.
+"""Every config key, its default, and the value rules a config must pass.
 
 Config files in ``configs/`` start from :func:`defaults` and change what
-their experiment needs. :func:`validate` runs before any work starts and
-rejects unknown keys, wrong types and impossible values with a message
-naming the key. The README's "Config" section documents each key.
+their experiment needs. The defaults are a *locked* ``ConfigDict``: it is
+ml_collections that rejects an unknown key or a value of the wrong type,
+whether a config file sets it or the command line
+(``--config.num_epochs=10``) does. This module adds only what
+ml_collections cannot know: the valid values and ranges of each key and
+the rules between keys (:func:`validate`). It sits below the data and model
+layers and imports neither; the registries (backbones, heads) check their
+own names (``rotnet_jax.validation`` runs both). The README's "Config"
+section documents each key.
 """
 
 import difflib
-import re
+from typing import Any
 
 from ml_collections import config_dict
 
-from rotnet_jax.data import PIPELINES
-from rotnet_jax.models.heads import HEAD_TYPES
-from rotnet_jax.errors import InputError
+from rotnet_jax.errors import ConfigError
 
 MODES = ('pretext', 'supervised', 'evaluate')
 ROTATION_MODES = ('all', 'random')
+PIPELINES = ('device', 'tfdata')
 
 # CIFAR-10 per-channel statistics on the 0..255 scale (official code).
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
 CIFAR_STD_RGB = (63.0, 62.1, 66.7)
 
+# Config keys that change what a resumed run computes. Changing one of them
+# between runs in the same workdir is allowed (e.g. a longer schedule) but
+# logged as a warning, since the result is no longer one consistent run.
+TRAJECTORY_KEYS = (
+    'dataset', 'batch_size', 'seed', 'learning_rate_table', 'momentum',
+    'nesterov', 'weight_decay', 'num_train_examples', 'examples_per_class',
+    'epoch_examples', 'half_precision', 'rotations', 'rotation_mode',
+    'pipeline')
+
 
 def defaults() -> config_dict.ConfigDict:
-  """The RotNet CIFAR-10 pretext recipe of the official code."""
+  """The RotNet CIFAR-10 pretext recipe of the official code (locked)."""
   config = config_dict.ConfigDict()
   # 'pretext' (predict rotations), 'supervised' (predict classes), or
-  # 'evaluate' (classifier heads on a pretrained backbone, evaluate.py).
+  # 'evaluate' (classifier heads on a pretrained backbone).
   config.mode = 'pretext'
   config.experiment = ''  # Row name in reports (set by rotnet_jax.reproduce).
 
@@ -59,7 +73,10 @@ def defaults() -> config_dict.ConfigDict:
   config.nesterov = True
   config.weight_decay = 5e-4
 
+  # The backbone: a name of the registry in rotnet_jax/models/__init__.py
+  # and its shape.
   config.model = config_dict.ConfigDict()
+  config.model.name = 'nin'
   config.model.num_blocks = 4
   config.model.width = 1.0
 
@@ -85,6 +102,7 @@ def defaults() -> config_dict.ConfigDict:
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3
+  config.lock()
   return config
 
 
@@ -106,74 +124,71 @@ def evaluation_defaults(head: str) -> config_dict.ConfigDict:
   config = defaults()
   config.mode = 'evaluate'
   config.head = head
-  for key, value in HEAD_SCHEDULES[head].items():
-    config[key] = value
+  config.update(HEAD_SCHEDULES[head])
   config.eval_every_epochs = max(1, config.num_epochs // 10)
   return config
 
 
-class ConfigError(InputError):
-  """A config key is unknown, has the wrong type, or an invalid value."""
-
-
-def _flatten(config, prefix=''):
+def flatten(config) -> dict[str, Any]:
+  """``{'model.width': 0.5, ...}``: every leaf of `config` by dotted name."""
+  flat = {}
   for key, value in config.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, config_dict.ConfigDict):
-      yield from _flatten(value, name + '.')
+    if isinstance(value, (config_dict.ConfigDict, dict)):
+      flat.update({f'{key}.{k}': v for k, v in flatten(value).items()})
     else:
-      yield name, value
+      flat[key] = value
+  return flat
 
 
-def _field_types() -> dict[str, type]:
-  """The type of every key of :func:`defaults`, by dotted name."""
-  reference = defaults()
-  types = {}
-  for name, _ in _flatten(reference):
-    node = reference
-    *parents, leaf = name.split('.')
-    for parent in parents:
-      node = node[parent]
-    types[name] = node.get_type(leaf)
-  return types
+def conform(config) -> config_dict.ConfigDict:
+  """`config` as a locked, typed config of this schema.
+
+  A config built on :func:`defaults` already is one. Any other mapping (a
+  config file that builds its own ``ConfigDict``, a dict) is applied onto
+  the defaults with ml_collections' own dotted-key update, which rejects
+  unknown keys and wrong types; its error is reworded to name the key.
+
+  Raises:
+    ConfigError: an unknown key (with close matches) or a wrong type.
+  """
+  result = defaults()
+  known = flatten(result)
+  for name, value in flatten(config).items():
+    if name not in known:
+      raise unknown_key_error(name)
+    try:
+      result.update_from_flattened_dict({name: value})
+    except TypeError as e:
+      *parents, leaf = name.split('.')
+      node = result
+      for parent in parents:
+        node = node[parent]
+      raise ConfigError(
+          f'config.{name}={value!r} has type {type(value).__name__}, '
+          f'expected {node.get_type(leaf).__name__}') from e
+  return result
 
 
-def _type_ok(value, expected: type) -> bool:
-  if value is None:
-    return True  # Optional fields (placeholders) may stay unset.
-  if expected is float:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if expected is int:
-    return isinstance(value, int) and not isinstance(value, bool)
-  if expected in (tuple, list):
-    return isinstance(value, (tuple, list))
-  return isinstance(value, expected)
-
-
-def _unknown_key_message(name: str, known) -> str:
+def unknown_key_error(name: str) -> ConfigError:
+  """The error for a key the schema lacks, with close matches."""
+  known = sorted(flatten(defaults()))
   close = difflib.get_close_matches(name, known, n=3)
   hint = f' Did you mean {", ".join(close)}?' if close else ''
-  return f'unknown config key {name!r}.{hint} Valid keys: {", ".join(known)}'
+  return ConfigError(f'unknown config key {name!r}.{hint} Valid keys: '
+                     f'{", ".join(known)}')
 
 
 def validate(config) -> None:
-  """Checks keys, types and values.
+  """Checks that every value is in range and the keys agree with each other.
 
   Raises:
     ConfigError: naming the offending key and what would be valid.
   """
-  types = _field_types()
-  for name, value in _flatten(config):
-    if name not in types:
-      raise ConfigError(_unknown_key_message(name, sorted(types)))
-    if not _type_ok(value, types[name]):
-      raise ConfigError(
-          f'config.{name}={value!r} has type {type(value).__name__}, '
-          f'expected {types[name].__name__}')
+  config = conform(config)
 
   def require(ok, name, what):
     if not ok:
-      raise ConfigError(f'config.{name}={_get(config, name)!r}: {what}')
+      raise ConfigError(f'config.{name}={flatten(config)[name]!r}: {what}')
 
   require(config.mode in MODES, 'mode', f'must be one of {MODES}')
   require(len(config.rotations) >= 2 and
@@ -181,7 +196,6 @@ def validate(config) -> None:
           'needs at least two different angles (degrees)')
   require(config.rotation_mode in ROTATION_MODES, 'rotation_mode',
           f'must be one of {ROTATION_MODES}')
-  require(config.head in HEAD_TYPES, 'head', f'must be one of {HEAD_TYPES}')
   require(config.mode != 'evaluate' or bool(config.pretrained), 'pretrained',
           "mode='evaluate' needs the pretext run's workdir (or 'random' for "
           'a randomly initialised backbone)')
@@ -195,45 +209,36 @@ def validate(config) -> None:
   for name in ('batch_size', 'num_epochs', 'image_size', 'log_every_steps',
                'eval_every_epochs', 'checkpoint_every_epochs',
                'keep_checkpoints', 'shuffle_buffer_size'):
-    require(_get(config, name) > 0, name, 'must be positive')
+    require(config[name] > 0, name, 'must be positive')
   for name in ('num_train_examples', 'examples_per_class', 'epoch_examples'):
-    require(_get(config, name) >= 0, name, 'must be >= 0 (0: not used)')
+    require(config[name] >= 0, name, 'must be >= 0 (0: not used)')
   require(not (config.num_train_examples and config.examples_per_class),
           'examples_per_class', 'cannot be combined with num_train_examples')
-  require(config.model.num_blocks >= 3, 'model.num_blocks',
-          'the NIN has at least 3 blocks')
   require(config.model.width > 0, 'model.width', 'must be positive')
   require(len(config.mean_rgb) == 3, 'mean_rgb', 'needs 3 values (R, G, B)')
   require(len(config.std_rgb) == 3 and min(config.std_rgb) > 0, 'std_rgb',
           'needs 3 positive values (R, G, B)')
   require(config.weight_decay >= 0, 'weight_decay', 'must be >= 0')
-  from rotnet_jax import optim  # pylint: disable=g-import-not-at-top
-  try:
-    optim.check_learning_rate_table(config.learning_rate_table)
-  except ValueError as e:
-    raise ConfigError(f'config.learning_rate_table: {e}') from e
+  check_learning_rate_table(config.learning_rate_table)
 
 
-def _get(config, name):
-  for part in name.split('.'):
-    config = config[part]
-  return config
+def check_learning_rate_table(table) -> None:
+  """((end_epoch, lr), ...) with positive, increasing ends and lr >= 0."""
+  if not table or any(len(row) != 2 for row in table):
+    raise ConfigError('config.learning_rate_table must be a non-empty '
+                      f'sequence of (end_epoch, lr) pairs, got {table!r}')
+  ends = [row[0] for row in table]
+  if any(e <= 0 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
+    raise ConfigError('config.learning_rate_table: end epochs must be '
+                      f'positive and increasing, got {ends}')
+  if any(row[1] < 0 for row in table):
+    raise ConfigError('config.learning_rate_table: learning rates must be '
+                      f'>= 0, got {table!r}')
 
 
-_OVERRIDE = re.compile(r'^--config\.([\w.]+)(=|$)')
-
-
-def check_command_line(argv) -> None:
-  """Rejects ``--config.KEY=...`` overrides of keys the schema lacks.
-
-  ml_collections rejects them too, but with a bare ``KeyError`` traceback;
-  this gives the key, close matches and the valid keys instead.
-
-  Raises:
-    ConfigError: for the first unknown key.
-  """
-  known = sorted(name for name, _ in _flatten(defaults()))
-  for arg in argv[1:]:
-    match = _OVERRIDE.match(arg)
-    if match and match.group(1) not in known:
-      raise ConfigError(_unknown_key_message(match.group(1), known))
+def trajectory_changes(saved: dict[str, Any], current: dict[str, Any]
+                       ) -> list[str]:
+  """Keys of :data:`TRAJECTORY_KEYS` whose value differs between two
+  resolved configs (as saved in a checkpoint and as now)."""
+  return [k for k in TRAJECTORY_KEYS
+          if k in saved and saved[k] != current.get(k)]

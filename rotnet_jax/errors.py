@@ -11,3 +11,7 @@ class InputError(ValueError):
 
 class MissingInputError(InputError, FileNotFoundError):
   """A dataset, folder or checkpoint that should exist does not."""
+
+
+class ConfigError(InputError):
+  """A config key is unknown, has the wrong type, or an invalid value."""

@@ -1,72 +1,38 @@
-"""The epoch loop shared by pretext, supervised and evaluation runs.
+"""The epoch loop shared by every run (pretext, supervised, evaluation).
 
 Reads top to bottom: resume from the latest checkpoint, then for every
 epoch run the compiled train step over the source, log, evaluate, save.
-What is trained is decided by the caller, which passes the initial state and
-two compiled steps:
-
-* ``train_fn(state, constants, inputs, step) -> (state, sums)``
-* ``eval_fn(state, constants, inputs) -> sums``
-
-where ``sums`` maps each head's name (``rotation``, ``classifier``,
-``conv2``...) to its weighted ``loss_sum``/``correct``/``count``, and
-``constants`` holds what the steps read but never change (the
-device-resident dataset, a frozen backbone).
+What is trained is decided by the caller (``train.train_and_evaluate``),
+which passes the initial state and the compiled steps
+(``steps.CompiledSteps``): both return, per head, weighted metric sums
+(``rotation``, ``classifier``, ``conv2``...). The loop returns the final
+state and each head's final and best test accuracy; it does not know what
+a results file contains.
 """
 
 import contextlib
-import json
-import os
 import time
 from typing import Any
 
 import jax
 from absl import logging
-from flax import struct
 
 from rotnet_jax import checkpoint as checkpoint_lib
+from rotnet_jax import config_schema
 from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
-
-CONFIG_FILE = 'config.json'
-RESULTS_FILE = 'results.json'
-
-# Config keys that change what a resumed run computes. Changing one of them
-# between runs in the same workdir is allowed (e.g. a longer schedule) but
-# logged as a warning, since the result is no longer one consistent run.
-TRAJECTORY_KEYS = (
-    'dataset', 'batch_size', 'seed', 'learning_rate_table', 'momentum',
-    'nesterov', 'weight_decay', 'num_train_examples', 'examples_per_class',
-    'epoch_examples', 'half_precision', 'rotations', 'rotation_mode',
-    'pipeline')
+from rotnet_jax.steps import CompiledSteps
+from rotnet_jax.steps import TrainState
 
 
-@struct.dataclass
-class TrainState:
-  """Everything a train step updates, as plain nested dicts of arrays (so
-  checkpoints do not depend on Flax's module classes)."""
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-
-def needs_sync_every_step(mesh) -> bool:
-  """Whether to wait for each step (several fake CPU devices only).
-
-  Several CPU devices in one process can deadlock XLA when multiple
-  collective programs are in flight (DESIGN.md section 5). Waiting costs
-  nothing measurable on CPU; GPUs and TPUs keep running ahead.
-  """
-  return jax.default_backend() == 'cpu' and mesh.devices.size > 1
-
-
-def evaluate(eval_fn, state, constants, source, sync: bool
+def evaluate(steps: CompiledSteps, state: TrainState, source
              ) -> dict[str, dict[str, float]]:
   """Per-head weighted loss and accuracy over one pass of `source`."""
   per_step = []
   for inputs in source.epoch(0):  # Evaluation order is fixed: epoch 0.
-    per_step.append(eval_fn(state, constants, inputs))
-    if sync:
+    per_step.append(steps.evaluate(state, inputs))
+    if steps.sync_every_step:
       jax.block_until_ready(per_step[-1])
   return {head: metrics_lib.summarize([sums[head] for sums in per_step])
           for head in per_step[0]} if per_step else {}
@@ -119,9 +85,7 @@ def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
         f'{directory} holds checkpoints of a different network ({details}). '
         'Use a new --workdir, or the same settings to resume.')
   saved_config = meta.get('config', {})
-  changed = [k for k in TRAJECTORY_KEYS
-             if k in saved_config and saved_config[k] != config_dict.get(k)]
-  for key in changed:
+  for key in config_schema.trajectory_changes(saved_config, config_dict):
     logging.warning('Resuming with %s=%r, but the checkpoints were trained '
                     'with %r.', key, config_dict.get(key), saved_config[key])
 
@@ -136,41 +100,31 @@ def _track_best(record, summary, epoch: int) -> dict[str, Any]:
   return record
 
 
-def write_config(workdir: str, config, extra: dict[str, Any]) -> dict:
-  """Writes ``WORKDIR/config.json``: the resolved config plus `extra`."""
-  resolved = json.loads(config.to_json_best_effort())
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      json.dump(dict(resolved, **extra), f, indent=2, sort_keys=True)
-  return resolved
-
-
 def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
-        train_fn, eval_fn, constants, train_source, test_source, mesh,
-        images_per_step: int, extra_results: dict[str, Any] | None = None
-        ) -> TrainState:
+        steps: CompiledSteps, train_source, test_source, images_per_step: int
+        ) -> tuple[TrainState, dict[str, dict[str, Any]]]:
   """Trains `state` for ``config.num_epochs``, resuming from `workdir`.
 
   Args:
     config: the run config (schedule, logging and checkpoint intervals).
-    workdir: where checkpoints, metrics and results go.
+    workdir: where checkpoints, metrics and ``config.json`` go.
     network: JSON description of what is trained (backbone spec, heads);
       saved with every checkpoint, and a resumed run must match it.
     state: the freshly initialised state (its shapes and shardings are the
       restore target when resuming).
-    train_fn, eval_fn, constants: see the module docstring.
+    steps: the compiled train and eval steps.
     train_source, test_source: data sources.
-    mesh: the data mesh.
-    images_per_step: images a train step consumes (for images/s).
-    extra_results: merged into every head's entry of ``results.json``.
+    images_per_step: samples a train step consumes (for images/s).
 
   Returns:
-    The final state.
+    The final state, and per head ``{'final_accuracy', 'final_epoch',
+    'best_accuracy', 'best_epoch', 'count'}`` of the test evaluations (the
+    best one selected on the test set), including those of the epochs
+    before a resume.
   """
-  os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints)
-  config_dict = json.loads(config.to_json_best_effort())
+  config_dict = run_files.resolved_config(config)
   start_epoch, step, best = 0, 0, {}
   latest = checkpoints.latest_step()
   if latest is not None:
@@ -186,11 +140,10 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     start_epoch, step, best = meta['epoch'], meta['step'], meta['best']
     logging.info('Resumed from %s at step %d (epoch %d).',
                  checkpoints.directory, step, start_epoch)
-  write_config(workdir, config, {'network': network})
+  run_files.write_config(workdir, config, network)
 
   steps_per_epoch = train_source.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
-  sync = needs_sync_every_step(mesh)
   # Events after the checkpoint we resume from are dropped: they are redone.
   writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
   progress = _Progress(step, total_steps)
@@ -217,8 +170,8 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   try:
     for epoch in range(start_epoch, config.num_epochs):
       for inputs in train_source.epoch(epoch):
-        state, sums = train_fn(state, constants, inputs, step)
-        if sync:
+        state, sums = steps.train(state, inputs, step)
+        if steps.sync_every_step:
           jax.block_until_ready(sums)
         pending.append(sums)
         step += 1
@@ -231,7 +184,7 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
       if done % config.eval_every_epochs == 0 or last:
         with progress.paused():
           start = time.time()
-          summaries = evaluate(eval_fn, state, constants, test_source, sync)
+          summaries = evaluate(steps, state, test_source)
           seconds = time.time() - start
         for head, summary in summaries.items():
           writer.write(step=step, epoch=done, split='test', head=head,
@@ -255,39 +208,4 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     # Also on errors: finish the asynchronous save in flight.
     checkpoints.close()
     writer.close()
-  if best:
-    write_results(workdir, config, best, extra_results or {},
-                  num_epochs=config.num_epochs)
-  return state
-
-
-def write_results(workdir, config, best, extra, *, num_epochs):
-  """Writes ``WORKDIR/results.json``: one entry per head.
-
-  ``best_test_accuracy`` is selected on the test set (as the official code
-  did); ``final_test_accuracy`` is the honest number.
-  """
-  if jax.process_index() != 0:
-    return
-  heads = []
-  for head, record in best.items():
-    heads.append(dict({
-        'head': head,
-        'final_test_accuracy': record['final_accuracy'],
-        'final_epoch': record['final_epoch'],
-        'best_test_accuracy_test_selected': record['best_accuracy'],
-        'best_epoch_test_selected': record['best_epoch'],
-        'test_samples': record['count']}, **extra.get(head, {})))
-  results = {
-      'experiment': config.experiment, 'mode': config.mode,
-      'dataset': config.dataset, 'pipeline': config.pipeline,
-      'seed': config.seed, 'model_width': config.model.width,
-      'num_train_examples': config.num_train_examples,
-      'examples_per_class': config.examples_per_class,
-      'num_epochs': num_epochs,
-      'complete': all(r['final_epoch'] == num_epochs for r in best.values()),
-      'heads': heads}
-  path = os.path.join(workdir, RESULTS_FILE)
-  with open(path + '.tmp', 'w') as f:  # Atomic: never a half-written file.
-    json.dump(results, f, indent=2)
-  os.replace(path + '.tmp', path)
+  return state, best

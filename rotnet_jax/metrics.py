@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-METRICS_FILE = 'metrics.jsonl'
+from rotnet_jax import run_files
 
 
 def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
@@ -86,7 +86,7 @@ class MetricWriter:
     if not self._active:
       return
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
+    path = run_files.path(workdir, run_files.METRICS_FILE)
     if keep_up_to_step is not None and os.path.exists(path):
       kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
       with open(path + '.tmp', 'w') as f:
@@ -99,7 +99,8 @@ class MetricWriter:
       logging.info('tensorboardX not installed: no TensorBoard event files '
                    '(metrics.jsonl has everything).')
     else:
-      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tensorboard = SummaryWriter(
+          run_files.path(workdir, run_files.TENSORBOARD_DIR))
 
   def write(self, *, step: int, epoch: float, split: str,
             head: str | None = None, **values: float) -> None:
@@ -134,5 +135,5 @@ class MetricWriter:
 
 def read_jsonl(workdir: str) -> list[dict]:
   """All events of ``WORKDIR/metrics.jsonl``, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
+  with open(run_files.path(workdir, run_files.METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -11,18 +11,7 @@ from collections.abc import Sequence
 
 import optax
 
-
-def check_learning_rate_table(table: Sequence[Sequence[float]]) -> None:
-  """Raises ValueError unless `table` is ((end_epoch, lr), ...) ascending."""
-  if not table or any(len(row) != 2 for row in table):
-    raise ValueError('learning_rate_table must be a non-empty sequence of '
-                     f'(end_epoch, lr) pairs, got {table!r}')
-  ends = [row[0] for row in table]
-  if any(e <= 0 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
-    raise ValueError('learning_rate_table end epochs must be positive and '
-                     f'increasing, got {ends}')
-  if any(row[1] < 0 for row in table):
-    raise ValueError(f'learning rates must be >= 0, got {table!r}')
+from rotnet_jax import config_schema
 
 
 def epoch_table_schedule(table: Sequence[Sequence[float]],
@@ -33,7 +22,7 @@ def epoch_table_schedule(table: Sequence[Sequence[float]],
     table: ``((end_epoch, lr), ...)`` with increasing end epochs.
     steps_per_epoch: optimiser steps in one epoch.
   """
-  check_learning_rate_table(table)
+  config_schema.check_learning_rate_table(table)
   schedules = [optax.constant_schedule(float(lr)) for _, lr in table]
   boundaries = [int(round(end * steps_per_epoch)) for end, _ in table[:-1]]
   return optax.join_schedules(schedules, boundaries)

@@ -1,9 +1,9 @@
 """The paper's CIFAR-10 test accuracies (%), and the names of our experiments.
 
-Numbers are those recorded in DESIGN.md section 4 (Gidaris et al., ICLR
-2018, Tables 1-3). Rows the paper reports but DESIGN.md does not record
-(Table 1's 3- and 5-block RotNets, fine-tuned non-linear head) are listed
-without a number: fill them in from the paper, never from our runs.
+Numbers are from the paper (Gidaris, Singh, Komodakis, ICLR 2018,
+Tables 1-3). Rows the paper reports but this file does not yet hold
+(Table 1's 3- and 5-block RotNets, the fine-tuned non-linear head) are
+listed without a number: fill them in from the paper, never from our runs.
 
 Experiment names are ``table/setting/head``; each result row adds the block
 (or ``rotation`` / ``classifier`` for pretext and supervised runs).

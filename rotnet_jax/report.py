@@ -12,24 +12,22 @@ difference to the paper; others say why not.
 """
 
 import collections
-import json
 import os
 import sys
 
 import numpy as np
 
-from rotnet_jax import loop
 from rotnet_jax import paper
+from rotnet_jax import run_files
 
 
 def collect(root: str) -> list[dict]:
   """Every (run, head) result under `root`, flattened."""
   rows = []
   for folder, _, files in sorted(os.walk(root)):
-    if loop.RESULTS_FILE not in files:
+    if run_files.RESULTS_FILE not in files:
       continue
-    with open(os.path.join(folder, loop.RESULTS_FILE)) as f:
-      results = json.load(f)
+    results = run_files.read_results(folder)
     experiment = results.get('experiment') or os.path.relpath(folder, root)
     for head in results['heads']:
       rows.append(dict(

@@ -24,7 +24,6 @@ runs are not the paper's protocol: the report lists their epochs.
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import shlex
@@ -35,8 +34,7 @@ from absl import flags
 from absl import logging
 
 from rotnet_jax import cli
-from rotnet_jax import evaluate
-from rotnet_jax import loop
+from rotnet_jax import run_files
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
 
@@ -208,14 +206,6 @@ def load_config_file(config_file: str, configs_dir: str = CONFIGS_DIR):
   return module.get_config()
 
 
-def _set(config, key: str, value) -> None:
-  node = config
-  *parents, leaf = key.split('.')
-  for parent in parents:
-    node = node[parent]
-  node[leaf] = value
-
-
 def _round(x: float) -> int:
   return int(math.floor(x + 0.5))
 
@@ -243,12 +233,11 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
                overrides: dict[str, Any] | None = None):
   """The config of `job` for `seed` under `root`, with user overrides."""
   config = load_config_file(job.config_file)
-  for key, value in job.overrides:
-    _set(config, key, value)
+  config.update_from_flattened_dict(dict(job.overrides))
   for key, value in (overrides or {}).items():
     if key == 'num_train_examples' and config.examples_per_class:
       continue  # A K-per-class run already picks its subset.
-    _set(config, key, value)
+    config.update_from_flattened_dict({key: value})
   if job.scalable:
     scale_schedule(config, scale)
   config.seed = seed
@@ -263,8 +252,8 @@ def command_line(job: Job, config, workdir: str) -> str:
   reference = load_config_file(job.config_file)
   args = ['python', 'main.py', f'--config=configs/{job.config_file}',
           f'--workdir={workdir}']
-  flat_config = json.loads(config.to_json_best_effort())
-  flat_reference = json.loads(reference.to_json_best_effort())
+  flat_config = run_files.resolved_config(config)
+  flat_reference = run_files.resolved_config(reference)
 
   def walk(node, ref, prefix=''):
     for key, value in node.items():
@@ -297,12 +286,11 @@ def finished(workdir: str, config) -> bool:
     InputError: `workdir` holds a run of other settings (another dataset,
       width, schedule...): its results would be reported as this job's.
   """
-  path = os.path.join(workdir, loop.CONFIG_FILE)
-  if not os.path.exists(path):
+  saved = run_files.read_config(workdir)
+  if saved is None:
     return False
-  with open(path) as f:
-    saved = _job_settings(json.load(f))
-  wanted = _job_settings(json.loads(config.to_json_best_effort()))
+  saved = _job_settings(saved)
+  wanted = _job_settings(run_files.resolved_config(config))
   saved.pop('network', None)
   differ = sorted(k for k in set(saved) | set(wanted)
                   if saved.get(k) != wanted.get(k))
@@ -312,18 +300,8 @@ def finished(workdir: str, config) -> bool:
         + ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
                     for k in differ[:5])
         + '). Use another --root for other settings.')
-  path = os.path.join(workdir, loop.RESULTS_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return bool(json.load(f).get('complete'))
-
-
-def run_job(config, workdir: str) -> None:
-  if config.mode == 'evaluate':
-    evaluate.evaluate_pretrained(config, workdir)
-  else:
-    train.train_and_evaluate(config, workdir)
+  results = run_files.read_results(workdir)
+  return bool(results and results.get('complete'))
 
 
 def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
@@ -352,7 +330,7 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
       if finished(workdir, config):
         logging.info('%s: finished already, skipped.', workdir)
         continue
-      run_job(config, workdir)
+      train.train_and_evaluate(config, workdir)
   return workdirs
 
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 DEFAULT_ANGLES = (0, 90, 180, 270)
-NUM_ROTATIONS = len(DEFAULT_ANGLES)
 
 
 def _check(images: jax.Array) -> None:
@@ -109,7 +108,6 @@ def rotate_randomly(images: jax.Array, key: jax.Array,
   return rotated, labels
 
 
-def repeat_per_rotation(values: jax.Array, count: int = NUM_ROTATIONS
-                        ) -> jax.Array:
+def repeat_per_rotation(values: jax.Array, count: int) -> jax.Array:
   """Repeats a per-image array (mask, class label) to match ``rotate_all``."""
   return jnp.repeat(values, count, axis=0)

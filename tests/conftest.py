@@ -11,7 +11,8 @@ NUM_FAKE_DEVICES = 8
 MULTI_DEVICE_XLA_FLAGS = (
     f'--xla_force_host_platform_device_count={NUM_FAKE_DEVICES} '
     # Several CPU devices in one process can deadlock XLA's collectives
-    # (DESIGN.md section 5): fail in seconds instead of hanging CI.
+    # (docs/architecture.md, "Pitfalls"): fail in seconds instead of hanging
+    # CI.
     '--xla_cpu_collective_call_warn_stuck_timeout_seconds=5 '
     '--xla_cpu_collective_call_terminate_timeout_seconds=15')
 

@@ -30,12 +30,7 @@ def tiny_config(**overrides):
   config.log_every_steps = 5
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

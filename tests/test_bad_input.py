@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_config, write_image_folder
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import models
-from rotnet_jax import optim
+from rotnet_jax import parallel
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
 
@@ -94,10 +94,9 @@ def test_unknown_tfds_name(tmp_path, one_device_mesh):
 
 def _snapshot(workdir, config, mesh):
   spec = models.backbone_spec(config.model, image_size=32, num_classes=4)
-  _, state = train.create_train_state(config, spec, optim.sgd(0.1), mesh)
   checkpoints = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
-  restored = checkpoints.restore(checkpoints.latest_step(), model={
-      'params': state.params, 'batch_stats': state.batch_stats})
+  restored = checkpoints.restore(checkpoints.latest_step(), model=(
+      models.abstract_variables(spec, parallel.replicated(mesh))))
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     metrics = f.read()
   with open(os.path.join(workdir, 'config.json')) as f:

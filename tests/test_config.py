@@ -61,6 +61,17 @@ def test_unknown_key_is_named_with_a_suggestion():
     config_schema.validate(config_dict.ConfigDict(config))
 
 
+def test_the_defaults_are_locked_and_typed_by_ml_collections():
+  # A config file built on defaults() cannot add a key or change a type.
+  config = config_schema.defaults()
+  with pytest.raises(AttributeError, match='num_epoch'):
+    config.num_epoch = 3
+  with pytest.raises(TypeError, match='num_epochs'):
+    config.num_epochs = 'ten'
+  config.weight_decay = 0  # An int for a float is converted.
+  assert isinstance(config.weight_decay, float)
+
+
 @pytest.mark.parametrize('key,value,expected', [
     ('num_epochs', 'ten', 'num_epochs.*expected int'),
     ('batch_size', 12.5, 'batch_size.*expected int'),

@@ -12,13 +12,21 @@ from flax import nnx
 
 from helpers import tiny_config
 from rotnet_jax import checkpoint as checkpoint_lib
-from rotnet_jax import evaluate
 from rotnet_jax import models
+from rotnet_jax import objectives
 from rotnet_jax import parallel
+from rotnet_jax import restore
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.models import heads
+
+
+def _options(**overrides):
+  """Head options for heads on a full-width NIN-4."""
+  spec = models.backbone_spec(tiny_config(**{'model.width': 1.0}).model,
+                              image_size=32, num_classes=4)
+  return models.head_options(spec, **{'linear_pool_size': 6, **overrides})
 
 
 def _count(module):
@@ -35,7 +43,7 @@ def _count(module):
 ])
 def test_head_sizes_and_outputs(head_type, expected):
   head = nnx.eval_shape(lambda: heads.make_head(
-      head_type, (8, 8, 192), 10, rngs=nnx.Rngs(0)))
+      head_type, (8, 8, 192), 10, _options(), rngs=nnx.Rngs(0)))
   assert _count(head) == expected
   graphdef, state = nnx.split(head)
   logits = jax.eval_shape(
@@ -46,17 +54,18 @@ def test_head_sizes_and_outputs(head_type, expected):
 
 def test_head_initialisation_follows_the_official_classifiers():
   conv = nnx.jit(lambda: heads.make_head('conv_block', (8, 8, 96), 10,
-                                         rngs=nnx.Rngs(0)))()
-  kernel = np.asarray(conv.layers[0].conv.kernel[...])
+                                         _options(), rngs=nnx.Rngs(0)))()
+  kernel = np.asarray(conv.block.layers[0].conv.kernel[...])
   assert abs(kernel.std() - math.sqrt(2 / (9 * 192))) < 0.03 * kernel.std()
   mlp = nnx.jit(lambda: heads.make_head('multlayer', (4, 4, 8), 10,
-                                        rngs=nnx.Rngs(0)))()
+                                        _options(), rngs=nnx.Rngs(0)))()
   hidden = np.asarray(mlp.hidden1.kernel[...])
   assert abs(hidden.std() - math.sqrt(2 / 200)) < 0.05 * hidden.std()
   assert mlp.hidden1.bias is None
   np.testing.assert_array_equal(mlp.output.bias[...], 0.0)
   linear = nnx.eval_shape(lambda: heads.make_head(
-      'linear', (8, 8, 4), 10, pool_size=2, rngs=nnx.Rngs(0)))
+      'linear', (8, 8, 4), 10, _options(linear_pool_size=2),
+      rngs=nnx.Rngs(0)))
   assert linear.norm.scale is None and linear.norm.bias is None
 
 
@@ -89,17 +98,18 @@ def _eval_config(pretrained, **overrides):
 
 def _restored_backbone(workdir, mesh):
   config = _eval_config(workdir)
-  _, variables, _ = evaluate.load_backbone(config, mesh)
-  return jax.device_get(variables)
+  return jax.device_get(restore.load_backbone(config, mesh).variables)
 
 
 def test_frozen_backbone_is_untouched_and_heads_train(pretext_run, tmp_path,
                                                       one_device_mesh):
   before = _restored_backbone(pretext_run, one_device_mesh)
-  state, frozen = evaluate.evaluate_pretrained(
+  state = train.train_and_evaluate(
       _eval_config(pretext_run), str(tmp_path), mesh=one_device_mesh)
-  # Params and BatchNorm statistics: bit-identical after an epoch of heads.
-  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(frozen)):
+  # Params and BatchNorm statistics of the pretext run: bit-identical after
+  # an epoch of heads.
+  after = _restored_backbone(pretext_run, one_device_mesh)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
   assert set(state.params) == {'heads'}  # Nothing else is optimised.
   assert set(state.params['heads']) == {'conv1', 'conv2', 'conv3'}
@@ -119,17 +129,22 @@ def test_frozen_backbone_is_untouched_and_heads_train(pretext_run, tmp_path,
 def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,
                                                          one_device_mesh):
   config = _eval_config(pretext_run, blocks=('conv2',))
-  spec, backbone, _ = evaluate.load_backbone(config, one_device_mesh)
-  classifiers = evaluate.Classifiers(config, spec, ('conv2',), 10)
-  head_vars = classifiers.init_heads(0)
-  params = {'heads': head_vars['params']}
-  stats = {'heads': head_vars['batch_stats']}
+  restored = restore.load_backbone(config, one_device_mesh)
+  spec, backbone = restored.spec, restored.variables
+  objective = objectives.HeadsOnBackbone(config, 10, restored)
+  params, stats = objective.init(0, backbone)
+  assert set(params) == {'heads'}
   x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
+  batch = {'image': x, 'label': jnp.zeros(6, jnp.int32),
+           'mask': jnp.ones(6)}
+
+  def classify(frozen, train_heads):
+    return objective.apply(params, stats, frozen, batch, 0,
+                           train=train_heads).logits
 
   def loss(frozen_params):
     frozen = {'params': frozen_params, 'batch_stats': backbone['batch_stats']}
-    logits, _ = classifiers(params, stats, frozen, x, train=True)
-    return jnp.sum(logits['conv2'])
+    return jnp.sum(classify(frozen, True)['conv2'])
 
   grads = jax.grad(loss)(backbone['params'])
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
@@ -137,15 +152,14 @@ def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,
   net = models.build_backbone(spec, rngs=nnx.Rngs(0))
   nnx.update(net, nnx.State(backbone['params']),
              nnx.State(backbone['batch_stats']))
-  head = nnx.merge(classifiers.head_graphdefs['conv2'],
-                   head_vars['params']['conv2'],
-                   head_vars['batch_stats']['conv2'])
+  head = nnx.merge(objective.head_graphdefs['conv2'],
+                   params['heads']['conv2'], stats['heads']['conv2'])
   eval_features = net(x, train=False)[1]['conv2']
   for train_heads in (False, True):
     # Even while the heads train (their BatchNorm on batch statistics), the
     # frozen backbone runs in inference mode.
     expected = head(eval_features, train=train_heads)
-    logits, _ = classifiers(params, stats, backbone, x, train=train_heads)
+    logits = classify(backbone, train_heads)
     np.testing.assert_allclose(logits['conv2'], expected, rtol=1e-5,
                                atol=1e-5)
   train_mode_features = net(x, train=True)[1]['conv2']
@@ -157,9 +171,9 @@ def test_finetuning_changes_the_backbone(pretext_run, tmp_path,
   before = _restored_backbone(pretext_run, one_device_mesh)
   config = _eval_config(pretext_run, head='conv_block', blocks=('conv2',),
                         finetune=True)
-  state, frozen = evaluate.evaluate_pretrained(config, str(tmp_path),
-                                               mesh=one_device_mesh)
-  assert frozen == {}
+  state = train.train_and_evaluate(config, str(tmp_path),
+                                   mesh=one_device_mesh)
+  assert set(state.params) == {'heads', 'backbone'}
   after = jax.device_get({'params': state.params['backbone'],
                           'batch_stats': state.batch_stats['backbone']})
   kernel = ['blocks', 0, 'layers', 0, 'conv', 'kernel']
@@ -180,13 +194,13 @@ def test_evaluation_resumes_exactly(pretext_run, tmp_path, one_device_mesh):
   config = _eval_config(pretext_run, head='linear', linear_pool_size=2,
                         num_epochs=2, blocks=('conv3',),
                         learning_rate_table=((1, 0.1), (2, 0.02)))
-  straight, _ = evaluate.evaluate_pretrained(config, str(tmp_path / 'a'),
+  straight = train.train_and_evaluate(config, str(tmp_path / 'a'),
                                              mesh=one_device_mesh)
   half = config.copy_and_resolve_references()
   half.num_epochs = 1
-  evaluate.evaluate_pretrained(half, str(tmp_path / 'b'),
+  train.train_and_evaluate(half, str(tmp_path / 'b'),
                                mesh=one_device_mesh)
-  resumed, _ = evaluate.evaluate_pretrained(config, str(tmp_path / 'b'),
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'b'),
                                             mesh=one_device_mesh)
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.params)),
                   jax.tree.leaves(jax.device_get(resumed.params))):
@@ -196,7 +210,7 @@ def test_evaluation_resumes_exactly(pretext_run, tmp_path, one_device_mesh):
 def test_random_backbone_needs_no_checkpoint(tmp_path, one_device_mesh):
   config = _eval_config('random', head='linear', linear_pool_size=2,
                         blocks=('conv2',))
-  evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+  train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   with open(tmp_path / 'results.json') as f:
     (head,) = json.load(f)['heads']
   assert head['pretrained'] == 'random' and head['block'] == 'conv2'
@@ -204,14 +218,14 @@ def test_random_backbone_needs_no_checkpoint(tmp_path, one_device_mesh):
 
 def test_missing_pretrained_workdir(tmp_path, one_device_mesh):
   with pytest.raises(MissingInputError, match=r'no_such_run does not exist'):
-    evaluate.evaluate_pretrained(_eval_config(str(tmp_path / 'no_such_run')),
+    train.train_and_evaluate(_eval_config(str(tmp_path / 'no_such_run')),
                                  str(tmp_path / 'eval'), mesh=one_device_mesh)
 
 
 def test_pretrained_workdir_without_checkpoints(tmp_path, one_device_mesh):
   (tmp_path / 'empty_run').mkdir()
   with pytest.raises(MissingInputError, match=r'has no checkpoints'):
-    evaluate.evaluate_pretrained(_eval_config(str(tmp_path / 'empty_run')),
+    train.train_and_evaluate(_eval_config(str(tmp_path / 'empty_run')),
                                  str(tmp_path / 'eval'), mesh=one_device_mesh)
 
 
@@ -219,7 +233,7 @@ def test_missing_pretrained_step_lists_the_steps(pretext_run, tmp_path,
                                                  one_device_mesh):
   config = _eval_config(pretext_run, pretrained_step=3)
   with pytest.raises(MissingInputError, match=r'pretrained_step=3 .* \[5\]'):
-    evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+    train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
 def test_architecture_mismatch_names_the_shapes(pretext_run, tmp_path,
@@ -229,11 +243,11 @@ def test_architecture_mismatch_names_the_shapes(pretext_run, tmp_path,
       r"'width': 0.03125.*'width': 0.0625.*Differing arrays: "
       r'params/blocks/0/layers/0/conv/kernel: checkpoint \(5, 5, 3, 6\) vs '
       r'config \(5, 5, 3, 12\)')):
-    evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+    train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   config = _eval_config(pretext_run, **{'model.num_blocks': 4})
   with pytest.raises(InputError, match=r'params/blocks/3/layers/0/conv/kernel: '
                      r'checkpoint absent vs config \(3, 3, 6, 6\)'):
-    evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+    train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
 def test_unknown_block_lists_the_valid_ones(pretext_run, tmp_path,
@@ -241,7 +255,7 @@ def test_unknown_block_lists_the_valid_ones(pretext_run, tmp_path,
   config = _eval_config(pretext_run, blocks=('conv4',))
   with pytest.raises(InputError, match=r"no \['conv4'\]; valid blocks: "
                      r"\['conv1', 'conv2', 'conv3'\]"):
-    evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+    train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
 def test_too_many_examples_per_class(pretext_run, tmp_path, one_device_mesh):
@@ -249,6 +263,6 @@ def test_too_many_examples_per_class(pretext_run, tmp_path, one_device_mesh):
                         num_train_examples=0)
   with pytest.raises(InputError, match=r'examples_per_class=500 is more than '
                      r'the smallest class has \(14\d images of class \d\)'):
-    evaluate.evaluate_pretrained(config, str(tmp_path), mesh=one_device_mesh)
+    train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert not os.path.exists(
       checkpoint_lib.checkpoint_dir(str(tmp_path)))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rotnet_jax.models import NIN
 from rotnet_jax.models import nin
+from rotnet_jax.models.nin import NIN
 
 
 def _count_params(model):
@@ -44,7 +44,7 @@ def test_block_count_sets_the_named_features(num_blocks):
   assert list(shapes) == [f'conv{i + 1}' for i in range(num_blocks)]
   assert all(shapes[f'conv{i}'] == (8, 8, 192)
              for i in range(2, num_blocks + 1))
-  assert model.feature_channels['conv1'] == 96
+  assert shapes['conv1'] == (16, 16, 96)
 
 
 def test_width_scales_every_layer():

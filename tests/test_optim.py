@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rotnet_jax import config_schema
 from rotnet_jax import optim
 
 
@@ -19,7 +20,7 @@ def test_epoch_table_becomes_a_step_schedule():
 def test_bad_tables_are_rejected():
   for table in ((), ((10, 0.1), (5, 0.01)), ((10, -0.1),), ((10,),)):
     with pytest.raises(ValueError):
-      optim.check_learning_rate_table(table)
+      config_schema.check_learning_rate_table(table)
 
 
 def test_sgd_matches_pytorch_nesterov_with_coupled_weight_decay():

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from rotnet_jax import config_schema
+from rotnet_jax import objectives
 from rotnet_jax import rotation
-from rotnet_jax import train
 from rotnet_jax.data import arrays
 from rotnet_jax.data import DeviceSource
+from rotnet_jax.data import transforms
 
 
 def test_rotations_match_numpy_rot90_and_labels():
@@ -79,7 +80,7 @@ def test_random_rotation_picks_one_labelled_angle_per_image():
 
 def test_per_image_values_follow_their_rotations():
   mask = jnp.asarray([1.0, 0.0, 1.0])
-  np.testing.assert_array_equal(rotation.repeat_per_rotation(mask),
+  np.testing.assert_array_equal(rotation.repeat_per_rotation(mask, 4),
                                 [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1])
 
 
@@ -89,19 +90,24 @@ def test_rejects_non_square_images():
 
 
 def test_the_four_copies_of_an_image_share_its_augmentation(one_device_mesh):
-  # The order of the train step (train.Task): the source augments, then the
-  # task rotates. Undoing each copy's rotation gives one augmented image.
+  # The order of the train step (steps.train_step): the source augments,
+  # the step normalises, then the pretext objective rotates. Undoing each
+  # copy's rotation gives one augmented image.
   rng = np.random.default_rng(1)
   images = rng.integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)
   data = arrays.SplitArrays(images, np.zeros(64, np.int32), 1)
   source = DeviceSource(data, mesh=one_device_mesh, batch_size=64,
                         train=True, seed=3)
 
-  task = train.Task(config_schema.defaults(), num_dataset_classes=1)
+  config = config_schema.defaults()
+  objective = objectives.RotationPretext(config)
 
   @jax.jit
   def train_inputs(resident, inputs):
-    return task(source.materialize(resident, inputs), 0, train=True)[0]
+    batch = source.materialize(resident, inputs)
+    batch['image'] = transforms.normalize(
+        batch['image'], config.mean_rgb, config.std_rgb, jnp.float32)
+    return objective.task(batch, 0, train=True)[0]
 
   rotated = np.asarray(train_inputs(source.resident, next(source.epoch(0))))
   rotated = rotated.reshape(64, 4, 32, 32, 3)

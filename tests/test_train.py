@@ -14,25 +14,40 @@ from helpers import tiny_config
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
+from rotnet_jax import objectives
 from rotnet_jax import optim
 from rotnet_jax import parallel
+from rotnet_jax import steps
 from rotnet_jax import train
 from rotnet_jax.data import digits
+from rotnet_jax.data import transforms
 
 
 def _spec(config):
   return models.backbone_spec(config.model, image_size=32, num_classes=4)
 
 
+def _normalization(config):
+  return (config.mean_rgb, config.std_rgb,
+          models.compute_dtype(config.half_precision))
+
+
+def _init(config, mesh):
+  """The pretext objective and its freshly initialised state."""
+  objective = objectives.RotationPretext(config)
+  return objective, steps.init_state(objective, optim.sgd(0.1), config.seed,
+                                     mesh)
+
+
 def _step_on(mesh, batch, config):
   tx = optim.sgd(0.1)
-  graphdef, state = train.create_train_state(config, _spec(config), tx, mesh)
+  objective, state = _init(config, mesh)
   step = jax.jit(functools.partial(
-      train.train_step, graphdef=graphdef, tx=tx,
-      task=train.Task(config, num_dataset_classes=10)),
+      steps.train_step, constants=None, objective=objective, tx=tx,
+      normalization=_normalization(config)),
                  out_shardings=parallel.replicated(mesh))
   new_state, sums = step(state, parallel.host_to_global(mesh, batch), 0)
-  return graphdef, jax.device_get(new_state), jax.device_get(
+  return objective, jax.device_get(new_state), jax.device_get(
       sums['rotation'])
 
 
@@ -56,8 +71,7 @@ def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
                              rtol=1e-5)
   assert sums_one['count'] == sums_eight['count'] == 64
   # And the step did something.
-  _, init = train.create_train_state(config, _spec(config), optim.sgd(0.1),
-                                     one_device_mesh)
+  _, init = _init(config, one_device_mesh)
   assert not np.allclose(init.params['classifier']['kernel'],
                          one.params['classifier']['kernel'])
 
@@ -67,12 +81,12 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_params(
   batch = _uneven_batch()
   _, full, full_sums = _step_on(one_device_mesh, batch,
                                 tiny_config(**{'model.width': 1 / 16}))
-  graphdef, half, half_sums = _step_on(
+  objective, half, half_sums = _step_on(
       one_device_mesh, batch,
       tiny_config(half_precision=True, **{'model.width': 1 / 16}))
   assert {x.dtype for x in jax.tree.leaves(
       (half.params, half.batch_stats, half.opt_state))} == {np.dtype('float32')}
-  model = nnx.merge(graphdef, half.params, half.batch_stats)
+  model = nnx.merge(objective.graphdef, half.params, half.batch_stats)
   assert model.blocks[0].layers[0].conv.dtype == jnp.bfloat16
   # Same step up to bfloat16 rounding, and not bit-identical.
   full_kernel = full.params['classifier']['kernel']
@@ -87,12 +101,15 @@ def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
                                                        eight_device_mesh):
   config = tiny_config(**{'model.width': 1 / 16})
   batch = _uneven_batch()
-  graphdef, new_state, _ = _step_on(eight_device_mesh, batch, config)
+  objective, new_state, _ = _step_on(eight_device_mesh, batch, config)
   # The first conv's output on the whole rotated batch, with initial weights.
-  _, init = train.create_train_state(config, _spec(config), optim.sgd(0.1),
-                                     one_device_mesh)
-  model = nnx.merge(graphdef, init.params, init.batch_stats)
-  inputs = train.Task(config, 10)(batch, 0, train=True)[0]
+  _, init = _init(config, one_device_mesh)
+  model = models.build_backbone(_spec(config), rngs=nnx.Rngs(0))
+  nnx.update(model, nnx.State(init.params), nnx.State(init.batch_stats))
+  images = jax.numpy.asarray(batch['image'])
+  normalized = dict(batch, image=transforms.normalize(
+      images, *_normalization(config)))
+  inputs = objective.task(normalized, 0, train=True)[0]
   conv_out = np.asarray(model.blocks[0].layers[0].conv(inputs))
   global_mean = conv_out.mean(axis=(0, 1, 2))
   first_shard_mean = conv_out[:8].mean(axis=(0, 1, 2))  # Device 0's rows.
@@ -107,11 +124,10 @@ def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
 
 def _final_params(workdir, config, mesh):
   """Parameters of the latest checkpoint in `workdir`."""
-  _, state = train.create_train_state(config, _spec(config), optim.sgd(0.1),
-                                      mesh)
+  target = models.abstract_variables(_spec(config),
+                                     parallel.replicated(mesh))
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  restored = checkpoints.restore(checkpoints.latest_step(), model={
-      'params': state.params, 'batch_stats': state.batch_stats})
+  restored = checkpoints.restore(checkpoints.latest_step(), model=target)
   return jax.device_get(restored['model']), restored['meta']
 
 

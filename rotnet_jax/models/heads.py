@@ -7,22 +7,43 @@ shift 0 (momentum 0.9 in Flax's convention, eps 1e-5).
 
 * ``multlayer`` ("non-linear", Tables 1 and 2): flatten, Linear 200 (no
   bias), BN, ReLU, Linear 200 (no bias), BN, ReLU, Linear.
-* ``conv_block`` ("conv", Table 3): NIN block 3 (3x3, 1x1, 1x1 conv-BN-ReLU),
-  global average pool, Linear.
+* ``conv_block`` ("conv", Table 3): one more block of the backbone's own
+  kind (for the NIN, block 3: 3x3, 1x1, 1x1 conv-BN-ReLU), global average
+  pool, Linear.
 * ``linear`` (ImageNet probes): adaptive max-pool to ``s x s``, BatchNorm
   without scale or shift, flatten, Linear.
+
+Every head is one class in :data:`HEADS`, built as
+``Head(feature_shape, num_classes, options, dtype=..., rngs=...)`` and
+called as ``head(features, train=...)`` -> float32 logits. To add a head:
+write the class and add it to :data:`HEADS`.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rotnet_jax.models import nin
+from rotnet_jax.models import layers
 
-HEAD_TYPES = ('multlayer', 'conv_block', 'linear')
 MULTLAYER_HIDDEN = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadOptions:
+  """What a head may need besides the shape of the features it reads.
+
+  Attributes:
+    make_block: builds one more block of the backbone's kind,
+      ``(in_channels, *, kernel_init, dtype, rngs) -> (module,
+      out_channels)`` (``Backbone.head_block`` with the spec bound).
+    linear_pool_size: side of the ``linear`` head's max-pool.
+  """
+  make_block: Callable[..., nnx.Module] | None = None
+  linear_pool_size: int = 6
 
 
 def _linear_kernel_init(fan_out: int):
@@ -36,8 +57,8 @@ def _conv_kernel_init(kernel_size: int, out_channels: int):
 
 def _batch_norm(features: int, *, use_scale_and_bias: bool = True, dtype,
                 rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(features, momentum=nin.BATCH_NORM_MOMENTUM,
-                       epsilon=nin.BATCH_NORM_EPSILON,
+  return nnx.BatchNorm(features, momentum=layers.BATCH_NORM_MOMENTUM,
+                       epsilon=layers.BATCH_NORM_EPSILON,
                        use_scale=use_scale_and_bias,
                        use_bias=use_scale_and_bias, dtype=dtype,
                        param_dtype=jnp.float32, rngs=rngs)
@@ -53,8 +74,9 @@ def _linear(in_features, out_features, *, use_bias, dtype, rngs):
 class MultLayerHead(nnx.Module):
   """Two hidden fully connected layers with BatchNorm on flattened features."""
 
-  def __init__(self, feature_shape, num_classes: int, *, dtype=None,
-               rngs: nnx.Rngs):
+  def __init__(self, feature_shape, num_classes: int, options: HeadOptions,
+               *, dtype=None, rngs: nnx.Rngs):
+    del options  # Needs nothing more.
     in_features = math.prod(feature_shape)
     hidden = MULTLAYER_HIDDEN
     self.hidden1 = _linear(in_features, hidden, use_bias=False, dtype=dtype,
@@ -74,22 +96,18 @@ class MultLayerHead(nnx.Module):
 
 
 class ConvBlockHead(nnx.Module):
-  """NIN block 3 (3x3, 1x1, 1x1), global average pool and a linear layer."""
+  """One more backbone block, global average pool and a linear layer."""
 
-  def __init__(self, feature_shape, num_classes: int, *, channels: int = 192,
-               dtype=None, rngs: nnx.Rngs):
-    in_channels = feature_shape[-1]
-    self.layers = nnx.List([
-        nin.ConvBNReLU(i, channels, k, dtype=dtype,
-                       kernel_init=_conv_kernel_init(k, channels), rngs=rngs)
-        for i, k in ((in_channels, 3), (channels, 1), (channels, 1))])
+  def __init__(self, feature_shape, num_classes: int, options: HeadOptions,
+               *, dtype=None, rngs: nnx.Rngs):
+    self.block, channels = options.make_block(
+        feature_shape[-1], kernel_init=_conv_kernel_init, dtype=dtype,
+        rngs=rngs)
     self.output = _linear(channels, num_classes, use_bias=True, dtype=dtype,
                           rngs=rngs)
 
   def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
-    x = features
-    for layer in self.layers:
-      x = layer(x, train=train)
+    x = self.block(features, train=train)
     return self.output(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
 
 
@@ -112,10 +130,10 @@ def adaptive_max_pool(x: jax.Array, size: int) -> jax.Array:
 class LinearHead(nnx.Module):
   """Adaptive max-pool, BatchNorm without affine parameters, linear layer."""
 
-  def __init__(self, feature_shape, num_classes: int, *, pool_size: int,
-               dtype=None, rngs: nnx.Rngs):
+  def __init__(self, feature_shape, num_classes: int, options: HeadOptions,
+               *, dtype=None, rngs: nnx.Rngs):
     channels = feature_shape[-1]
-    self.pool_size = pool_size
+    pool_size = self.pool_size = options.linear_pool_size
     self.norm = _batch_norm(channels, use_scale_and_bias=False, dtype=dtype,
                             rngs=rngs)
     self.output = _linear(pool_size * pool_size * channels, num_classes,
@@ -127,24 +145,23 @@ class LinearHead(nnx.Module):
     return self.output(x.reshape((x.shape[0], -1))).astype(jnp.float32)
 
 
-def make_head(head_type: str, feature_shape, num_classes: int, *,
-              channels: int = 192, pool_size: int = 6, dtype=None,
+HEADS = {'multlayer': MultLayerHead, 'conv_block': ConvBlockHead,
+         'linear': LinearHead}
+HEAD_TYPES = tuple(HEADS)
+
+
+def make_head(head_type: str, feature_shape, num_classes: int,
+              options: HeadOptions = HeadOptions(), *, dtype=None,
               rngs: nnx.Rngs) -> nnx.Module:
   """Builds a head of `head_type` for features of `feature_shape` (H, W, C).
 
   Args:
-    head_type: one of ``HEAD_TYPES``.
+    head_type: a key of :data:`HEADS`.
     feature_shape: ``(H, W, C)`` of the block features it reads.
     num_classes: outputs.
-    channels: width of the ``conv_block`` head (192 in the paper).
-    pool_size: output side of the ``linear`` head's adaptive max-pool.
+    options: what the head may need besides (backbone block, pool size).
   """
-  if head_type == 'multlayer':
-    return MultLayerHead(feature_shape, num_classes, dtype=dtype, rngs=rngs)
-  if head_type == 'conv_block':
-    return ConvBlockHead(feature_shape, num_classes, channels=channels,
-                         dtype=dtype, rngs=rngs)
-  if head_type == 'linear':
-    return LinearHead(feature_shape, num_classes, pool_size=pool_size,
-                      dtype=dtype, rngs=rngs)
-  raise ValueError(f'unknown head {head_type!r}; valid: {HEAD_TYPES}')
+  if head_type not in HEADS:
+    raise ValueError(f'unknown head {head_type!r}; valid: {HEAD_TYPES}')
+  return HEADS[head_type](feature_shape, num_classes, options, dtype=dtype,
+                          rngs=rngs)

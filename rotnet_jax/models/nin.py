@@ -13,62 +13,23 @@ The model returns the logits and the output of every block, named
 evaluation heads can read any block by name.
 """
 
-import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# PyTorch's BatchNorm2d(momentum=0.1) keeps 0.9 of the old running average;
-# Flax counts momentum the other way round.
-BATCH_NORM_MOMENTUM = 0.9
-BATCH_NORM_EPSILON = 1e-5
+from rotnet_jax.errors import ConfigError
+from rotnet_jax.models.backbone import Backbone
+from rotnet_jax.models.backbone import KernelInitFactory
+from rotnet_jax.models.layers import ConvBNReLU
+from rotnet_jax.models.layers import torch_default_bias_init
+from rotnet_jax.models.layers import torch_default_kernel_init
 
 # Channels of the three convolutions of each block, before `width` scaling.
 _BLOCK1_CHANNELS = (192, 160, 96)
 _BLOCK_CHANNELS = (192, 192, 192)
-
-# PyTorch's default init for conv and linear weights: U(-1/sqrt(fan_in),
-# +1/sqrt(fan_in)), i.e. variance scaling with scale 1/3, uniform.
-torch_default_kernel_init = jax.nn.initializers.variance_scaling(
-    1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_default_bias_init(fan_in: int) -> jax.nn.initializers.Initializer:
-  """PyTorch's default bias init for a layer with `fan_in` inputs."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def scaled_channels(channels: int, width: float) -> int:
-  """Channel count after the width multiplier (at least 1)."""
-  return max(1, int(round(channels * width)))
-
-
-class ConvBNReLU(nnx.Module):
-  """Conv (no bias, same padding) -> BatchNorm -> ReLU."""
-
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
-               dtype=None, kernel_init=torch_default_kernel_init,
-               rngs: nnx.Rngs):
-    self.conv = nnx.Conv(
-        in_channels, out_channels, (kernel_size, kernel_size),
-        padding='SAME', use_bias=False, kernel_init=kernel_init,
-        dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    self.norm = nnx.BatchNorm(
-        out_channels, momentum=BATCH_NORM_MOMENTUM,
-        epsilon=BATCH_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32,
-        rngs=rngs)
-
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = self.conv(x)
-    x = self.norm(x, use_running_average=not train)
-    return nnx.relu(x)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -82,16 +43,34 @@ def avg_pool_3x3_s2(x: jax.Array) -> jax.Array:
                       count_include_pad=True)
 
 
+def scaled_channels(channels: int, width: float) -> int:
+  """Channel count after the width multiplier (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def _torch_default_kernel_init_factory(kernel_size: int, out_channels: int):
+  del kernel_size, out_channels
+  return torch_default_kernel_init
+
+
 class NINBlock(nnx.Module):
-  """Three ConvBNReLU layers, then an optional pool."""
+  """Three ConvBNReLU layers (first_kernel, 1x1, 1x1), then an optional pool.
+
+  Args:
+    kernel_init: ``(kernel_size, out_channels) -> initializer`` of each
+      convolution (default: PyTorch's).
+  """
 
   def __init__(self, in_channels: int, channels: Sequence[int],
                first_kernel: int, pool: str | None, *, dtype=None,
+               kernel_init: KernelInitFactory = (
+                   _torch_default_kernel_init_factory),
                rngs: nnx.Rngs):
     kernels = (first_kernel, 1, 1)
     ins = (in_channels,) + tuple(channels[:-1])
     self.layers = nnx.List([
-        ConvBNReLU(i, o, k, dtype=dtype, rngs=rngs)
+        ConvBNReLU(i, o, k, dtype=dtype, kernel_init=kernel_init(k, o),
+                   rngs=rngs)
         for i, o, k in zip(ins, channels, kernels)
     ])
     self.pool = pool
@@ -106,12 +85,16 @@ class NINBlock(nnx.Module):
     return x
 
 
+def block_names(num_blocks: int) -> tuple[str, ...]:
+  """``('conv1', ..., 'convN')``."""
+  return tuple(f'conv{i + 1}' for i in range(num_blocks))
+
+
 class NIN(nnx.Module):
   """The RotNet NIN with `num_blocks` blocks and a linear classifier.
 
   Attributes:
     block_names: ``('conv1', ..., 'convN')``, the keys of the feature dict.
-    feature_channels: channels of each block's output, by name.
   """
 
   def __init__(self, num_classes: int, *, num_blocks: int = 4,
@@ -128,9 +111,7 @@ class NIN(nnx.Module):
     for _ in range(2, num_blocks):
       blocks.append(NINBlock(later[-1], later, 3, None, dtype=dtype, rngs=rngs))
     self.blocks = nnx.List(blocks)
-    self.block_names = tuple(f'conv{i + 1}' for i in range(num_blocks))
-    self.feature_channels = dict(
-        zip(self.block_names, (block1[-1],) + (later[-1],) * (num_blocks - 1)))
+    self.block_names = block_names(num_blocks)
     self.classifier = nnx.Linear(
         later[-1], num_classes, kernel_init=torch_default_kernel_init,
         bias_init=torch_default_bias_init(later[-1]), dtype=dtype,
@@ -163,3 +144,39 @@ class NIN(nnx.Module):
     pooled = jnp.mean(x, axis=(1, 2))
     logits = self.classifier(pooled).astype(jnp.float32)
     return logits, features
+
+
+class NINBackbone(Backbone):
+  """The registry entry of the NIN (``config.model.name='nin'``).
+
+  Spec: ``{'name', 'num_classes', 'num_blocks', 'width', 'image_size'}``.
+  """
+
+  name = 'nin'
+
+  def spec(self, model_config, *, image_size: int,
+           num_classes: int) -> dict[str, Any]:
+    return {'name': self.name, 'num_classes': num_classes,
+            'num_blocks': model_config.num_blocks,
+            'width': model_config.width, 'image_size': image_size}
+
+  def check_config(self, model_config) -> None:
+    if model_config.num_blocks < 3:
+      raise ConfigError(f'config.model.num_blocks={model_config.num_blocks}: '
+                        'the NIN has at least 3 blocks')
+
+  def block_names(self, spec: dict[str, Any]) -> tuple[str, ...]:
+    return block_names(spec['num_blocks'])
+
+  def build(self, spec: dict[str, Any], *, dtype, rngs: nnx.Rngs) -> NIN:
+    return NIN(spec['num_classes'], num_blocks=spec['num_blocks'],
+               width=spec['width'], dtype=dtype, rngs=rngs)
+
+  def head_block(self, spec: dict[str, Any], in_channels: int, *,
+                 kernel_init: KernelInitFactory, dtype,
+                 rngs: nnx.Rngs) -> tuple[NINBlock, int]:
+    """A block like block 3 (3x3, 1x1, 1x1 at the spec's width), no pool."""
+    channels = tuple(scaled_channels(c, spec['width'])
+                     for c in _BLOCK_CHANNELS)
+    return NINBlock(in_channels, channels, 3, None, dtype=dtype,
+                    kernel_init=kernel_init, rngs=rngs), channels[-1]
