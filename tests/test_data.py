@@ -14,6 +14,7 @@ from PIL import Image
 from helpers import REPO_ROOT, tiny_config, write_image_folder
 from rotnet_jax import data as data_lib
 from rotnet_jax.data import arrays
+from rotnet_jax.data import datasets
 from rotnet_jax.data import digits
 from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import shuffle
@@ -44,10 +45,10 @@ def test_digits_is_bundled_real_data():
 
 
 def test_dataset_kind():
-  assert arrays.dataset_kind('digits') == 'digits'
-  assert arrays.dataset_kind('cifar10') == 'tfds'
-  assert arrays.dataset_kind('/no/such/folder') == 'folder'
-  assert arrays.dataset_kind('./relative') == 'folder'
+  assert datasets.dataset_kind('digits') == 'digits'
+  assert datasets.dataset_kind('cifar10') == 'tfds'
+  assert datasets.dataset_kind('/no/such/folder') == 'folder'
+  assert datasets.dataset_kind('./relative') == 'folder'
 
 
 @pytest.mark.parametrize('pipeline', PIPELINES)
@@ -128,19 +129,21 @@ def test_image_folder_decodes_identically_in_both_sources(tmp_path,
 def test_folder_cache_is_reused_and_refreshed(tmp_path):
   write_image_folder(str(tmp_path / 'data'), per_class=4)
   cache = str(tmp_path / 'cache')
-  first = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
-                            cache_dir=cache)
+  config = tiny_config(dataset=str(tmp_path / 'data'), cache_dir=cache)
+
+  def load():
+    return datasets.open_split(config, 'train', train=False, decoded=True)
+
+  first = load()
   cached = os.listdir(cache)
   assert len(cached) == 1 and cached[0].endswith('.npy')
-  again = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
-                            cache_dir=cache)
+  again = load()
   np.testing.assert_array_equal(first.images, again.images)
   assert os.listdir(cache) == cached
   # Changing a file invalidates the cache.
   Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(
       tmp_path / 'data' / 'train' / 'class_0' / '0.png')
-  changed = arrays.load_split(str(tmp_path / 'data'), 'train', image_size=32,
-                              cache_dir=cache)
+  changed = load()
   assert (changed.images[0] == 7).all()
   assert len(os.listdir(cache)) == 2
 
@@ -236,14 +239,14 @@ def test_a_training_subset_is_evenly_spaced(pipeline, one_device_mesh):
 
 def test_first_k_per_class_in_dataset_order():
   labels = np.asarray([2, 0, 2, 1, 0, 2, 1, 0, 0, 1])
-  keep = arrays.training_subset(labels, examples_per_class=2)
+  keep = datasets.training_subset(labels, examples_per_class=2)
   np.testing.assert_array_equal(keep, [0, 1, 2, 3, 4, 6])
   assert np.bincount(labels[keep]).tolist() == [2, 2, 2]
   with pytest.raises(InputError, match='examples_per_class=4 is more than '
                      r'the smallest class has \(3 images of class 1\)'):
-    arrays.training_subset(labels, examples_per_class=4)
+    datasets.training_subset(labels, examples_per_class=4)
   with pytest.raises(InputError, match='not both'):
-    arrays.training_subset(labels, examples_per_class=1, num_examples=5)
+    datasets.training_subset(labels, examples_per_class=1, num_examples=5)
 
 
 @pytest.mark.parametrize('pipeline', PIPELINES)
@@ -327,11 +330,13 @@ def _local_batches(monkeypatch, mesh, process, processes, epoch=0):
   from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(jax, 'process_count', lambda: processes)
   monkeypatch.setattr(jax, 'process_index', lambda: process)
-  config = tiny_config(pipeline='tfdata', batch_size=100)
+  # Every third example: 500 evenly spaced of the 1,500.
+  config = tiny_config(pipeline='tfdata', batch_size=100,
+                       num_train_examples=500)
+  split = datasets.open_split(config, 'train', train=True, decoded=False)
+  np.testing.assert_array_equal(split.keep, np.arange(1500)[::3])
   source = tfdata_source.TFDataSource(
-      'digits', 'train', mesh=mesh, batch_size=100, train=True,
-      seed=config.seed, image_size=32,
-      subset=lambda labels: np.arange(len(labels))[::3])
+      split, mesh=mesh, batch_size=100, train=True, seed=config.seed)
   monkeypatch.undo()
   return list(source._dataset(epoch).as_numpy_iterator())
 

@@ -9,17 +9,17 @@ same batches, ``{'image': uint8 [B, S, S, 3], 'label': int32 [B],
   Imports neither TensorFlow nor TFDS (except to read a TFDS dataset the
   first time, before caching it).
 * ``pipeline='tfdata'`` (``TFDataSource``): a tf.data host pipeline.
-"""
 
-import functools
+Both read the split through ``rotnet_jax.data.datasets.open_split``, which
+decides how the dataset is read, checks it and applies the training subset.
+"""
 
 from jax.sharding import Mesh
 
+from rotnet_jax.config_schema import PIPELINES
 from rotnet_jax.data import arrays
-from rotnet_jax.data.arrays import dataset_kind
+from rotnet_jax.data import datasets
 from rotnet_jax.data.device_source import DeviceSource
-
-PIPELINES = ('device', 'tfdata')
 
 
 def make_source(config, split: str, mesh: Mesh, *, train: bool):
@@ -27,37 +27,27 @@ def make_source(config, split: str, mesh: Mesh, *, train: bool):
 
   Args:
     config: the run config (``dataset``, ``data_dir``, ``cache_dir``,
-      ``pipeline``, ``image_size``, ``batch_size``, ``seed``,
-      ``shuffle_buffer_size``, and for training ``num_train_examples``,
-      ``examples_per_class``, ``epoch_examples``).
+      ``pipeline``, ``image_size``, ``train_split``, ``batch_size``,
+      ``seed``, ``shuffle_buffer_size``, and for training
+      ``num_train_examples``, ``examples_per_class``, ``epoch_examples``).
     split: split name, e.g. ``config.train_split``.
     mesh: the data mesh the batches are sharded over.
     train: shuffle, drop the last partial batch and augment if True; keep
       the order and pad the last batch (``mask`` 0) if False. Evaluation
       always reads the whole split.
   """
-  subset, epoch_length = None, 0
-  if train:
-    epoch_length = config.epoch_examples
-    if config.num_train_examples or config.examples_per_class:
-      subset = functools.partial(
-          arrays.training_subset, num_examples=config.num_train_examples,
-          examples_per_class=config.examples_per_class)
+  device = config.pipeline == 'device'
+  opened = datasets.open_split(config, split, train=train, decoded=device)
   common = dict(mesh=mesh, batch_size=config.batch_size, train=train,
-                seed=config.seed, subset=subset, epoch_length=epoch_length)
-  if config.pipeline == 'device':
-    data = arrays.load_split(config.dataset, split,
-                             image_size=config.image_size,
-                             data_dir=config.data_dir,
-                             cache_dir=config.cache_dir)
-    return DeviceSource(data, **common)
-  if config.pipeline == 'tfdata':
-    from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
-    return tfdata_source.TFDataSource(
-        config.dataset, split, image_size=config.image_size,
-        data_dir=config.data_dir,
-        shuffle_buffer_size=config.shuffle_buffer_size, **common)
-  raise ValueError(f'config.pipeline={config.pipeline!r}; valid: {PIPELINES}')
+                seed=config.seed,
+                epoch_length=config.epoch_examples if train else 0)
+  if device:
+    return DeviceSource(
+        arrays.SplitArrays(opened.images, opened.labels, opened.num_classes),
+        **common)
+  from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
+  return tfdata_source.TFDataSource(
+      opened, shuffle_buffer_size=config.shuffle_buffer_size, **common)
 
 
-__all__ = ['DeviceSource', 'PIPELINES', 'dataset_kind', 'make_source']
+__all__ = ['DeviceSource', 'PIPELINES', 'make_source']

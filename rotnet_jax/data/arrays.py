@@ -1,10 +1,10 @@
-"""Whole splits as in-memory uint8 arrays, without TensorFlow when possible.
+"""Whole splits as in-memory uint8 arrays, cached so later runs decode nothing.
 
-The device-resident source puts these arrays on the devices. Three origins:
-``digits`` (bundled with scikit-learn), an image folder (decoded with PIL
-and cached as ``.npy`` in ``cache_dir``), and a TFDS name (read once
-through TFDS, which imports TensorFlow, then cached the same way so later
-runs need neither).
+The device-resident source puts these arrays on the devices. An image
+folder is decoded with PIL and cached as ``.npy`` in ``cache_dir``; a TFDS
+split is read once through TFDS (which imports TensorFlow), then cached as
+``.npz`` the same way, so later runs need neither TensorFlow nor TFDS.
+Which dataset is which is decided in ``rotnet_jax.data.datasets``.
 """
 
 import dataclasses
@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 
-from rotnet_jax.data import digits
 from rotnet_jax.data import folder
 from rotnet_jax.errors import InputError
 
@@ -28,82 +27,45 @@ class SplitArrays:
   num_classes: int
 
 
-def training_subset(labels: np.ndarray, *, num_examples: int = 0,
-                    examples_per_class: int = 0) -> np.ndarray:
-  """Indices of the training examples to keep (all by default).
+def folder_images(index: folder.FolderIndex, image_size: int,
+                  cache_dir: str | None = None) -> np.ndarray:
+  """Decoded images of `index`, from `cache_dir` when decoded before.
 
-  Args:
-    labels: class of every example, in dataset order.
-    num_examples: keep this many, evenly spaced (every N/n-th example), so
-      that a class-sorted image folder keeps every class. 0: all.
-    examples_per_class: keep the first K examples of every class, in
-      dataset order (the paper's semi-supervised setting): file order in an
-      image folder, TFDS's stored order for a TFDS dataset. 0: all.
+  The cache file's name holds the index fingerprint, so any added, removed
+  or modified file leads to a fresh decode. Written atomically: an
+  interrupted run leaves no half-written cache.
 
   Raises:
-    InputError: both are set, or K exceeds the smallest class.
+    InputError: naming the first file that cannot be read or fails the
+      image check (only when decoding, not from the cache).
   """
-  total = len(labels)
-  if num_examples and examples_per_class:
-    raise InputError('set num_train_examples or examples_per_class, not both')
-  if examples_per_class:
-    counts = np.bincount(labels)
-    present = counts[counts > 0]
-    if examples_per_class > present.min():
-      raise InputError(
-          f'examples_per_class={examples_per_class} is more than the '
-          f'smallest class has ({present.min()} images of class '
-          f'{int(np.flatnonzero(counts == present.min())[0])})')
-    rank_in_class = np.empty(total, np.int64)
-    for label in np.flatnonzero(counts):
-      members = np.flatnonzero(labels == label)
-      rank_in_class[members] = np.arange(len(members))
-    return np.flatnonzero(rank_in_class < examples_per_class)
-  if 0 < num_examples < total:
-    return np.arange(num_examples) * total // num_examples
-  return np.arange(total)
+  name = (f'{os.path.basename(index.root) or "root"}-{index.split}-'
+          f'{image_size}-{index.fingerprint}.npy')
+  path = os.path.join(_cache_dir(cache_dir), name)
+  if os.path.exists(path):
+    images = np.load(path, mmap_mode='r')
+    if images.shape == (len(index.paths), image_size, image_size, 3):
+      return np.asarray(images)
+  images = folder.decode_all(index, image_size)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.save(f, images)
+  os.replace(tmp, path)
+  return images
 
 
-def dataset_kind(dataset: str) -> str:
-  """How `dataset` is read: ``digits``, ``folder`` or ``tfds``.
-
-  A folder is an existing directory or anything that looks like a path
-  (starts with ``/``, ``.`` or ``~``); other names are TFDS names.
-  """
-  if dataset == 'digits':
-    return 'digits'
-  if dataset.startswith(('/', '.', '~')) or os.path.isdir(dataset):
-    return 'folder'
-  return 'tfds'
-
-
-def load_split(dataset: str, split: str, *, image_size: int,
-               data_dir: str | None = None,
+def tfds_split(name: str, split: str, data_dir: str | None = None,
                cache_dir: str | None = None) -> SplitArrays:
-  """Loads a whole split into memory (see module docstring)."""
-  kind = dataset_kind(dataset)
-  if kind == 'digits':
-    images, labels = digits.load(split)
-    _check_image_size(dataset, images, image_size)
-    return SplitArrays(images, labels, digits.NUM_CLASSES)
-  cache_dir = cache_dir or DEFAULT_CACHE_DIR
-  if kind == 'folder':
-    index = folder.scan(dataset, split)
-    images = folder.load_cached(index, image_size, cache_dir)
-    return SplitArrays(images, index.labels, len(index.class_names))
-  return _load_tfds_cached(dataset, split, image_size, data_dir, cache_dir)
+  """A whole TFDS split, in TFDS's stored order, from the cache if there.
 
-
-def _check_image_size(dataset, images, image_size):
-  if images.shape[1:3] != (image_size, image_size):
-    raise InputError(
-        f'dataset {dataset!r} has {images.shape[1]}x{images.shape[2]} images '
-        f'but config.image_size={image_size}')
-
-
-def _load_tfds_cached(name, split, image_size, data_dir, cache_dir):
+  Raises:
+    InputError: the split is not cached and TensorFlow is not installed, or
+      TFDS refuses the name or split.
+    MissingInputError: not cached, and TFDS has no data and cannot download.
+  """
   key = hashlib.sha256(f'{name}|{split}|{data_dir}'.encode()).hexdigest()[:16]
-  path = os.path.join(os.path.expanduser(cache_dir),
+  path = os.path.join(_cache_dir(cache_dir),
                       f'tfds-{name.replace("/", "_")}-{split}-{key}.npz')
   if not os.path.exists(path):
     try:
@@ -122,7 +84,9 @@ def _load_tfds_cached(name, split, image_size, data_dir, cache_dir):
     np.savez(tmp, images=images, labels=labels, num_classes=num_classes)
     os.replace(tmp, path)
   with np.load(path) as cached:
-    result = SplitArrays(cached['images'], cached['labels'].astype(np.int32),
-                         int(cached['num_classes']))
-  _check_image_size(name, result.images, image_size)
-  return result
+    return SplitArrays(cached['images'], cached['labels'].astype(np.int32),
+                       int(cached['num_classes']))
+
+
+def _cache_dir(cache_dir: str | None) -> str:
+  return os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)

@@ -7,8 +7,6 @@ from the resident array and augments it there. No host decoding, no
 host-to-device image copies, and no TensorFlow import.
 """
 
-from collections.abc import Callable
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -30,25 +28,19 @@ class DeviceSource:
   """
 
   def __init__(self, data: SplitArrays, *, mesh: Mesh, batch_size: int,
-               train: bool, seed: int,
-               subset: Callable[[np.ndarray], np.ndarray] | None = None,
-               epoch_length: int = 0):
+               train: bool, seed: int, epoch_length: int = 0):
     """Puts `data` on the devices of `mesh`.
 
     Args:
-      data: the whole split.
+      data: the examples to use (a training subset is already applied, by
+        ``rotnet_jax.data.datasets.open_split``).
       mesh: the data mesh.
       batch_size: global batch size.
       train: shuffle, augment and drop the last partial batch if True; keep
         the order and pad the last batch (``mask`` 0) if False.
       seed: run seed (order and augmentation).
-      subset: maps the labels to the indices of the examples to keep.
       epoch_length: samples per training epoch (0: one pass over the data).
     """
-    if subset is not None:
-      keep = subset(data.labels)
-      data = SplitArrays(data.images[keep], data.labels[keep],
-                         data.num_classes)
     self.num_examples = len(data.images)
     self.num_classes = data.num_classes
     self.batch_size = batch_size

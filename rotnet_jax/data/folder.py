@@ -5,9 +5,9 @@ copy this gives the usual ids). Files within a class are in natural name
 order (``2.jpg`` before ``10.jpg``), which is the dataset order used for
 "first K images per class" subsets.
 
-This module reads files with PIL only (no TensorFlow), for the
-device-resident source; the tf.data pipeline reuses :func:`scan` for its
-file list and checks.
+This module lists and decodes files with PIL only (no TensorFlow): the
+device-resident source decodes every file here, the tf.data pipeline takes
+the file list and checks every file here once before training.
 """
 
 import concurrent.futures
@@ -19,11 +19,11 @@ import re
 import numpy as np
 from PIL import Image
 
+from rotnet_jax.data import image_check
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-_SUPPORTED_FORMATS = ('JPEG', 'PNG')
 _IO_THREADS = 16
 
 
@@ -53,6 +53,33 @@ def _natural_key(name: str):
           for part in re.split(r'(\d+)', name)]
 
 
+def _split_dir(root: str, split: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(root)), split)
+
+
+def list_classes(root: str, split: str) -> tuple[str, ...]:
+  """The sorted class folder names of `split` under `root`.
+
+  Raises:
+    MissingInputError: the split folder is missing.
+    InputError: it has no class folders.
+  """
+  split_dir = _split_dir(root, split)
+  if not os.path.isdir(split_dir):
+    raise MissingInputError(
+        f'image folder split {split!r} not found: {split_dir} does not exist. '
+        f'Expected the layout <root>/{split}/<class_name>/*.jpg|*.png '
+        f'(dataset={root!r}).')
+  names = tuple(sorted(
+      e.name for e in os.scandir(split_dir)
+      if e.is_dir() and not e.name.startswith('.')))
+  if not names:
+    raise InputError(
+        f'image folder {split_dir} has no class folders; expected '
+        f'{split_dir}/<class_name>/*.jpg|*.png')
+  return names
+
+
 def scan(root: str, split: str) -> FolderIndex:
   """Lists the images of `split` under `root`, failing clearly on a bad layout.
 
@@ -60,19 +87,8 @@ def scan(root: str, split: str) -> FolderIndex:
     MissingInputError: the split folder is missing.
     InputError: no class folders, or a class folder without images.
   """
-  split_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), split)
-  if not os.path.isdir(split_dir):
-    raise MissingInputError(
-        f'image folder split {split!r} not found: {split_dir} does not exist. '
-        f'Expected the layout <root>/{split}/<class_name>/*.jpg|*.png '
-        f'(dataset={root!r}).')
-  class_names = tuple(sorted(
-      e.name for e in os.scandir(split_dir)
-      if e.is_dir() and not e.name.startswith('.')))
-  if not class_names:
-    raise InputError(
-        f'image folder {split_dir} has no class folders; expected '
-        f'{split_dir}/<class_name>/*.jpg|*.png')
+  split_dir = _split_dir(root, split)
+  class_names = list_classes(root, split)
   paths, labels, stats = [], [], []
   for label, class_name in enumerate(class_names):
     class_dir = os.path.join(split_dir, class_name)
@@ -100,16 +116,14 @@ def _read(path: str, image_size: int) -> np.ndarray:
   """Decodes `path` to ``uint8 [S, S, 3]``, checking format and size."""
   try:
     with Image.open(path) as img:
-      fmt, size = img.format, img.size
-      if fmt in _SUPPORTED_FORMATS and size == (image_size, image_size):
-        return np.asarray(img.convert('RGB'), np.uint8)
+      width, height = img.size
+      image_check.check(f'image file {path}', image_size, height=height,
+                        width=width, file_format=img.format or 'unknown')
+      return np.asarray(img.convert('RGB'), np.uint8)
+  except InputError:
+    raise
   except Exception as e:  # PIL raises several types for unreadable files.
     raise InputError(f'cannot read image file {path}: {e}') from e
-  if fmt not in _SUPPORTED_FORMATS:
-    raise InputError(f'image file {path} is {fmt}, expected one of '
-                     f'{_SUPPORTED_FORMATS}')
-  raise InputError(f'image file {path} is {size[0]}x{size[1]}, expected '
-                   f'{image_size}x{image_size} (config.image_size)')
 
 
 def check_images(index: FolderIndex, image_size: int) -> None:
@@ -140,28 +154,4 @@ def decode_all(index: FolderIndex, image_size: int) -> np.ndarray:
     for i, pixels in enumerate(
         pool.map(lambda p: _read(p, image_size), index.paths)):
       images[i] = pixels
-  return images
-
-
-def load_cached(index: FolderIndex, image_size: int, cache_dir: str
-                ) -> np.ndarray:
-  """Decoded images of `index`, from `cache_dir` when decoded before.
-
-  The cache file's name holds the index fingerprint, so any added, removed
-  or modified file leads to a fresh decode. Written atomically: an
-  interrupted run leaves no half-written cache.
-  """
-  name = (f'{os.path.basename(index.root) or "root"}-{index.split}-'
-          f'{image_size}-{index.fingerprint}.npy')
-  path = os.path.join(os.path.expanduser(cache_dir), name)
-  if os.path.exists(path):
-    images = np.load(path, mmap_mode='r')
-    if images.shape == (len(index.paths), image_size, image_size, 3):
-      return np.asarray(images)
-  images = decode_all(index, image_size)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    np.save(f, images)
-  os.replace(tmp, path)
   return images

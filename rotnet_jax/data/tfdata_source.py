@@ -6,16 +6,18 @@ the epoch (``shuffle.epoch_order``) and reads positions
 examples whatever the number of processes. Each example is augmented (random
 crop of the 4-pixel zero-padded image, horizontal flip) with a stateless
 seed of (seed, epoch, position in the epoch), so an epoch is the same
-whenever it runs. TFDS datasets: each process reads its own shard
-(``tfds.split_for_jax_process``) and shuffles it with a seed that includes
-the process index.
+whenever it runs. TFDS datasets: each process reads its own share
+(``tfds_util.process_examples``: its shard of the split, or with a training
+subset its equal share of the kept examples) and shuffles it with a seed
+that includes the process index; an epoch longer than the share
+(``epoch_examples``) repeats it, reshuffled each pass.
 
 Batches leave as global ``jax.Array``s sharded on the mesh's ``data`` axis.
 Imports TensorFlow.
 """
 
 import collections
-from collections.abc import Callable
+import math
 
 import jax
 import numpy as np
@@ -23,12 +25,10 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from rotnet_jax import parallel
-from rotnet_jax.data import arrays
-from rotnet_jax.data import transforms
-from rotnet_jax.data import digits
-from rotnet_jax.data import folder
+from rotnet_jax.data import datasets
 from rotnet_jax.data import shuffle
 from rotnet_jax.data import tfds_util
+from rotnet_jax.data import transforms
 from rotnet_jax.data.source import HostBatches
 from rotnet_jax.errors import InputError
 
@@ -63,73 +63,60 @@ def _crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 class TFDataSource(HostBatches):
   """Host-side batches; implements ``rotnet_jax.data.source.Source``."""
 
-  def __init__(self, dataset: str, split: str, *, mesh: Mesh,
-               batch_size: int, train: bool, seed: int, image_size: int,
-               data_dir: str | None = None,
-               shuffle_buffer_size: int = 50_000,
-               subset: Callable[[np.ndarray], np.ndarray] | None = None,
+  def __init__(self, split: datasets.Split, *, mesh: Mesh, batch_size: int,
+               train: bool, seed: int, shuffle_buffer_size: int = 50_000,
                epoch_length: int = 0):
-    """Indexes `split` of `dataset` and checks it; see ``DeviceSource``."""
+    """Sets up reading `split` (and for TFDS, this process's share of it).
+
+    Args:
+      split: the split, opened with ``decoded=False`` (a training subset is
+        already applied).
+      mesh: the data mesh.
+      batch_size: global batch size.
+      train: shuffle, augment and drop the last partial batch if True; keep
+        the order and pad the last batch (``mask`` 0) if False.
+      seed: run seed (order and augmentation).
+      shuffle_buffer_size: tf.data shuffle buffer of a TFDS dataset.
+      epoch_length: samples per training epoch (0: one pass over the data).
+    """
+    self.num_examples = split.num_examples
+    self.num_classes = split.num_classes
     self.batch_size = batch_size
     self.train = train
     self.seed = seed
     self._mesh = mesh
-    self._image_size = image_size
+    self._image_size = split.image_size
     self._processes, self._process = jax.process_count(), jax.process_index()
     self._local_batch = batch_size // self._processes
-    kind = arrays.dataset_kind(dataset)
-    if kind == 'tfds':
-      self._init_tfds(dataset, split, data_dir, shuffle_buffer_size, subset,
-                      epoch_length)
-    else:
-      self._init_items(dataset, split, kind, subset)
     self._epoch_length = epoch_length or self.num_examples
     self.steps_per_epoch = shuffle.steps_per_epoch(
         self.num_examples, batch_size, train=train, epoch_length=epoch_length,
         processes=self._processes)
-
-  def _init_items(self, dataset, split, kind, subset):
-    """Digits (pixels in memory) or an image folder (paths, checked)."""
-    if kind == 'digits':
-      items, labels = digits.load(split)
-      self.num_classes = digits.NUM_CLASSES
-      if items.shape[1:3] != (self._image_size,) * 2:
-        raise InputError(f'digits images are {items.shape[1]}px, '
-                         f'config.image_size={self._image_size}')
+    if split.kind == 'tfds':
+      self._init_tfds(split, shuffle_buffer_size)
     else:
-      index = folder.scan(dataset, split)
-      folder.check_images(index, self._image_size)
-      items, labels = np.asarray(index.paths), index.labels
-      self.num_classes = len(index.class_names)
-    if subset is not None:
-      keep = subset(labels)
-      items, labels = items[keep], labels[keep]
-    self._items, self._labels = items, np.asarray(labels, np.int32)
-    self._is_files = kind == 'folder'
-    self._tfds_base = None
-    self.num_examples = len(labels)
+      self._items = split.paths if split.kind == 'folder' else split.images
+      self._labels = np.asarray(split.labels, np.int32)
+      self._is_files = split.kind == 'folder'
+      self._tfds_base = None
 
-  def _init_tfds(self, name, split, data_dir, shuffle_buffer_size, subset,
-                 epoch_length):
-    tfds_util.get_builder(name, data_dir)  # Fails fast on a bad name.
-    if subset is not None or epoch_length:
-      raise InputError(
-          'training subsets (num_train_examples, examples_per_class, '
-          'epoch_examples) of a TFDS dataset need pipeline=device '
-          f'(dataset={name!r})')
-    builder = tfds_util.prepared_builder(name, data_dir)
-    tfds_util.check_split(builder, split)
-    tfds_util.check_image_shape(builder, self._image_size)
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    local_split = tfds.split_for_jax_process(split, drop_remainder=self.train)
-    self.num_examples = builder.info.splits[split].num_examples
-    self.num_classes = tfds_util.num_classes(builder)
-    self._num_local = builder.info.splits[local_split].num_examples
-    self._shuffle_buffer_size = min(shuffle_buffer_size, self._num_local)
-    self._tfds_base = builder.as_dataset(
-        split=local_split, shuffle_files=False).map(
-            lambda x: {'image': x['image'], 'label': x['label']},
-            num_parallel_calls=tf.data.AUTOTUNE).cache()
+  def _init_tfds(self, split, shuffle_buffer_size):
+    """This process's examples, and how often to repeat them per epoch."""
+    self._tfds_base, num_local = tfds_util.process_examples(
+        split.builder, split.name, process=self._process,
+        processes=self._processes, drop_remainder=self.train, keep=split.keep)
+    self._shuffle_buffer_size = min(shuffle_buffer_size, num_local)
+    # An epoch longer than this process's share (epoch_examples) repeats
+    # the share, reshuffled each pass; every process runs the same
+    # steps_per_epoch.
+    self._passes = 1
+    if self.train:
+      if not num_local:
+        raise InputError(
+            f'{self.num_examples} training examples of {split.dataset!r} '
+            f'are too few to give each of {self._processes} processes one')
+      self._passes = math.ceil(self.steps_per_epoch * self._local_batch /
+                               num_local)
 
   def _examples(self, epoch: int) -> tf.data.Dataset:
     """This process's examples of `epoch` with their augmentation seeds."""
@@ -138,7 +125,9 @@ class TFDataSource(HostBatches):
       ds = self._tfds_base
       if self.train:
         ds = ds.shuffle(self._shuffle_buffer_size, seed=seed,
-                        reshuffle_each_iteration=False)
+                        reshuffle_each_iteration=self._passes > 1)
+        if self._passes > 1:
+          ds = ds.repeat(self._passes)
       return ds.enumerate().map(lambda i, x: dict(
           x, seed=tf.stack([tf.constant(seed, tf.int64), i])))
     if self.train:

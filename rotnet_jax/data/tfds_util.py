@@ -1,4 +1,9 @@
-"""TensorFlow Datasets access with clear errors. Imports TensorFlow."""
+"""TensorFlow Datasets access with clear errors. Imports TensorFlow.
+
+Builders (prepared, downloading if needed), a split's labels, a whole split
+as arrays (for the device pipeline's cache), and one process's share of a
+split as a tf.data dataset (for the tf.data pipeline).
+"""
 
 import difflib
 
@@ -65,14 +70,9 @@ def check_split(builder, split: str) -> None:
                      f'{sorted(builder.info.splits)}, not {split!r}')
 
 
-def check_image_shape(builder, image_size: int) -> None:
-  """Raises InputError unless the dataset's images are `image_size` RGB."""
-  shape = tuple(builder.info.features['image'].shape)
-  if shape != (image_size, image_size, 3):
-    raise InputError(
-        f'TFDS dataset {builder.name!r} has images of shape {shape}, but '
-        f'config.image_size={image_size} needs ({image_size}, {image_size}, '
-        '3)')
+def image_shape(builder) -> tuple[int | None, ...]:
+  """``(height, width, channels)`` of the ``image`` feature (None: varies)."""
+  return tuple(builder.info.features['image'].shape)
 
 
 def num_classes(builder) -> int:
@@ -87,3 +87,72 @@ def load_as_arrays(name: str, split: str, data_dir: str | None
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   return (np.asarray(data['image'], np.uint8),
           np.asarray(data['label'], np.int32), num_classes(builder))
+
+
+def _undecoded(builder, split):
+  """`split` in stored order, image bytes left encoded (decoding is most
+  of the cost of a pass)."""
+  return builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()})
+
+
+def read_labels(builder, split: str) -> np.ndarray:
+  """The label of every example of `split`, ``int32 [N]``, in stored order.
+
+  One pass over the records without decoding any image.
+  """
+  labels = _undecoded(builder, split).map(
+      lambda x: x['label'], num_parallel_calls=tf.data.AUTOTUNE).batch(65536)
+  return np.concatenate([np.zeros(0, np.int32)] + [
+      np.asarray(batch, np.int32) for batch in tfds.as_numpy(labels)])
+
+
+def process_examples(builder, split: str, *, process: int, processes: int,
+                     drop_remainder: bool, keep: np.ndarray | None = None
+                     ) -> tuple[tf.data.Dataset, int]:
+  """This process's share of `split` as ``{'image', 'label'}`` examples.
+
+  The examples are cached in memory after the first pass, in stored order.
+
+  Args:
+    builder: a prepared builder.
+    split: split name.
+    process: this process's index.
+    processes: number of processes.
+    drop_remainder: give every process exactly ``N // processes`` examples
+      (training); if False the first ``N % processes`` processes get one
+      more (evaluation: every example is seen).
+    keep: increasing indices of the examples of `split` to read (a training
+      subset); None: all.
+
+  Returns:
+    ``(dataset, number of its examples)``.
+  """
+  if keep is None:
+    # A contiguous shard per process: each reads only its own records.
+    local_split = tfds.split_for_jax_process(
+        split, process_index=process, process_count=processes,
+        drop_remainder=drop_remainder)
+    examples = builder.as_dataset(split=local_split, shuffle_files=False).map(
+        lambda x: {'image': x['image'], 'label': x['label']},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return examples.cache(), builder.info.splits[local_split].num_examples
+  # A subset is dealt out by rank, the r-th kept example to process
+  # r % processes, not by contiguous shards: kept examples may cluster in
+  # one part of the split (the first K of each class of a split in mixed
+  # class order all come early), which would leave other processes with
+  # none. Each process reads every record once but decodes only its own
+  # images.
+  share = keep[process::processes]
+  if drop_remainder:
+    share = share[:len(keep) // processes]
+  mine = np.zeros(builder.info.splits[split].num_examples, bool)
+  mine[share] = True
+  image_feature = builder.info.features['image']
+  examples = _undecoded(builder, split).enumerate().filter(
+      lambda i, x: tf.gather(mine, i)).map(
+          lambda i, x: {'image': image_feature.decode_example(x['image']),
+                        'label': x['label']},
+          num_parallel_calls=tf.data.AUTOTUNE)
+  return examples.cache(), len(share)
