@@ -35,8 +35,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.check_no_arguments(argv)
   cli.quiet_library_logs()
   if FLAGS.distributed or parallel.multihost_environment():
     jax.distributed.initialize()

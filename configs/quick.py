@@ -1,4 +1,4 @@
-"""A RotNet that trains in about 3 minutes on a 2-core CPU, fully offline.
+"""A RotNet that trains in 2-3 minutes on a 2-core CPU, fully offline.
 
     python main.py --config=configs/quick.py --workdir=/tmp/rotnet_quick
 
@@ -6,8 +6,8 @@ Uses ``dataset=digits``: scikit-learn's bundled handwritten digits (1,500
 train / 297 test images, upscaled to 32x32), so it needs no download and
 nothing outside the install. A NIN-4 at 1/16 width learns to tell the four
 rotations apart: the test rotation accuracy climbs far above the 25% of
-chance (to about 65-70% after 10 epochs; 0/180 degrees stay partly
-ambiguous for digits such as 0, 1, 8 and 6/9).
+chance (63% after 10 epochs; 0/180 degrees stay partly ambiguous for
+digits such as 0, 1, 8 and 6/9).
 """
 
 from rotnet_jax import config_schema

@@ -30,19 +30,26 @@ from rotnet_jax import cli
 from rotnet_jax import objectives
 from rotnet_jax import optim
 from rotnet_jax import parallel
+from rotnet_jax import run_files
 from rotnet_jax import steps as steps_lib
 from rotnet_jax import validation
 from rotnet_jax.data import arrays
 from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import PIPELINES
 from rotnet_jax.data.source import HostBatches
+from rotnet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('steps', 50, 'Timed steps per source.')
-flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
+flags.DEFINE_integer('steps', 50, 'Timed steps per source.', lower_bound=1)
+flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.',
+                     lower_bound=0)
 flags.DEFINE_integer('examples', 10_000,
-                     'Resident synthetic images for the device source.')
+                     'Resident synthetic images for the device source.',
+                     lower_bound=1)
 flags.DEFINE_list('sources', list(PIPELINES), f'Any of {PIPELINES}.')
+flags.register_validator(
+    'sources', lambda names: bool(names) and all(n in PIPELINES for n in names),
+    f'--sources must list one or more of {PIPELINES}')
 flags.DEFINE_string('output', None, 'Also write the results as JSON here.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                 lock_config=True)
@@ -76,6 +83,14 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
   ``configs/cifar.py``) with ``num_classes`` dataset classes.
   """
   config = validation.check_config(config)
+  unknown = [name for name in sources if name not in PIPELINES]
+  if unknown or not sources or steps < 1 or warmup < 0:
+    raise InputError(f'benchmark sources must be some of {PIPELINES} (got '
+                     f'{list(sources)}), steps >= 1 (got {steps}) and '
+                     f'warmup >= 0 (got {warmup})')
+  if examples < config.batch_size:
+    raise InputError(f'--examples={examples} must be at least '
+                     f'config.batch_size={config.batch_size} (one batch)')
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   size = config.image_size
@@ -90,12 +105,10 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       'batch_size': config.batch_size,
       'rotated_batch_size': config.batch_size * objective.inputs_per_image,
       'precision': 'bfloat16' if config.half_precision else 'float32',
-      'model': objective.network['backbone'], 'timed_steps': steps, 'warmup_steps': warmup,
+      'model': objective.network['backbone'], 'timed_steps': steps,
+      'warmup_steps': warmup,
       'results': []}
   for name in sources:
-    if name not in PIPELINES:
-      raise ValueError(f'unknown benchmark source {name!r}; valid: '
-                       f'{PIPELINES}')
     state = steps_lib.init_state(objective, tx, config.seed, mesh)
     if name == 'device':
       data = arrays.SplitArrays(
@@ -128,12 +141,17 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.check_no_arguments(argv)
   cli.quiet_library_logs()
-  report = run_benchmark(FLAGS.config, steps=FLAGS.steps,
-                         warmup=FLAGS.warmup, examples=FLAGS.examples,
-                         sources=FLAGS.sources)
+  try:
+    if FLAGS.output:
+      run_files.check_writable_folder(
+          os.path.dirname(os.path.abspath(FLAGS.output)), '--output folder')
+    report = run_benchmark(FLAGS.config, steps=FLAGS.steps,
+                           warmup=FLAGS.warmup, examples=FLAGS.examples,
+                           sources=FLAGS.sources)
+  except InputError as e:
+    cli.fail(e)
   print(f"{report['device_kind']} x{report['num_devices']}, batch "
         f"{report['batch_size']} ({report['rotated_batch_size']} rotated), "
         f"{report['precision']}, model {report['model']}")
@@ -152,4 +170,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

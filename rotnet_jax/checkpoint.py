@@ -16,12 +16,16 @@ renames it when complete, so an interrupted save never hides the previous
 checkpoint.
 """
 
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from rotnet_jax import run_files
+
+# Where checkpoints that cannot be read are moved (see set_aside).
+DAMAGED_SUBDIR = 'damaged_checkpoints'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -108,6 +112,28 @@ class Checkpointer:
     """Shapes of the saved ``model`` arrays by ``/``-joined path (no data read)."""
     tree = self._manager.item_metadata(step)['model']
     return flat_shapes(tree.tree if hasattr(tree, 'tree') else tree)
+
+  def set_aside(self, step: int) -> str:
+    """Moves the folder of `step` to ``WORKDIR/damaged_checkpoints/``.
+
+    For a checkpoint that cannot be read: it no longer hides the older
+    ones, and nothing is deleted. Close this Checkpointer afterwards and
+    open a new one (the manager caches the list of steps).
+
+    Returns:
+      Where the folder went.
+    """
+    source = os.path.join(self.directory, str(step))
+    target_dir = os.path.join(os.path.dirname(self.directory),
+                              DAMAGED_SUBDIR)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    suffix = 0
+    while os.path.lexists(target):
+      suffix += 1
+      target = os.path.join(target_dir, f'{step}.{suffix}')
+    os.replace(source, target)
+    return target
 
   def close(self) -> None:
     self._manager.wait_until_finished()

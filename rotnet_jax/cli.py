@@ -2,6 +2,7 @@
 clean failures."""
 
 import logging as python_logging
+import os
 import re
 import sys
 
@@ -13,14 +14,44 @@ from rotnet_jax import config_schema
 _CONFIG_OVERRIDE = re.compile(r'^--config\.([\w.]+)(=|$)')
 
 
-def _hide_library_info_logs(record) -> bool:
-  return (record.levelno >= python_logging.WARNING or
-          '/orbax/' not in record.pathname)
+# Orbax's background threads log a full disk as several long tracebacks;
+# the run reports it once, in one line (train.train_and_evaluate).
+_DISK_FULL_MARKERS = ('No space left on device', 'RESOURCE_EXHAUSTED')
+
+
+def _filter_library_logs(record) -> bool:
+  """Hides Orbax's INFO lines, and its tracebacks of a full disk."""
+  if '/orbax/' not in record.pathname:
+    return True
+  if record.levelno < python_logging.WARNING:
+    return False
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    text += str(record.exc_info[1])
+  return not any(marker in text for marker in _DISK_FULL_MARKERS)
+
+
+def _ignore_closed_event_loops(previous_hook):
+  """A ``sys.unraisablehook`` that drops TensorStore's late callbacks.
+
+  When Orbax gives up on a checkpoint it cannot read (or write), TensorStore
+  still completes the pending reads afterwards and calls back into the
+  event loop Orbax already closed: each callback prints a traceback of
+  ``RuntimeError: Event loop is closed`` that says nothing the run's own
+  message does not.
+  """
+  def hook(unraisable):
+    if (unraisable.exc_type is RuntimeError and
+        str(unraisable.exc_value) == 'Event loop is closed'):
+      return
+    previous_hook(unraisable)
+  return hook
 
 
 def quiet_library_logs() -> None:
   """Keeps Orbax's many INFO lines per checkpoint out of the console."""
-  logging.get_absl_logger().addFilter(_hide_library_info_logs)
+  logging.get_absl_logger().addFilter(_filter_library_logs)
+  sys.unraisablehook = _ignore_closed_event_loops(sys.unraisablehook)
 
 
 def fail(error) -> None:
@@ -37,14 +68,43 @@ def parse_flags(argv: list[str]) -> list[str]:
   program through :func:`fail` instead of a traceback.
   """
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      # The file is loaded on first access; a file that fails to load gives
+      # a placeholder that raises its error on any attribute.
+      flags.FLAGS.config.keys()
+    return remaining
   except flags.Error as e:
     fail(e)
-  except (AttributeError, KeyError, TypeError) as e:
-    # ml_collections' own error for an override; name the key plainly.
+  except Exception as e:  # pylint: disable=broad-except
+    # Loading the --config file or applying a --config.KEY override failed
+    # (ml_collections raises plain Python errors): name what went wrong.
     known = config_schema.flatten(config_schema.defaults())
     for arg in argv[1:]:
       match = _CONFIG_OVERRIDE.match(arg)
       if match and match.group(1) not in known:
         fail(config_schema.unknown_key_error(match.group(1)))
-    fail(f'bad config override: {e}')
+    config_file = next((a.split('=', 1)[1] for a in argv[1:]
+                        if a.startswith('--config=')), None)
+    if isinstance(e, AttributeError) and 'get_config' in str(e):
+      fail(f'--config={config_file}: the file has no get_config() function '
+           '(see configs/quick.py for the shape of a config file)')
+    if isinstance(e, OSError) and not os.path.isfile(config_file or ''):
+      fail(f'--config={config_file}: no such file (pass a file of configs/, '
+           'e.g. --config=configs/cifar.py)')
+    if isinstance(e, (OSError, SyntaxError, ImportError)):
+      fail(f'--config={config_file} cannot be loaded: {type(e).__name__}: '
+           f'{_first_line(e)}')
+    fail(f'bad command line: {type(e).__name__}: {_first_line(e)}')
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else repr(error)
+
+
+def check_no_arguments(argv: list[str]) -> None:
+  """Fails unless the command line had only flags (``argv[0]`` aside)."""
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}: every setting is a flag, e.g. '
+         '--workdir=DIR or --config.num_epochs=10')

@@ -12,7 +12,10 @@ own names (``rotnet_jax.validation`` runs both). The README's "Config"
 section documents each key.
 """
 
+import dataclasses
 import difflib
+import math
+from collections.abc import Callable
 from typing import Any
 
 from ml_collections import config_dict
@@ -178,55 +181,180 @@ def unknown_key_error(name: str) -> ConfigError:
                      f'{", ".join(known)}')
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """The values one config key accepts, beyond its type.
+
+  Attributes:
+    accepts: ``value -> bool``; None when a registry checks the value
+      (``models.check_config``: backbone names, heads, blocks).
+    what: what a valid value is, for the error message.
+    invalid: values of the right type that are refused (the tests feed
+      each one through the command line).
+  """
+  accepts: Callable[[Any], bool] | None
+  what: str
+  invalid: tuple[Any, ...] = ()
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return ((_is_int(value) or isinstance(value, float)) and
+          math.isfinite(value))
+
+
+def _count(minimum: int, maximum: int | None = None) -> Rule:
+  if maximum is None:
+    return Rule(lambda v: _is_int(v) and v >= minimum,
+                f'must be an integer >= {minimum}', (minimum - 1,))
+  return Rule(lambda v: _is_int(v) and minimum <= v <= maximum,
+              f'must be an integer in [{minimum}, {maximum}]',
+              (minimum - 1, maximum + 1))
+
+
+def _number(low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> Rule:
+  def accepts(v):
+    return (_is_number(v) and (v > low if low_open else v >= low) and
+            (v < high if high_open else v <= high))
+  interval = (f"{'(' if low_open else '['}{low:g}, {high:g}"
+              f"{')' if high_open else ']'}")
+  return Rule(accepts, f'must be a finite number in {interval}',
+              (low - 1, high + 1, float('inf')))
+
+
+def _choice(options: tuple[str, ...]) -> Rule:
+  return Rule(lambda v: v in options, f'must be one of {options}',
+              ('no-such-' + options[0],))
+
+
+def _text(what: str, *, optional: bool = False) -> Rule:
+  return Rule(lambda v: (optional and v is None) or (
+      isinstance(v, str) and v.strip() != ''), f'must be {what}', ('',))
+
+
+def _registry(what: str, *invalid) -> Rule:
+  return Rule(None, f'must be {what}', invalid)
+
+
+def _numbers(count: int, *, positive: bool) -> Callable[[Any], bool]:
+  return lambda v: (isinstance(v, (tuple, list)) and len(v) == count and
+                    all(_is_number(x) and (x > 0 or not positive)
+                        for x in v))
+
+
+def _angles(v) -> bool:
+  return (isinstance(v, (tuple, list)) and 2 <= len(v) <= 360 and
+          all(_is_number(x) for x in v) and
+          len({x % 360 for x in v}) == len(v))
+
+
+def _learning_rate_table(table) -> bool:
+  try:
+    check_learning_rate_table(table)
+  except ConfigError:
+    return False
+  return True
+
+
+# Anything of the key's type is valid.
+_FREE = Rule(lambda v: True, 'anything')
+
+# Every key of defaults() has a rule (a test checks it).
+RULES: dict[str, Rule] = {
+    'mode': _choice(MODES),
+    'experiment': _FREE,
+    'dataset': _text('a TFDS name, an image-folder path or "digits"'),
+    'data_dir': _text('a folder (or unset)', optional=True),
+    'cache_dir': _text('a writable folder (or unset)', optional=True),
+    'pipeline': _choice(PIPELINES),
+    'train_split': _text('a split name'),
+    'test_split': _text('a split name'),
+    'image_size': _count(8, 4096),
+    'shuffle_buffer_size': _count(1),
+    'num_train_examples': _count(0),
+    'examples_per_class': _count(0),
+    'epoch_examples': _count(0),
+    'mean_rgb': Rule(_numbers(3, positive=False),
+                     'must be 3 finite numbers (R, G, B; 0..255 scale)',
+                     ((1.0, 2.0),)),
+    'std_rgb': Rule(_numbers(3, positive=True),
+                    'must be 3 finite positive numbers (R, G, B)',
+                    ((60.0, 0.0, 60.0),)),
+    'batch_size': _count(1),
+    'num_epochs': _count(1),
+    'learning_rate_table': Rule(
+        _learning_rate_table, 'must be ((end_epoch, lr), ...) with positive, '
+        'increasing end epochs and finite rates >= 0',
+        (((60, 0.1), (30, 0.01)), ((10, -0.1),), ((10,),))),
+    'momentum': _number(0, 1, high_open=True),
+    'nesterov': _FREE,
+    'weight_decay': _number(0, 1),
+    'model.name': _registry('a registered backbone', 'resnet'),
+    'model.num_blocks': _count(1, 64),
+    'model.width': _number(0, 16, low_open=True),
+    'rotations': Rule(_angles, 'must be 2 to 360 finite angles in degrees, '
+                      'distinct modulo 360', ((0, 360), (0,))),
+    'rotation_mode': _choice(ROTATION_MODES),
+    'pretrained': _text("a run's workdir or 'random' (or unset)",
+                        optional=True),
+    'pretrained_step': _count(0),
+    'head': _registry('a registered head', 'mlp'),
+    'blocks': _registry('block names of the backbone', ('conv9',)),
+    'finetune': _FREE,
+    'linear_pool_size': _count(1),
+    'half_precision': _FREE,
+    'seed': _count(0, 2**31 - 1),
+    'log_every_steps': _count(1),
+    'eval_every_epochs': _count(1),
+    'checkpoint_every_epochs': _count(1),
+    'keep_checkpoints': _count(1),
+}
+
+
 def validate(config) -> None:
-  """Checks that every value is in range and the keys agree with each other.
+  """Checks every key's value against :data:`RULES`, and the rules between
+  keys.
 
   Raises:
     ConfigError: naming the offending key and what would be valid.
   """
-  config = conform(config)
+  flat = flatten(conform(config))
+  # Its own checks say precisely what is wrong with a table.
+  check_learning_rate_table(flat['learning_rate_table'])
+  for name, rule in RULES.items():
+    if rule.accepts is not None and not rule.accepts(flat[name]):
+      raise ConfigError(f'config.{name}={flat[name]!r}: {rule.what}')
 
   def require(ok, name, what):
     if not ok:
-      raise ConfigError(f'config.{name}={flatten(config)[name]!r}: {what}')
+      raise ConfigError(f'config.{name}={flat[name]!r}: {what}')
 
-  require(config.mode in MODES, 'mode', f'must be one of {MODES}')
-  require(len(config.rotations) >= 2 and
-          len(set(config.rotations)) == len(config.rotations), 'rotations',
-          'needs at least two different angles (degrees)')
-  require(config.rotation_mode in ROTATION_MODES, 'rotation_mode',
-          f'must be one of {ROTATION_MODES}')
-  require(config.mode != 'evaluate' or bool(config.pretrained), 'pretrained',
+  evaluate = flat['mode'] == 'evaluate'
+  require(not evaluate or flat['pretrained'], 'pretrained',
           "mode='evaluate' needs the pretext run's workdir (or 'random' for "
           'a randomly initialised backbone)')
-  require(config.pretrained_step >= 0, 'pretrained_step',
-          'must be >= 0 (0: latest checkpoint)')
-  require(config.linear_pool_size > 0, 'linear_pool_size', 'must be positive')
-  require(config.pipeline in PIPELINES, 'pipeline',
-          f'must be one of {PIPELINES}')
-  require(bool(config.dataset), 'dataset', 'must name a dataset: a TFDS '
-          'name, an image-folder path or "digits"')
-  for name in ('batch_size', 'num_epochs', 'image_size', 'log_every_steps',
-               'eval_every_epochs', 'checkpoint_every_epochs',
-               'keep_checkpoints', 'shuffle_buffer_size'):
-    require(config[name] > 0, name, 'must be positive')
-  for name in ('num_train_examples', 'examples_per_class', 'epoch_examples'):
-    require(config[name] >= 0, name, 'must be >= 0 (0: not used)')
-  require(not (config.num_train_examples and config.examples_per_class),
+  require(evaluate or flat['pretrained'] is None, 'pretrained',
+          f"is only used by mode='evaluate' (mode is {flat['mode']!r}): "
+          'leave it unset')
+  require(not (flat['num_train_examples'] and flat['examples_per_class']),
           'examples_per_class', 'cannot be combined with num_train_examples')
-  require(config.model.width > 0, 'model.width', 'must be positive')
-  require(len(config.mean_rgb) == 3, 'mean_rgb', 'needs 3 values (R, G, B)')
-  require(len(config.std_rgb) == 3 and min(config.std_rgb) > 0, 'std_rgb',
-          'needs 3 positive values (R, G, B)')
-  require(config.weight_decay >= 0, 'weight_decay', 'must be >= 0')
-  check_learning_rate_table(config.learning_rate_table)
 
 
 def check_learning_rate_table(table) -> None:
-  """((end_epoch, lr), ...) with positive, increasing ends and lr >= 0."""
-  if not table or any(len(row) != 2 for row in table):
+  """Raises ConfigError unless `table` is ((end_epoch, lr), ...) with
+  positive, increasing end epochs and finite rates >= 0."""
+  if (not isinstance(table, (tuple, list)) or not table or
+      any(not isinstance(row, (tuple, list)) or len(row) != 2
+          for row in table)):
     raise ConfigError('config.learning_rate_table must be a non-empty '
                       f'sequence of (end_epoch, lr) pairs, got {table!r}')
+  if not all(_is_number(x) for row in table for x in row):
+    raise ConfigError('config.learning_rate_table: end epochs and rates '
+                      f'must be finite numbers, got {table!r}')
   ends = [row[0] for row in table]
   if any(e <= 0 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
     raise ConfigError('config.learning_rate_table: end epochs must be '

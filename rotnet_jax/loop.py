@@ -11,6 +11,8 @@ a results file contains.
 """
 
 import contextlib
+import os
+import shutil
 import time
 from typing import Any
 
@@ -90,6 +92,92 @@ def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
                     'with %r.', key, config_dict.get(key), saved_config[key])
 
 
+def _resume(workdir: str, config, network, config_dict, state):
+  """Opens the checkpoints and restores the newest readable one.
+
+  A checkpoint that cannot be read (a crash or a full disk while it was
+  written, a file deleted by hand) is moved to ``damaged_checkpoints/``
+  with a warning, and the one before it is used. If no checkpoint is
+  readable, nothing is moved and the run stops.
+
+  Returns:
+    ``(checkpointer, restored)``; ``restored`` is None for a new run.
+
+  Raises:
+    InputError: the checkpoints are of a different network, or none of
+      them can be read.
+  """
+  checkpoints = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=config.keep_checkpoints)
+  damaged = []
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      meta = checkpoints.read_meta(step)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((step, e))
+      continue
+    try:
+      _check_resumable(meta, network, config_dict, checkpoints.directory)
+    except InputError:
+      checkpoints.close()
+      raise
+    try:
+      restored = checkpoints.restore(step, model={
+          'params': state.params, 'batch_stats': state.batch_stats},
+                                     opt_state=state.opt_state)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((step, e))
+      continue
+    if damaged:
+      for bad_step, error in damaged:
+        moved = checkpoints.set_aside(bad_step)
+        logging.warning(
+            'Checkpoint step %d cannot be read (%s: %s); moved it to %s and '
+            'resumed from step %d instead.', bad_step, type(error).__name__,
+            str(error).splitlines()[0][:200], moved, step)
+      checkpoints.close()
+      checkpoints = checkpoint_lib.Checkpointer(
+          workdir, max_to_keep=config.keep_checkpoints)
+    return checkpoints, restored
+  if damaged:
+    checkpoints.close()
+    step, error = damaged[0]
+    raise InputError(
+        f'no checkpoint in {checkpoints.directory} can be read (step {step}: '
+        f'{type(error).__name__}: {str(error).splitlines()[0][:200]}). Move '
+        'the damaged step folders away to train from scratch, or use a new '
+        '--workdir.')
+  return checkpoints, None
+
+
+def _checkpoint_bytes(state: TrainState) -> int:
+  """About what one checkpoint of `state` takes on disk.
+
+  The arrays plus Orbax's metadata (about 150 KB whatever the model).
+  """
+  arrays = sum(x.nbytes for x in jax.tree.leaves(state))
+  return int(1.1 * arrays) + (256 << 10)
+
+
+def check_disk_space(workdir: str, state: TrainState) -> None:
+  """Raises InputError unless the workdir's disk can take a checkpoint.
+
+  Checked before training and before every save: a save that runs out of
+  space fails in Orbax's background threads, long after the cause.
+  """
+  needed = _checkpoint_bytes(state)
+  existing = run_files.path(workdir, '')
+  while not os.path.isdir(existing):  # A new workdir: its disk.
+    existing = os.path.dirname(existing)
+  free = shutil.disk_usage(existing).free
+  if free < needed:
+    raise InputError(
+        f'no space left on the device of --workdir={workdir}: '
+        f'{free:,} bytes free, a checkpoint of this run needs about '
+        f'{needed:,}. Free some space (or use another --workdir) and rerun '
+        'the same command: it resumes from the last complete checkpoint.')
+
+
 def _track_best(record, summary, epoch: int) -> dict[str, Any]:
   """Final and best-so-far test accuracy of one head, after an evaluation."""
   record = dict(record or {'best_accuracy': -1.0, 'best_epoch': 0})
@@ -120,19 +208,15 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     The final state, and per head ``{'final_accuracy', 'final_epoch',
     'best_accuracy', 'best_epoch', 'count'}`` of the test evaluations (the
     best one selected on the test set), including those of the epochs
-    before a resume.
+    before a resume; ``{}`` when the workdir already held every epoch
+    (nothing was trained, nothing written).
   """
-  checkpoints = checkpoint_lib.Checkpointer(
-      workdir, max_to_keep=config.keep_checkpoints)
+  check_disk_space(workdir, state)
   config_dict = run_files.resolved_config(config)
+  checkpoints, restored = _resume(workdir, config, network, config_dict,
+                                  state)
   start_epoch, step, best = 0, 0, {}
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    _check_resumable(checkpoints.read_meta(latest), network, config_dict,
-                     checkpoints.directory)
-    restored = checkpoints.restore(latest, model={
-        'params': state.params, 'batch_stats': state.batch_stats},
-                                   opt_state=state.opt_state)
+  if restored is not None:
     state = TrainState(restored['model']['params'],
                        restored['model']['batch_stats'],
                        restored['opt_state'])
@@ -140,12 +224,22 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     start_epoch, step, best = meta['epoch'], meta['step'], meta['best']
     logging.info('Resumed from %s at step %d (epoch %d).',
                  checkpoints.directory, step, start_epoch)
+  if start_epoch >= config.num_epochs:
+    # A no-op run writes nothing: the workdir stays as it was.
+    checkpoints.close()
+    logging.info('Nothing to train: %s already holds epoch %d of %d.',
+                 workdir, start_epoch, config.num_epochs)
+    return state, {}
+  # Events after the checkpoint we resume from are dropped: they are redone.
+  try:
+    writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
+  except InputError:
+    checkpoints.close()
+    raise
   run_files.write_config(workdir, config, network)
 
   steps_per_epoch = train_source.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
-  # Events after the checkpoint we resume from are dropped: they are redone.
-  writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
   progress = _Progress(step, total_steps)
   logging.info('Training %d epochs x %d steps of %d images (%d per step '
                'after the task), pipeline=%s, %d examples.',
@@ -195,15 +289,13 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
                      config.num_epochs, _describe(summaries),
                      next(iter(summaries.values()))['count'])
       if done % config.checkpoint_every_epochs == 0 or last:
+        check_disk_space(workdir, state)
         checkpoints.save(step, model={'params': state.params,
                                       'batch_stats': state.batch_stats},
                          opt_state=state.opt_state,
                          meta={'epoch': done, 'step': step,
                                'network': network, 'config': config_dict,
                                'best': best})
-    if start_epoch >= config.num_epochs:
-      logging.info('Nothing to train: %s already holds epoch %d of %d.',
-                   workdir, start_epoch, config.num_epochs)
   finally:
     # Also on errors: finish the asynchronous save in flight.
     checkpoints.close()

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from rotnet_jax import run_files
+from rotnet_jax.errors import InputError
 
 
 def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
@@ -134,6 +135,32 @@ class MetricWriter:
 
 
 def read_jsonl(workdir: str) -> list[dict]:
-  """All events of ``WORKDIR/metrics.jsonl``, in order."""
-  with open(run_files.path(workdir, run_files.METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All events of ``WORKDIR/metrics.jsonl``, in order.
+
+  A torn last line (what a crash in the middle of a write leaves) is
+  skipped with a warning; a line that cannot be read anywhere else means
+  the file was damaged otherwise, and stops the run.
+
+  Raises:
+    InputError: a line before the last is not a JSON event.
+  """
+  path = run_files.path(workdir, run_files.METRICS_FILE)
+  with open(path) as f:
+    lines = [line for line in f.read().split('\n') if line.strip()]
+  events = []
+  for number, line in enumerate(lines, 1):
+    try:
+      event = json.loads(line)
+      if not isinstance(event, dict) or 'step' not in event:
+        raise ValueError('not a metric event')
+    except ValueError as e:
+      if number == len(lines):
+        logging.warning('Skipped the torn last line of %s (%d characters: '
+                        'a crash in the middle of a write).', path, len(line))
+        break
+      raise InputError(
+          f'{path} line {number} is not a metric event ({e}): the file is '
+          'damaged. Move it away (the run starts a new one) or delete that '
+          'line.') from e
+    events.append(event)
+  return events

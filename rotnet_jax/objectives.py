@@ -272,13 +272,17 @@ class HeadsOnBackbone(Objective):
             for block in self.blocks}
 
 
-def from_config(config, num_classes: int, mesh) -> Objective:
+def from_config(config, num_classes: int, mesh,
+                class_names: tuple[str, ...] = ()) -> Objective:
   """The objective of ``config.mode``.
 
   Args:
     config: the run config.
     num_classes: classes of the training dataset.
     mesh: where a restored backbone's variables are placed.
+    class_names: the training split's names of its labels. Runs that learn
+      labels (supervised, evaluate) save them in their ``network``: a
+      resumed run whose dataset names its classes otherwise stops.
 
   Raises:
     MissingInputError, InputError: ``mode='evaluate'`` and the pretrained
@@ -287,6 +291,10 @@ def from_config(config, num_classes: int, mesh) -> Objective:
   if config.mode == 'pretext':
     return RotationPretext(config)
   if config.mode == 'supervised':
-    return SupervisedClasses(config, num_classes)
-  return HeadsOnBackbone(config, num_classes,
-                         restore.load_backbone(config, mesh))
+    objective = SupervisedClasses(config, num_classes)
+  else:
+    objective = HeadsOnBackbone(config, num_classes,
+                                restore.load_backbone(config, mesh))
+  if class_names:
+    objective.network['classes'] = list(class_names)
+  return objective

@@ -19,27 +19,54 @@ import numpy as np
 
 from rotnet_jax import paper
 from rotnet_jax import run_files
+from rotnet_jax.errors import InputError
 
 
-def collect(root: str) -> list[dict]:
-  """Every (run, head) result under `root`, flattened."""
+def _rows(results: dict, experiment: str) -> list[dict]:
+  """The (run, head) rows of one ``results.json``; KeyError/TypeError/
+  ValueError if it lacks what a report needs."""
+  rows = []
+  for head in results['heads']:
+    rows.append(dict(
+        experiment=experiment, head=str(head['head']),
+        final=100 * float(head['final_test_accuracy']),
+        best=100 * float(head['best_test_accuracy_test_selected']),
+        best_epoch=int(head['best_epoch_test_selected']),
+        complete=bool(results.get('complete', False)),
+        epochs=results.get('num_epochs'),
+        data=f"{results.get('dataset')} ({results.get('pipeline')})",
+        dataset=results.get('dataset'),
+        width=float(results.get('model_width', 1.0))))
+  if not rows:
+    raise ValueError('no heads')
+  return rows
+
+
+def collect(root: str, skipped: list[tuple[str, str]] | None = None
+            ) -> list[dict]:
+  """Every (run, head) result under `root`, flattened.
+
+  Args:
+    root: the folder to search for ``results.json`` files.
+    skipped: if given, ``(path, reason)`` of every ``results.json`` that
+      cannot be read or lacks what a report needs is appended to it; such
+      files are left out, the others reported.
+  """
   rows = []
   for folder, _, files in sorted(os.walk(root)):
     if run_files.RESULTS_FILE not in files:
       continue
-    results = run_files.read_results(folder)
-    experiment = results.get('experiment') or os.path.relpath(folder, root)
-    for head in results['heads']:
-      rows.append(dict(
-          experiment=experiment, head=head['head'],
-          final=100 * head['final_test_accuracy'],
-          best=100 * head['best_test_accuracy_test_selected'],
-          best_epoch=head['best_epoch_test_selected'],
-          complete=results.get('complete', False),
-          epochs=results.get('num_epochs'),
-          data=f"{results.get('dataset')} ({results.get('pipeline')})",
-          dataset=results.get('dataset'),
-          width=results.get('model_width')))
+    path = os.path.join(folder, run_files.RESULTS_FILE)
+    try:
+      results = run_files.read_results(folder)
+      experiment = results.get('experiment') or os.path.relpath(folder, root)
+      rows.extend(_rows(results, experiment))
+    except InputError:
+      if skipped is not None:
+        skipped.append((path, 'not valid JSON (cut short?)'))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      if skipped is not None:
+        skipped.append((path, f'incomplete ({type(e).__name__}: {e})'))
   return rows
 
 
@@ -105,13 +132,28 @@ def markdown_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  if len(argv) != 2 or not os.path.isdir(argv[1]):
-    print('usage: python -m rotnet_jax.report RESULTS_DIR', file=sys.stderr)
+def main(argv) -> int:
+  """Prints the table of ``argv[1]``; returns the exit status.
+
+  0: a table was printed (files that could not be read are named on
+  stderr and left out); 1: no results found; 2: bad command line.
+  """
+  if len(argv) != 2:
+    print('error: give one folder: python -m rotnet_jax.report '
+          f'RESULTS_DIR (got {argv[1:]})', file=sys.stderr)
     return 2
-  rows = collect(argv[1])
+  root = argv[1]
+  if not os.path.isdir(root):
+    print(f'error: {root} is not a folder: pass the --root of '
+          'rotnet_jax.reproduce (or any folder holding results.json files)',
+          file=sys.stderr)
+    return 2
+  skipped = []
+  rows = collect(root, skipped)
+  for path, reason in skipped:
+    print(f'warning: skipped {path}: {reason}', file=sys.stderr)
   if not rows:
-    print(f'no results.json under {argv[1]}', file=sys.stderr)
+    print(f'error: no readable results.json under {root}', file=sys.stderr)
     return 1
   print(markdown_table(rows))
   return 0

@@ -36,6 +36,7 @@ from absl import logging
 from rotnet_jax import cli
 from rotnet_jax import run_files
 from rotnet_jax import train
+from rotnet_jax import validation
 from rotnet_jax.errors import InputError
 
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
@@ -55,6 +56,27 @@ flags.DEFINE_bool('half_precision', False,
 flags.DEFINE_list('ks', [str(k) for k in DEFAULT_KS],
                   'Labelled images per class for the semi table.')
 flags.DEFINE_bool('dry_run', False, 'Print the jobs, run nothing.')
+
+
+def _all(parse, ok):
+  def check(values):
+    try:
+      return all(ok(parse(v)) for v in values)
+    except ValueError:
+      return False
+  return check
+
+
+flags.register_validator('seeds', _all(int, lambda s: 0 <= s < 2**31),
+                         '--seeds must be integers >= 0, e.g. --seeds=0,1,2')
+flags.register_validator('ks', _all(int, lambda k: k > 0),
+                         '--ks must be positive integers, e.g. --ks=20,100')
+flags.register_validator(
+    'epochs_scale', lambda x: math.isfinite(x) and x > 0,
+    '--epochs_scale must be a positive number (1 is the protocol)')
+flags.register_validator(
+    'width', lambda x: x is None or (math.isfinite(x) and x > 0),
+    '--width must be a positive number (1 is the paper\'s network)')
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs')
@@ -300,8 +322,12 @@ def finished(workdir: str, config) -> bool:
         + ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
                     for k in differ[:5])
         + '). Use another --root for other settings.')
-  results = run_files.read_results(workdir)
-  return bool(results and results.get('complete'))
+  try:
+    results = run_files.read_results(workdir)
+  except InputError as e:
+    logging.warning('%s: running the job again.', e)
+    return False
+  return bool(isinstance(results, dict) and results.get('complete'))
 
 
 def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
@@ -312,32 +338,38 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
   Returns:
     The workdirs of the table's jobs, in order.
   """
-  root = os.path.abspath(root)
-  workdirs = []
+  run_files.check_writable_folder(root, '--root')
+  root = os.path.abspath(os.path.expanduser(root))
+  # Every job's config and workdir is checked before the first one runs:
+  # a bad setting stops the table at once, not hours in.
+  jobs = {}
   for seed in seeds:
     for job in table_jobs(table, ks or DEFAULT_KS):
       workdir = os.path.join(root, f'seed{seed}', job.name)
-      if workdir in workdirs:
+      if workdir in jobs:
         continue
-      workdirs.append(workdir)
       config = job_config(job, root=root, seed=seed, scale=scale,
                           overrides=overrides)
-      logging.info('%s: %s', job.experiment, command_line(job, config,
-                                                          workdir))
-      if dry_run:
-        print(command_line(job, config, workdir))
-        continue
-      if finished(workdir, config):
-        logging.info('%s: finished already, skipped.', workdir)
-        continue
+      config = validation.check_config(config)
+      run_files.check_workdir(workdir)
+      jobs[workdir] = (job, config, not dry_run and finished(workdir, config))
+  for workdir, (job, config, done) in jobs.items():
+    logging.info('%s: %s', job.experiment, command_line(job, config,
+                                                        workdir))
+    if dry_run:
+      print(command_line(job, config, workdir))
+    elif done:
+      logging.info('%s: finished already, skipped.', workdir)
+    else:
       train.train_and_evaluate(config, workdir)
-  return workdirs
+  return list(jobs)
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError(f'usage: python -m rotnet_jax.reproduce {{{",".join(TABLES)}}} '
-                         '--root=DIR [--quick] [--epochs_scale=F]')
+  if len(argv) != 2 or argv[1] not in TABLES:
+    cli.fail(f'give one table: python -m rotnet_jax.reproduce '
+             f'{{{",".join(TABLES)}}} --root=DIR [--quick] '
+             f'[--epochs_scale=F] (got {argv[1:]})')
   table = argv[1]
   overrides = dict(QUICK_OVERRIDES) if FLAGS.quick else {}
   if FLAGS.quick:
@@ -367,4 +399,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['root'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

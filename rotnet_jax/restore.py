@@ -105,7 +105,16 @@ def load_backbone(config, mesh) -> Backbone:
   checkpoints, step = pretrained_checkpoint(config.pretrained,
                                             config.pretrained_step)
   try:
-    saved_spec = checkpoints.read_meta(step)['network']['backbone']
+    saved_network = checkpoints.read_meta(step)['network']
+    if 'head' in saved_network:
+      raise InputError(
+          f'config.pretrained={config.pretrained!r} holds an evaluation run '
+          f"({saved_network['head']} heads on blocks "
+          f"{saved_network['blocks']} of a backbone), not a backbone to "
+          f"evaluate. Its backbone came from "
+          f"{saved_network.get('pretrained')!r}: pass that as "
+          '--config.pretrained.')
+    saved_spec = saved_network['backbone']
     # The classifier's outputs come from the checkpoint (4 rotations, or 2
     # or 8); the rest must match this config.
     spec = models.backbone_spec(config.model, image_size=config.image_size,

@@ -18,6 +18,8 @@ from typing import Any
 
 import jax
 
+from rotnet_jax.errors import InputError
+
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
@@ -28,6 +30,57 @@ TENSORBOARD_DIR = 'tensorboard'
 def path(workdir: str, name: str) -> str:
   """``WORKDIR/name``, with ``~`` expanded and made absolute."""
   return os.path.join(os.path.abspath(os.path.expanduser(workdir)), name)
+
+
+# What each entry of a workdir must be, if it exists.
+_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE)
+_FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR)
+
+
+def check_writable_folder(folder: str, what: str) -> None:
+  """Raises InputError unless `folder` is, or can be made, a writable folder.
+
+  Nothing is created: the nearest existing ancestor must be a writable
+  folder.
+
+  Args:
+    folder: the path.
+    what: how to name it in the message (e.g. ``--workdir``).
+  """
+  if not folder or not folder.strip():
+    raise InputError(f'{what} is empty: pass a folder')
+  path = os.path.abspath(os.path.expanduser(folder))
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(
+        f'{what}={folder!r} cannot be a folder: {existing} is a file' if
+        existing != path else f'{what}={folder!r} is a file, not a folder')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f'{what}={folder!r} cannot be written: {existing} is '
+                     'not writable')
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises InputError unless `workdir` can hold a run.
+
+  It must be a folder (or creatable as one), and what it already holds
+  must be what a run writes there: ``config.json``, ``metrics.jsonl`` and
+  ``results.json`` files, ``checkpoints/`` and ``tensorboard/`` folders.
+  Reads only.
+  """
+  check_writable_folder(workdir, '--workdir')
+  for name in _FILES:
+    entry = path(workdir, name)
+    if os.path.lexists(entry) and not os.path.isfile(entry):
+      raise InputError(f'{entry} should be a file (the run writes its '
+                       f'{name} there) but is not: move it away')
+  for name in _FOLDERS:
+    entry = path(workdir, name)
+    if os.path.lexists(entry) and not os.path.isdir(entry):
+      raise InputError(f'{entry} should be a folder (the run keeps its '
+                       f'{name} there) but is a file: move it away')
 
 
 def write_json(file_path: str, data: Any) -> None:
@@ -41,8 +94,18 @@ def write_json(file_path: str, data: Any) -> None:
 
 
 def read_json(file_path: str) -> Any:
+  """The JSON in `file_path`.
+
+  Raises:
+    InputError: the file is not valid JSON (e.g. cut short), naming it.
+  """
   with open(file_path) as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise InputError(f'{file_path} is damaged (not valid JSON: {e}); move '
+                     'it away') from e
 
 
 def resolved_config(config) -> dict[str, Any]:

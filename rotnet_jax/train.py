@@ -4,10 +4,12 @@ Reads top to bottom: check the config, build the mesh and both data
 sources, the objective of ``config.mode`` (the RotNet pretext task,
 supervised classes, or heads on a restored backbone), the optimiser and the
 compiled steps, then hand them to the epoch loop and write
-``results.json``. Everything that can fail on bad input (config, batch
-size, data, the pretrained checkpoint) fails before the workdir is touched.
+``results.json``. Everything that can fail on bad input (config, workdir,
+batch size, data, the pretrained checkpoint) fails before the workdir is
+touched; a run with nothing left to train writes nothing.
 """
 
+import errno
 from typing import Any
 
 from rotnet_jax import data as data_lib
@@ -18,6 +20,7 @@ from rotnet_jax import parallel
 from rotnet_jax import run_files
 from rotnet_jax import steps as steps_lib
 from rotnet_jax import validation
+from rotnet_jax.errors import InputError
 from rotnet_jax.steps import TrainState
 
 
@@ -62,22 +65,46 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
     The final train state: for evaluation runs the heads (and the backbone
     when fine-tuning) under ``params['heads']`` / ``params['backbone']``.
   """
-  config = validation.check_config(config)
+  config = validation.check_run(config, workdir)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   train_source = data_lib.make_source(config, config.train_split, mesh,
                                       train=True)
   test_source = data_lib.make_source(config, config.test_split, mesh,
                                      train=False)
-  objective = objectives.from_config(config, train_source.num_classes, mesh)
+  objective = objectives.from_config(config, train_source.num_classes, mesh,
+                                     train_source.class_names)
   tx = optim.from_config(config, train_source.steps_per_epoch)
   state = steps_lib.init_state(objective, tx, config.seed, mesh)
   steps = steps_lib.compile_steps(config, objective, tx, mesh, train_source,
                                   test_source)
-  state, best = loop.fit(
-      config, workdir, network=objective.network, state=state, steps=steps,
-      train_source=train_source, test_source=test_source,
-      images_per_step=config.batch_size * objective.inputs_per_image)
-  if best:
+  try:
+    state, best = loop.fit(
+        config, workdir, network=objective.network, state=state,
+        steps=steps, train_source=train_source, test_source=test_source,
+        images_per_step=config.batch_size * objective.inputs_per_image)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _disk_full(e):
+      raise
+    # The space ran out during a save (another process filled the disk):
+    # say so in one line, as loop.check_disk_space does beforehand.
+    loop.check_disk_space(workdir, state)
+    raise InputError(f'no space left on the device of --workdir={workdir}: '
+                     'free some space and rerun the same command.') from None
+  if best:  # Empty when there was nothing left to train.
     run_files.write_results(workdir, results(config, objective, best))
   return state
+
+
+def _disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is ENOSPC."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True  # Orbax and TensorStore re-raise it as text.
+    error = error.__cause__ or error.__context__
+  return False
+

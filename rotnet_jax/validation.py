@@ -1,15 +1,17 @@
-"""The checks every command runs on a config before it creates anything.
+"""The checks every command runs before it creates or writes anything.
 
 ``config_schema.validate`` knows the keys' values and the rules between
 them; the model registries know their own names and shapes
-(``models.check_config``). :func:`check_config` runs both, so a command
-needs one call.
+(``models.check_config``); ``run_files`` knows what a workdir may hold.
+:func:`check_config` and :func:`check_run` run them, so a command needs
+one call.
 """
 
 from ml_collections import config_dict
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
+from rotnet_jax import run_files
 
 
 def check_config(config) -> config_dict.ConfigDict:
@@ -21,4 +23,18 @@ def check_config(config) -> config_dict.ConfigDict:
   config = config_schema.conform(config)
   config_schema.validate(config)
   models.check_config(config)
+  return config
+
+
+def check_run(config, workdir: str) -> config_dict.ConfigDict:
+  """:func:`check_config`, and the folders the run will write.
+
+  Raises:
+    InputError: a bad config, a workdir that cannot hold a run, or a
+      ``cache_dir`` that cannot be written.
+  """
+  config = check_config(config)
+  run_files.check_workdir(workdir)
+  if config.cache_dir is not None:
+    run_files.check_writable_folder(config.cache_dir, 'config.cache_dir')
   return config

@@ -85,7 +85,7 @@ def test_wrong_types_are_named(key, value, expected):
 
 @pytest.mark.parametrize('key,value,expected', [
     ('pipeline', 'gpu', r"pipeline='gpu'.*\('device', 'tfdata'\)"),
-    ('batch_size', 0, 'batch_size=0: must be positive'),
+    ('batch_size', 0, 'batch_size=0: must be an integer >= 1'),
     ('learning_rate_table', ((60, 0.1), (30, 0.01)), 'increasing'),
     ('mean_rgb', (1.0, 2.0), 'mean_rgb'),
     ('num_train_examples', -1, 'num_train_examples'),

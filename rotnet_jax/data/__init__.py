@@ -43,7 +43,8 @@ def make_source(config, split: str, mesh: Mesh, *, train: bool):
                 epoch_length=config.epoch_examples if train else 0)
   if device:
     return DeviceSource(
-        arrays.SplitArrays(opened.images, opened.labels, opened.num_classes),
+        arrays.SplitArrays(opened.images, opened.labels, opened.num_classes,
+                           opened.class_names),
         **common)
   from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
   return tfdata_source.TFDataSource(

@@ -21,10 +21,15 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'rotnet_jax')
 
 @dataclasses.dataclass(frozen=True)
 class SplitArrays:
-  """One split in memory: ``images uint8 [N, S, S, 3]``, ``labels int32 [N]``."""
+  """One split in memory: ``images uint8 [N, S, S, 3]``, ``labels int32 [N]``.
+
+  ``class_names`` names the labels where the dataset does (image folders,
+  digits); empty otherwise.
+  """
   images: np.ndarray
   labels: np.ndarray
   num_classes: int
+  class_names: tuple[str, ...] = ()
 
 
 def folder_images(index: folder.FolderIndex, image_size: int,

@@ -43,6 +43,7 @@ class DeviceSource:
     """
     self.num_examples = len(data.images)
     self.num_classes = data.num_classes
+    self.class_names = data.class_names
     self.batch_size = batch_size
     self.train = train
     self.seed = seed

@@ -15,6 +15,8 @@ import functools
 import numpy as np
 from PIL import Image
 
+from rotnet_jax.errors import InputError
+
 IMAGE_SIZE = 32
 NUM_TRAIN = 1500
 NUM_CLASSES = 10
@@ -46,4 +48,5 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:NUM_TRAIN], labels[:NUM_TRAIN]
   if split == 'test':
     return images[NUM_TRAIN:], labels[NUM_TRAIN:]
-  raise ValueError(f'digits has splits {SPLITS}, got split={split!r}')
+  raise InputError(f'dataset digits has the splits {SPLITS}, not {split!r} '
+                   '(config.train_split / config.test_split)')

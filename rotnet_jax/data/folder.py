@@ -11,6 +11,7 @@ the file list and checks every file here once before training.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -70,9 +71,10 @@ def list_classes(root: str, split: str) -> tuple[str, ...]:
         f'image folder split {split!r} not found: {split_dir} does not exist. '
         f'Expected the layout <root>/{split}/<class_name>/*.jpg|*.png '
         f'(dataset={root!r}).')
-  names = tuple(sorted(
-      e.name for e in os.scandir(split_dir)
-      if e.is_dir() and not e.name.startswith('.')))
+  with _listing(split_dir):
+    names = tuple(sorted(
+        e.name for e in os.scandir(split_dir)
+        if e.is_dir() and not e.name.startswith('.')))
   if not names:
     raise InputError(
         f'image folder {split_dir} has no class folders; expected '
@@ -80,14 +82,37 @@ def list_classes(root: str, split: str) -> tuple[str, ...]:
   return names
 
 
+@contextlib.contextmanager
+def _listing(folder: str):
+  """Turns a file-system error while listing `folder` into an InputError.
+
+  A symbolic-link loop, a folder without read permission or a file that
+  vanishes while listing would otherwise end in a traceback.
+  """
+  try:
+    yield
+  except InputError:
+    raise  # Already says what is wrong (MissingInputError is an OSError).
+  except OSError as e:
+    raise InputError(
+        f'cannot list the image folder {folder}: {e.strerror or e} '
+        f'({e.filename or folder}). Fix or remove that entry.') from e
+
+
 def scan(root: str, split: str) -> FolderIndex:
   """Lists the images of `split` under `root`, failing clearly on a bad layout.
 
   Raises:
     MissingInputError: the split folder is missing.
-    InputError: no class folders, or a class folder without images.
+    InputError: no class folders, a class folder without images, or an
+      entry that cannot be read (a symbolic-link loop...).
   """
   split_dir = _split_dir(root, split)
+  with _listing(split_dir):
+    return _scan(root, split, split_dir)
+
+
+def _scan(root: str, split: str, split_dir: str) -> FolderIndex:
   class_names = list_classes(root, split)
   paths, labels, stats = [], [], []
   for label, class_name in enumerate(class_names):

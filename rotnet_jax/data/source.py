@@ -18,6 +18,8 @@ class Source(Protocol):
   Attributes:
     num_examples: examples of the split (after any training subset).
     num_classes: classes of the dataset's labels.
+    class_names: what label ``k`` means, where the dataset names its
+      classes (image folders, digits); empty otherwise.
     batch_size: global batch size.
     steps_per_epoch: training: full batches per epoch (a partial last batch
       is dropped); evaluation: batches that cover every example once, the
@@ -26,6 +28,7 @@ class Source(Protocol):
   """
   num_examples: int
   num_classes: int
+  class_names: tuple[str, ...]
   batch_size: int
   steps_per_epoch: int
   resident: Any

@@ -81,6 +81,7 @@ class TFDataSource(HostBatches):
     """
     self.num_examples = split.num_examples
     self.num_classes = split.num_classes
+    self.class_names = split.class_names
     self.batch_size = batch_size
     self.train = train
     self.seed = seed

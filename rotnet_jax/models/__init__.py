@@ -59,10 +59,20 @@ def check_config(config) -> None:
   if unknown:
     raise ConfigError(f'config.blocks={tuple(config.blocks)}: the backbone '
                       f'has no {unknown}; valid blocks: {list(names)}')
-  if config.mode == 'evaluate' and config.finetune and len(
-      config.blocks) != 1:
+  if config.mode != 'evaluate':
+    return
+  if config.finetune and len(config.blocks) != 1:
     raise ConfigError('config.finetune=True trains the backbone with one '
                       f'head: set config.blocks to one of {list(names)}')
+  if config.head == 'linear':
+    shapes = backbone.feature_shapes(backbone_spec(
+        config.model, image_size=config.image_size, num_classes=1))
+    side = min(min(shapes[b][:2]) for b in config.blocks or names)
+    if config.linear_pool_size > side:
+      raise ConfigError(
+          f'config.linear_pool_size={config.linear_pool_size}: the linear '
+          f'head pools each feature map to this side, but the smallest '
+          f'feature map it reads is {side}x{side}: use at most {side}')
 
 
 def backbone_spec(model_config, *, image_size: int,
