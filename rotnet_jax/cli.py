@@ -15,7 +15,8 @@ _CONFIG_OVERRIDE = re.compile(r'^--config\.([\w.]+)(=|$)')
 
 
 # Orbax's background threads log a full disk as several long tracebacks;
-# the run reports it once, in one line (train.train_and_evaluate).
+# the run reports it once, in one line (loop.check_disk_space before a
+# save, train.train_and_evaluate if the disk fills up during one).
 _DISK_FULL_MARKERS = ('No space left on device', 'RESOURCE_EXHAUSTED')
 
 
@@ -49,7 +50,8 @@ def _ignore_closed_event_loops(previous_hook):
 
 
 def quiet_library_logs() -> None:
-  """Keeps Orbax's many INFO lines per checkpoint out of the console."""
+  """Keeps Orbax's INFO lines and TensorStore's late tracebacks (see
+  above) out of the console."""
   logging.get_absl_logger().addFilter(_filter_library_logs)
   sys.unraisablehook = _ignore_closed_event_loops(sys.unraisablehook)
 
