@@ -12,7 +12,9 @@ os.environ['XLA_FLAGS'] = ''
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+# This checkout's package and helpers, not whatever rotnet_jax is installed.
+sys.path[:0] = [os.path.dirname(_TESTS), _TESTS]
 from helpers import MULTIHOST_OVERRIDES, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rotnet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -220,6 +220,21 @@ def test_epochs_are_reproducible_and_differ(pipeline, one_device_mesh):
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
   assert not np.array_equal(first[0]['label'], other[0]['label'])
+  if pipeline == 'device':
+    # Each example is augmented anew: its epoch-4 crop and flip are not its
+    # epoch-3 ones (the same again by chance: 1 in 162).
+    source = data_lib.make_source(config, 'train', one_device_mesh,
+                                  train=True)
+
+    def by_example(batches, epoch):
+      order = np.concatenate([np.asarray(inputs['indices'][inputs['step']])
+                              for inputs in source.epoch(epoch)])
+      assert sorted(order) == list(range(500))
+      return np.concatenate([b['image'] for b in batches])[np.argsort(order)]
+
+    differ = [not np.array_equal(a, b) for a, b in zip(
+        by_example(first, 3), by_example(other, 4))]
+    assert np.mean(differ) > 0.95, np.mean(differ)
 
 
 @pytest.mark.parametrize('pipeline', PIPELINES)

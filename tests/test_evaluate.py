@@ -117,13 +117,26 @@ def test_frozen_backbone_is_untouched_and_heads_train(pretext_run, tmp_path,
     results = json.load(f)
   assert [h['block'] for h in results['heads']] == ['conv1', 'conv2',
                                                     'conv3']
+  events = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert {e['head'] for e in events} == {'conv1', 'conv2', 'conv3'}
+  tests = {e['head']: e for e in events if e['split'] == 'test'}
   for head in results['heads']:
     assert head['head_type'] == 'multlayer' and head['test_samples'] == 297
     assert head['pretrained'] == pretext_run
     assert head['best_epoch_test_selected'] == 1
-    assert 0.0 <= head['final_test_accuracy'] <= 1.0
-  events = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert {e['head'] for e in events} == {'conv1', 'conv2', 'conv3'}
+    # The head's own test evaluation: a count of correct answers among the
+    # 297 test images.
+    assert head['final_test_accuracy'] == tests[head['block']]['accuracy']
+    correct = head['final_test_accuracy'] * 297
+    assert abs(correct - round(correct)) < 1e-6
+  # The evaluation's checkpoint holds the heads alone, not the backbone.
+  checkpoints = checkpoint_lib.Checkpointer(str(tmp_path), read_only=True)
+  try:
+    shapes = checkpoints.model_shapes(checkpoints.latest_step())
+  finally:
+    checkpoints.close()
+  assert shapes and all(k.startswith(('params/heads/', 'batch_stats/heads/'))
+                        for k in shapes), sorted(shapes)
 
 
 def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,

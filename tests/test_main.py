@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,8 +46,15 @@ def test_main_trains_writes_outputs_and_resumes(tmp_path):
   assert [e['split'] for e in events] == ['train', 'train', 'test']
   assert [e['step'] for e in events] == [2, 4, 4]
   for event in events:
-    assert 0 <= event['accuracy'] <= 1 and event['loss'] > 0
-    assert event['images_per_sec'] > 0
+    assert math.isfinite(event['loss']) and event['loss'] > 0
+    assert 0 <= event['accuracy'] <= 1 and event['images_per_sec'] > 0
+  # The test accuracy counts correct answers among the 297 x 4 rotated
+  # test images, and results.json reports that same number.
+  correct = events[-1]['accuracy'] * 1188
+  assert abs(correct - round(correct)) < 1e-6
+  with open(os.path.join(workdir, 'results.json')) as f:
+    (head,) = json.load(f)['heads']
+  assert head['final_test_accuracy'] == events[-1]['accuracy']
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4']
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.*'))
 

@@ -50,10 +50,16 @@ def test_two_processes_train_one_model(pipeline, tmp_path, one_device_mesh):
     events = [json.loads(line) for line in f]
   # Process 0 alone writes: one test event for the one epoch.
   assert [e['split'] for e in events].count('test') == 1
-  assert events[-1]['accuracy'] > 0 and np.isfinite(events[-1]['loss'])
+  assert events[-1]['split'] == 'test' and np.isfinite(events[-1]['loss'])
+  # The accuracy counts correct answers among the 297 x 4 rotated test
+  # images, summed over both processes.
+  correct = events[-1]['accuracy'] * 297 * 4
+  assert abs(correct - round(correct)) < 1e-6
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['5']
   with open(os.path.join(workdir, 'results.json')) as f:
-    assert json.load(f)['heads'][0]['test_samples'] == 297 * 4
+    (head,) = json.load(f)['heads']
+  assert head['test_samples'] == 297 * 4
+  assert head['final_test_accuracy'] == events[-1]['accuracy']
   if pipeline == 'device':
     # Every process sees the same global batches as one process would, so
     # two processes train the model one device trains (up to summation

@@ -115,7 +115,11 @@ def test_the_four_copies_of_an_image_share_its_augmentation(one_device_mesh):
     for k in range(1, 4):
       np.testing.assert_array_equal(np.rot90(copies[k], -k, axes=(0, 1)),
                                     copies[0])
-  # And augmentation did happen: zero padding shows (normalised: -mean/std).
+  # And augmentation did happen: zero padding (normalised: -mean/std; no
+  # pixel of these images is 0) shows in every image whose crop is not the
+  # centre one, 80 in 81 on average: 63 of 64 expected, 56 a generous bound.
   padding = -np.asarray(config_schema.CIFAR_MEAN_RGB) / np.asarray(
       config_schema.CIFAR_STD_RGB)
-  assert np.isclose(rotated[..., 0], padding[0], atol=1e-5).any()
+  shows_padding = np.isclose(rotated[:, 0, ..., 0], padding[0],
+                             atol=1e-5).any(axis=(1, 2))
+  assert shows_padding.sum() >= 56, shows_padding.sum()

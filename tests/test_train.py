@@ -88,13 +88,20 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_params(
       (half.params, half.batch_stats, half.opt_state))} == {np.dtype('float32')}
   model = nnx.merge(objective.graphdef, half.params, half.batch_stats)
   assert model.blocks[0].layers[0].conv.dtype == jnp.bfloat16
-  # Same step up to bfloat16 rounding, and not bit-identical.
-  full_kernel = full.params['classifier']['kernel']
-  half_kernel = half.params['classifier']['kernel']
-  np.testing.assert_allclose(half_kernel, full_kernel, atol=2e-2)
-  assert not np.array_equal(half_kernel, full_kernel)
+  # Same step up to bfloat16 rounding, and not bit-identical. The update
+  # is small next to the kernel (its largest entry is about 0.01), so the
+  # step is compared, not the parameters: bfloat16 moves the classifier
+  # kernel by about 0.75% of the float32 step (measured).
+  _, init = _init(tiny_config(**{'model.width': 1 / 16}), one_device_mesh)
+  init_kernel = np.asarray(jax.device_get(init.params['classifier']['kernel']))
+  full_update = full.params['classifier']['kernel'] - init_kernel
+  half_update = half.params['classifier']['kernel'] - init_kernel
+  assert np.linalg.norm(full_update) > 1e-3
+  assert (np.linalg.norm(half_update - full_update) <
+          0.05 * np.linalg.norm(full_update))
+  assert not np.array_equal(half_update, full_update)
   np.testing.assert_allclose(half_sums['loss_sum'], full_sums['loss_sum'],
-                             rtol=2e-2)
+                             rtol=2e-3)
 
 
 def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
@@ -221,8 +228,11 @@ def test_pretext_variants_run(overrides, tmp_path, one_device_mesh):
   assert state.params['classifier']['kernel'].shape[-1] == outputs
   (event,) = [e for e in metrics_lib.read_jsonl(str(tmp_path))
               if e['split'] == 'test']
-  assert 0 <= event['accuracy'] <= 1
+  # A count of correct answers over every angle of the 297 test images.
+  correct = event['accuracy'] * 297 * outputs
+  assert abs(correct - round(correct)) < 1e-6
   with open(tmp_path / 'results.json') as f:
     (head,) = json.load(f)['heads']
+  assert head['final_test_accuracy'] == event['accuracy']
   assert head['test_samples'] == 297 * outputs  # Evaluation: every angle.
   assert head['rotations'] == list(config.rotations)
