@@ -56,8 +56,11 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
 
 
 def _time_steps(compiled_steps, state, inputs_list, warmup, steps):
-  """Compiles, warms up and times the train step; returns
-  ``(seconds, compile_seconds)``."""
+  """Compiles, warms up and times the train step.
+
+  Returns:
+    ``(seconds of the timed steps, compile seconds)``.
+  """
   constants = compiled_steps.constants
   start = time.perf_counter()
   compiled = compiled_steps.train_fn.lower(state, constants, inputs_list[0],
@@ -145,6 +148,9 @@ def main(argv):
   cli.quiet_library_logs()
   try:
     if FLAGS.output:
+      if os.path.isdir(FLAGS.output):
+        raise InputError(f'--output={FLAGS.output} is a folder: name a file '
+                         'in it, e.g. --output=bench.json')
       run_files.check_writable_folder(
           os.path.dirname(os.path.abspath(FLAGS.output)), '--output folder')
     report = run_benchmark(FLAGS.config, steps=FLAGS.steps,
@@ -161,11 +167,8 @@ def main(argv):
           f"compile {result['compile_s']:.1f} s")
   text = json.dumps(report, indent=2)
   print(text)
-  if FLAGS.output and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)),
-                exist_ok=True)
-    with open(FLAGS.output, 'w') as f:
-      f.write(text + '\n')
+  if FLAGS.output:
+    run_files.write_json(os.path.abspath(FLAGS.output), report)
 
 
 if __name__ == '__main__':

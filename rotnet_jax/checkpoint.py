@@ -24,8 +24,6 @@ import orbax.checkpoint as ocp
 
 from rotnet_jax import run_files
 
-# Where checkpoints that cannot be read are moved (see set_aside).
-DAMAGED_SUBDIR = 'damaged_checkpoints'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -51,6 +49,28 @@ def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
           for path, x in flat}
 
 
+def set_aside(workdir: str, step: int) -> str:
+  """Moves the folder of checkpoint `step` to ``WORKDIR/damaged_checkpoints``.
+
+  For a checkpoint that cannot be read: it no longer hides the older ones,
+  and nothing is deleted. Call it with no Checkpointer of `workdir` open
+  (a manager caches its list of steps).
+
+  Returns:
+    Where the folder went.
+  """
+  source = os.path.join(checkpoint_dir(workdir), str(step))
+  target_dir = run_files.path(workdir, run_files.DAMAGED_CHECKPOINTS_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, str(step))
+  suffix = 0
+  while os.path.lexists(target):
+    suffix += 1
+    target = os.path.join(target_dir, f'{step}.{suffix}')
+  os.replace(source, target)
+  return target
+
+
 class Checkpointer:
   """Saves and restores training state under ``WORKDIR/checkpoints``."""
 
@@ -69,9 +89,11 @@ class Checkpointer:
             read_only=read_only))
 
   def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every saved step (finished saves only)."""
     return list(self._manager.all_steps())
 
   def save(self, step: int, *, model: Any, opt_state: Any,
@@ -112,28 +134,6 @@ class Checkpointer:
     """Shapes of the saved ``model`` arrays by ``/``-joined path (no data read)."""
     tree = self._manager.item_metadata(step)['model']
     return flat_shapes(tree.tree if hasattr(tree, 'tree') else tree)
-
-  def set_aside(self, step: int) -> str:
-    """Moves the folder of `step` to ``WORKDIR/damaged_checkpoints/``.
-
-    For a checkpoint that cannot be read: it no longer hides the older
-    ones, and nothing is deleted. Close this Checkpointer afterwards and
-    open a new one (the manager caches the list of steps).
-
-    Returns:
-      Where the folder went.
-    """
-    source = os.path.join(self.directory, str(step))
-    target_dir = os.path.join(os.path.dirname(self.directory),
-                              DAMAGED_SUBDIR)
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, str(step))
-    suffix = 0
-    while os.path.lexists(target):
-      suffix += 1
-      target = os.path.join(target_dir, f'{step}.{suffix}')
-    os.replace(source, target)
-    return target
 
   def close(self) -> None:
     self._manager.wait_until_finished()

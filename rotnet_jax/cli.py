@@ -10,18 +10,23 @@ from absl import flags
 from absl import logging
 
 from rotnet_jax import config_schema
+from rotnet_jax.errors import first_line
 
 _CONFIG_OVERRIDE = re.compile(r'^--config\.([\w.]+)(=|$)')
 
 
 # Orbax's background threads log a full disk as several long tracebacks;
 # the run reports it once, in one line (loop.check_disk_space before a
-# save, train.train_and_evaluate if the disk fills up during one).
-_DISK_FULL_MARKERS = ('No space left on device', 'RESOURCE_EXHAUSTED')
+# save, train.train_and_evaluate if the disk fills up during one). Reading
+# checkpoints read-only (to resume, or to restore a pretrained backbone)
+# makes Orbax warn that it is read-only, which is the point.
+_HIDDEN_MARKERS = ('No space left on device', 'RESOURCE_EXHAUSTED',
+                   'read_only=True', 'Given directory is read only')
 
 
 def _filter_library_logs(record) -> bool:
-  """Hides Orbax's INFO lines, and its tracebacks of a full disk."""
+  """Hides Orbax's INFO lines, its tracebacks of a full disk and its
+  read-only warnings."""
   if '/orbax/' not in record.pathname:
     return True
   if record.levelno < python_logging.WARNING:
@@ -29,7 +34,7 @@ def _filter_library_logs(record) -> bool:
   text = record.getMessage()
   if record.exc_info and record.exc_info[1] is not None:
     text += str(record.exc_info[1])
-  return not any(marker in text for marker in _DISK_FULL_MARKERS)
+  return not any(marker in text for marker in _HIDDEN_MARKERS)
 
 
 def _ignore_closed_event_loops(previous_hook):
@@ -57,8 +62,12 @@ def quiet_library_logs() -> None:
 
 
 def fail(error) -> None:
-  """Exits with status 2 and a one-line message (bad input, no traceback)."""
-  print(f'error: {error}', file=sys.stderr)
+  """Exits with status 2 and a one-line message (bad input, no traceback).
+
+  A message that quotes another library's error over several lines is
+  joined into one.
+  """
+  print('error: ' + ' '.join(str(error).split()), file=sys.stderr)
   sys.exit(2)
 
 
@@ -96,13 +105,8 @@ def parse_flags(argv: list[str]) -> list[str]:
            'e.g. --config=configs/cifar.py)')
     if isinstance(e, (OSError, SyntaxError, ImportError)):
       fail(f'--config={config_file} cannot be loaded: {type(e).__name__}: '
-           f'{_first_line(e)}')
-    fail(f'bad command line: {type(e).__name__}: {_first_line(e)}')
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else repr(error)
+           f'{first_line(e)}')
+    fail(f'bad command line: {type(e).__name__}: {first_line(e)}')
 
 
 def check_no_arguments(argv: list[str]) -> None:

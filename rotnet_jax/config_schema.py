@@ -316,8 +316,7 @@ RULES: dict[str, Rule] = {
 
 
 def validate(config) -> None:
-  """Checks every key's value against :data:`RULES`, and the rules between
-  keys.
+  """Checks every key's value against :data:`RULES` and the cross-key rules.
 
   Raises:
     ConfigError: naming the offending key and what would be valid.
@@ -345,8 +344,11 @@ def validate(config) -> None:
 
 
 def check_learning_rate_table(table) -> None:
-  """Raises ConfigError unless `table` is ((end_epoch, lr), ...) with
-  positive, increasing end epochs and finite rates >= 0."""
+  """Raises ConfigError unless `table` is a valid learning-rate table.
+
+  Valid: ``((end_epoch, lr), ...)``, non-empty, with positive, increasing
+  end epochs and finite rates >= 0.
+  """
   if (not isinstance(table, (tuple, list)) or not table or
       any(not isinstance(row, (tuple, list)) or len(row) != 2
           for row in table)):
@@ -366,7 +368,11 @@ def check_learning_rate_table(table) -> None:
 
 def trajectory_changes(saved: dict[str, Any], current: dict[str, Any]
                        ) -> list[str]:
-  """Keys of :data:`TRAJECTORY_KEYS` whose value differs between two
-  resolved configs (as saved in a checkpoint and as now)."""
+  """The :data:`TRAJECTORY_KEYS` whose values differ between two configs.
+
+  Args:
+    saved: the resolved config saved with a checkpoint.
+    current: the resolved config of this run.
+  """
   return [k for k in TRAJECTORY_KEYS
           if k in saved and saved[k] != current.get(k)]

@@ -5,6 +5,15 @@ an unreadable image, a batch size that does not split over the devices).
 """
 
 
+def first_line(error: BaseException) -> str:
+  """The first line of `error`'s message (its repr if the message is empty).
+
+  For one-line messages that quote another library's error.
+  """
+  text = str(error).strip()
+  return text.splitlines()[0] if text else repr(error)
+
+
 class InputError(ValueError):
   """Bad input that the user can fix; the message says what and how."""
 

@@ -22,8 +22,10 @@ from absl import logging
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import parallel
 from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
+from rotnet_jax.errors import first_line
 from rotnet_jax.steps import CompiledSteps
 from rotnet_jax.steps import TrainState
 
@@ -92,62 +94,58 @@ def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
                     'with %r.', key, config_dict.get(key), saved_config[key])
 
 
-def _resume(workdir: str, config, network, config_dict, state):
-  """Opens the checkpoints and restores the newest readable one.
-
-  A checkpoint that cannot be read (a crash or a full disk while it was
-  written, a file deleted by hand) is moved to ``damaged_checkpoints/``
-  with a warning, and the one before it is used. If no checkpoint is
-  readable, nothing is moved and the run stops.
+def _newest_readable(workdir: str, network, config_dict, state):
+  """Restores the newest readable checkpoint of `workdir`; reads only.
 
   Returns:
-    ``(checkpointer, restored)``; ``restored`` is None for a new run.
+    ``(restored, damaged)``: the restored items (None for a new run) and
+    the steps newer than it that cannot be read (a crash or a full disk
+    while they were written, a file deleted by hand), newest first.
 
   Raises:
-    InputError: the checkpoints are of a different network, or none of
-      them can be read.
+    InputError: the checkpoints are of a different network, or there are
+      checkpoints and none of them can be read.
   """
-  checkpoints = checkpoint_lib.Checkpointer(
-      workdir, max_to_keep=config.keep_checkpoints)
+  if not os.path.isdir(checkpoint_lib.checkpoint_dir(workdir)):
+    return None, []
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   damaged = []
-  for step in sorted(checkpoints.all_steps(), reverse=True):
-    try:
-      meta = checkpoints.read_meta(step)
-    except Exception as e:  # pylint: disable=broad-except
-      damaged.append((step, e))
-      continue
-    try:
+  try:
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+      try:
+        meta = checkpoints.read_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append((step, e))
+        continue
       _check_resumable(meta, network, config_dict, checkpoints.directory)
-    except InputError:
-      checkpoints.close()
-      raise
-    try:
-      restored = checkpoints.restore(step, model={
-          'params': state.params, 'batch_stats': state.batch_stats},
-                                     opt_state=state.opt_state)
-    except Exception as e:  # pylint: disable=broad-except
-      damaged.append((step, e))
-      continue
-    if damaged:
-      for bad_step, error in damaged:
-        moved = checkpoints.set_aside(bad_step)
-        logging.warning(
-            'Checkpoint step %d cannot be read (%s: %s); moved it to %s and '
-            'resumed from step %d instead.', bad_step, type(error).__name__,
-            str(error).splitlines()[0][:200], moved, step)
-      checkpoints.close()
-      checkpoints = checkpoint_lib.Checkpointer(
-          workdir, max_to_keep=config.keep_checkpoints)
-    return checkpoints, restored
-  if damaged:
+      try:
+        return checkpoints.restore(step, model={
+            'params': state.params, 'batch_stats': state.batch_stats},
+                                   opt_state=state.opt_state), damaged
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append((step, e))
+  finally:
     checkpoints.close()
+  if damaged:
     step, error = damaged[0]
     raise InputError(
         f'no checkpoint in {checkpoints.directory} can be read (step {step}: '
-        f'{type(error).__name__}: {str(error).splitlines()[0][:200]}). Move '
-        'the damaged step folders away to train from scratch, or use a new '
-        '--workdir.')
-  return checkpoints, None
+        f'{type(error).__name__}: {first_line(error)}). Move the damaged '
+        'step folders away to train from scratch, or use a new --workdir.')
+  return None, []
+
+
+def _set_aside(workdir: str, damaged, resumed_step: int) -> None:
+  """Moves unreadable checkpoints to ``damaged_checkpoints/`` (process 0;
+  the others wait), so that new saves can take their steps."""
+  if jax.process_index() == 0:
+    for step, error in damaged:
+      moved = checkpoint_lib.set_aside(workdir, step)
+      logging.warning(
+          'Checkpoint step %d cannot be read (%s: %s); moved it to %s and '
+          'resumed from step %d instead.', step, type(error).__name__,
+          first_line(error), moved, resumed_step)
+  parallel.barrier('rotnet_set_aside_damaged_checkpoints')
 
 
 def _checkpoint_bytes(state: TrainState) -> int:
@@ -166,10 +164,8 @@ def check_disk_space(workdir: str, state: TrainState) -> None:
   space fails in Orbax's background threads, long after the cause.
   """
   needed = _checkpoint_bytes(state)
-  existing = run_files.path(workdir, '')
-  while not os.path.isdir(existing):  # A new workdir: its disk.
-    existing = os.path.dirname(existing)
-  free = shutil.disk_usage(existing).free
+  # A new workdir: the disk of the folder it will be made in.
+  free = shutil.disk_usage(run_files.nearest_existing(workdir)).free
   if free < needed:
     raise InputError(
         f'no space left on the device of --workdir={workdir}: '
@@ -211,10 +207,11 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     before a resume; ``{}`` when the workdir already held every epoch
     (nothing was trained, nothing written).
   """
-  check_disk_space(workdir, state)
+  # Everything that can refuse the run reads only; the first write comes
+  # after the last check.
+  metrics_lib.check_metrics_file(workdir)
   config_dict = run_files.resolved_config(config)
-  checkpoints, restored = _resume(workdir, config, network, config_dict,
-                                  state)
+  restored, damaged = _newest_readable(workdir, network, config_dict, state)
   start_epoch, step, best = 0, 0, {}
   if restored is not None:
     state = TrainState(restored['model']['params'],
@@ -223,19 +220,20 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     meta = restored['meta']
     start_epoch, step, best = meta['epoch'], meta['step'], meta['best']
     logging.info('Resumed from %s at step %d (epoch %d).',
-                 checkpoints.directory, step, start_epoch)
+                 checkpoint_lib.checkpoint_dir(workdir), step, start_epoch)
   if start_epoch >= config.num_epochs:
     # A no-op run writes nothing: the workdir stays as it was.
-    checkpoints.close()
     logging.info('Nothing to train: %s already holds epoch %d of %d.',
                  workdir, start_epoch, config.num_epochs)
     return state, {}
+  check_disk_space(workdir, state)
+
+  if damaged:
+    _set_aside(workdir, damaged, step)
+  checkpoints = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=config.keep_checkpoints)
   # Events after the checkpoint we resume from are dropped: they are redone.
-  try:
-    writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
-  except InputError:
-    checkpoints.close()
-    raise
+  writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
   run_files.write_config(workdir, config, network)
 
   steps_per_epoch = train_source.steps_per_epoch
@@ -298,6 +296,8 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
                                'best': best})
   finally:
     # Also on errors: finish the asynchronous save in flight.
-    checkpoints.close()
-    writer.close()
+    try:
+      checkpoints.close()
+    finally:
+      writer.close()
   return state, best

@@ -63,6 +63,7 @@ def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
 
 
 def format_duration(seconds: float) -> str:
+  """``'1m15s'``, or ``'3h02m'`` from an hour on."""
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)
@@ -86,13 +87,11 @@ class MetricWriter:
     self._tensorboard = None
     if not self._active:
       return
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(run_files.path(workdir, ''), exist_ok=True)
     path = run_files.path(workdir, run_files.METRICS_FILE)
     if keep_up_to_step is not None and os.path.exists(path):
       kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
-      with open(path + '.tmp', 'w') as f:
-        f.writelines(json.dumps(e) + '\n' for e in kept)
-      os.replace(path + '.tmp', path)
+      run_files.write_text(path, ''.join(json.dumps(e) + '\n' for e in kept))
     self._jsonl = open(path, 'a')
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -128,10 +127,18 @@ class MetricWriter:
       self._tensorboard.flush()
 
   def close(self) -> None:
+    """Flushes and closes the files."""
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def check_metrics_file(workdir: str) -> None:
+  """Raises InputError if ``metrics.jsonl`` exists and is damaged beyond a
+  torn last line (read only: run before anything is written)."""
+  if os.path.exists(run_files.path(workdir, run_files.METRICS_FILE)):
+    read_jsonl(workdir)
 
 
 def read_jsonl(workdir: str) -> list[dict]:

@@ -109,9 +109,7 @@ class _WholeNetwork(Objective):
     self.network = {'backbone': self.spec}
     self._config = config
     dtype = models.compute_dtype(config.half_precision)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(
-        lambda: models.build_backbone(self.spec, dtype=dtype,
-                                      rngs=nnx.Rngs(0))))
+    self.graphdef = models.backbone_graphdef(self.spec, dtype)
 
   def init(self, seed, constants):
     del constants
@@ -198,7 +196,7 @@ class HeadsOnBackbone(Objective):
     head_graphdefs: ``{block: static structure of its head}``.
   """
 
-  def __init__(self, config, num_classes: int, backbone: restore.Backbone):
+  def __init__(self, config, num_classes: int, backbone: restore.RestoredBackbone):
     spec = backbone.spec
     self.blocks = tuple(config.blocks) or models.block_names(spec)
     self.finetune = config.finetune
@@ -215,8 +213,7 @@ class HeadsOnBackbone(Objective):
                     'blocks': list(self.blocks), 'finetune': self.finetune,
                     **backbone.origin, 'num_classes': num_classes}
     dtype = models.compute_dtype(config.half_precision)
-    self._backbone_graphdef = nnx.graphdef(nnx.eval_shape(
-        lambda: models.build_backbone(spec, dtype=dtype, rngs=nnx.Rngs(0))))
+    self._backbone_graphdef = models.backbone_graphdef(spec, dtype)
     feature_shapes = models.feature_shapes(spec)
     options = models.head_options(
         spec, linear_pool_size=config.linear_pool_size)

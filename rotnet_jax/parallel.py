@@ -96,6 +96,13 @@ def first_process_then_others(fn, name: str):
   return fn()
 
 
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing to do on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def multihost_environment() -> bool:
   """Whether environment variables say this is one process of several.
 

@@ -204,15 +204,18 @@ def _smoke():
   ]
 
 
-TABLES = ('table1', 'table2', 'table3', 'semi', 'variants', 'smoke')
+_TABLE_BUILDERS = {'table1': _table1, 'table2': _table2, 'table3': _table3,
+                   'semi': _semi, 'variants': _variants, 'smoke': _smoke}
+TABLES = tuple(_TABLE_BUILDERS)
+
+
 def table_jobs(table: str, ks=DEFAULT_KS) -> list[Job]:
-  """The jobs of `table`, pretext runs first."""
-  builders = {'table1': _table1, 'table2': _table2, 'table3': _table3,
-              'semi': lambda: _semi(ks), 'variants': _variants,
-              'smoke': _smoke}
-  if table not in builders:
+  """The jobs of `table`, pretext runs first (`ks`: the semi table's K)."""
+  if table not in _TABLE_BUILDERS:
     raise InputError(f'unknown table {table!r}; valid: {TABLES}')
-  return builders[table]()
+  if table == 'semi':
+    return _semi(ks)
+  return _TABLE_BUILDERS[table]()
 
 
 def load_config_file(config_file: str, configs_dir: str = CONFIGS_DIR):

@@ -18,13 +18,14 @@ from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+from rotnet_jax.errors import first_line
 
 # config.pretrained value for a randomly initialised backbone.
 RANDOM = 'random'
 
 
 @dataclasses.dataclass(frozen=True)
-class Backbone:
+class RestoredBackbone:
   """A backbone to build heads on.
 
   Attributes:
@@ -70,6 +71,20 @@ def pretrained_checkpoint(workdir: str, step: int = 0
   return checkpoints, step
 
 
+def _read(checkpoints, step: int, what: str, read):
+  """``read()``, with a damaged checkpoint's error as one InputError."""
+  try:
+    return read()
+  except InputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(
+        f'config.pretrained: the checkpoint in {checkpoints.directory} '
+        f'(step {step}) is damaged: {what} cannot be read '
+        f'({type(e).__name__}: {first_line(e)}). Pass another '
+        '--config.pretrained_step, or retrain the pretext run.') from e
+
+
 def _shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple]
                        ) -> list[str]:
   # Parameters first: they say more than the BatchNorm statistics.
@@ -80,7 +95,7 @@ def _shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple]
           for k in paths if saved.get(k) != wanted.get(k)]
 
 
-def load_backbone(config, mesh) -> Backbone:
+def load_backbone(config, mesh) -> RestoredBackbone:
   """The backbone named by ``config.pretrained``, shaped by ``config.model``.
 
   Args:
@@ -100,12 +115,13 @@ def load_backbone(config, mesh) -> Backbone:
                                 num_classes=len(config.rotations))
     variables = jax.jit(lambda: models.init_variables(spec, config.seed),
                         out_shardings=replicated)()
-    return Backbone(spec, variables, {'pretrained': RANDOM,
+    return RestoredBackbone(spec, variables, {'pretrained': RANDOM,
                                       'pretrained_seed': config.seed})
   checkpoints, step = pretrained_checkpoint(config.pretrained,
                                             config.pretrained_step)
   try:
-    saved_network = checkpoints.read_meta(step)['network']
+    saved_network = _read(checkpoints, step, 'its metadata',
+                          lambda: checkpoints.read_meta(step)['network'])
     if 'head' in saved_network:
       raise InputError(
           f'config.pretrained={config.pretrained!r} holds an evaluation run '
@@ -120,8 +136,10 @@ def load_backbone(config, mesh) -> Backbone:
     spec = models.backbone_spec(config.model, image_size=config.image_size,
                                 num_classes=saved_spec['num_classes'])
     target = models.abstract_variables(spec, replicated)
-    differ = _shape_differences(checkpoints.model_shapes(step),
-                                checkpoint_lib.flat_shapes(target))
+    differ = _shape_differences(
+        _read(checkpoints, step, 'its array shapes',
+              lambda: checkpoints.model_shapes(step)),
+        checkpoint_lib.flat_shapes(target))
     if differ or saved_spec != spec:
       flags = ' '.join(f'--config.model.{k}={v}' for k, v in saved_spec.items()
                        if k not in ('name', 'num_classes', 'image_size'))
@@ -132,9 +150,10 @@ def load_backbone(config, mesh) -> Backbone:
           f"--config.image_size={saved_spec['image_size']}. Differing "
           'arrays: ' + ('; '.join(differ[:6]) or 'none') +
           (f' (and {len(differ) - 6} more)' if len(differ) > 6 else ''))
-    variables = checkpoints.restore(step, model=target)['model']
+    variables = _read(checkpoints, step, 'its arrays',
+                      lambda: checkpoints.restore(step, model=target))['model']
   finally:
     checkpoints.close()
-  return Backbone(spec, variables, {
+  return RestoredBackbone(spec, variables, {
       'pretrained': os.path.dirname(checkpoints.directory),
       'pretrained_step': step})

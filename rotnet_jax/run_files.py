@@ -6,6 +6,7 @@
       results.json    per head: final and best test accuracy (write_results)
       checkpoints/    Orbax checkpoints (checkpoint.Checkpointer)
       tensorboard/    event files, when tensorboardX is installed
+      damaged_checkpoints/  checkpoints that could not be read on resume
 
 Training, ``rotnet_jax.reproduce`` and ``rotnet_jax.report`` all find the
 files through this module. JSON files are replaced atomically, so a crash
@@ -25,16 +26,30 @@ METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
 CHECKPOINTS_DIR = 'checkpoints'
 TENSORBOARD_DIR = 'tensorboard'
+# Checkpoints that could not be read on resume are moved here.
+DAMAGED_CHECKPOINTS_DIR = 'damaged_checkpoints'
 
 
 def path(workdir: str, name: str) -> str:
   """``WORKDIR/name``, with ``~`` expanded and made absolute."""
-  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), name)
+  return os.path.join(_absolute(workdir), name)
 
 
 # What each entry of a workdir must be, if it exists.
 _FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE)
-_FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR)
+_FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR, DAMAGED_CHECKPOINTS_DIR)
+
+
+def _absolute(folder: str) -> str:
+  return os.path.abspath(os.path.expanduser(folder))
+
+
+def nearest_existing(folder: str) -> str:
+  """`folder` (absolute) if it exists, else its nearest existing ancestor."""
+  existing = _absolute(folder)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  return existing
 
 
 def check_writable_folder(folder: str, what: str) -> None:
@@ -49,14 +64,12 @@ def check_writable_folder(folder: str, what: str) -> None:
   """
   if not folder or not folder.strip():
     raise InputError(f'{what} is empty: pass a folder')
-  path = os.path.abspath(os.path.expanduser(folder))
-  existing = path
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = nearest_existing(folder)
   if not os.path.isdir(existing):
     raise InputError(
         f'{what}={folder!r} cannot be a folder: {existing} is a file' if
-        existing != path else f'{what}={folder!r} is a file, not a folder')
+        existing != _absolute(folder) else f'{what}={folder!r} is a file, '
+        'not a folder')
   if not os.access(existing, os.W_OK | os.X_OK):
     raise InputError(f'{what}={folder!r} cannot be written: {existing} is '
                      'not writable')
@@ -83,14 +96,20 @@ def check_workdir(workdir: str) -> None:
                        f'{name} there) but is a file: move it away')
 
 
-def write_json(file_path: str, data: Any) -> None:
-  """Writes `data` to `file_path` atomically (process 0 only)."""
+def write_text(file_path: str, text: str) -> None:
+  """Replaces `file_path` by `text` atomically (process 0 only): a crash
+  leaves the old file or the new one, never half of one."""
   if jax.process_index() != 0:
     return
   tmp = f'{file_path}.tmp'
   with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True)
+    f.write(text)
   os.replace(tmp, file_path)
+
+
+def write_json(file_path: str, data: Any) -> None:
+  """Writes `data` as JSON to `file_path` atomically (process 0 only)."""
+  write_text(file_path, json.dumps(data, indent=2, sort_keys=True) + '\n')
 
 
 def read_json(file_path: str) -> Any:

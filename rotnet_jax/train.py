@@ -26,9 +26,18 @@ from rotnet_jax.steps import TrainState
 
 def results(config, objective: objectives.Objective,
             best: dict[str, dict[str, Any]]) -> dict[str, Any]:
-  """The content of ``results.json``: the run's settings and, per head,
-  the final test accuracy and the best one (selected on the test set, as
-  the official code did; the final one is the honest number)."""
+  """The content of ``results.json``.
+
+  Args:
+    config: the run's config (its settings are recorded).
+    objective: what was trained (its per-head fields are added).
+    best: per head, the records ``loop.fit`` returns.
+
+  Returns:
+    The run's settings and, per head, the final test accuracy and the best
+    one (selected on the test set, as the official code did; the final one
+    is the honest number).
+  """
   fields = objective.describe()
   heads = [dict({
       'head': head,

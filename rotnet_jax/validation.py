@@ -12,6 +12,8 @@ from ml_collections import config_dict
 from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax import run_files
+from rotnet_jax.data import arrays
+from rotnet_jax.data import datasets
 
 
 def check_config(config) -> config_dict.ConfigDict:
@@ -35,6 +37,11 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   """
   config = check_config(config)
   run_files.check_workdir(workdir)
-  if config.cache_dir is not None:
-    run_files.check_writable_folder(config.cache_dir, 'config.cache_dir')
+  # The device pipeline caches decoded image folders and TFDS splits; a
+  # cache_dir that is set is checked whether or not it will be used.
+  if config.cache_dir is not None or (
+      config.pipeline == 'device' and
+      datasets.dataset_kind(config.dataset) != 'digits'):
+    run_files.check_writable_folder(
+        config.cache_dir or arrays.DEFAULT_CACHE_DIR, 'config.cache_dir')
   return config

@@ -183,6 +183,8 @@ def test_a_shorter_rerun_of_a_finished_run_writes_nothing(tmp_path):
     (lambda w: _replace_with_folder(w, 'metrics.jsonl'), ('metrics.jsonl',
                                                           'should be a file')),
     (lambda w: _replace_with_folder(w, 'config.json'), ('config.json',)),
+    (lambda w: open(os.path.join(w, 'damaged_checkpoints'), 'w').close(),
+     ('damaged_checkpoints', 'is a file')),
 ])
 def test_a_workdir_entry_of_the_wrong_kind_fails_before_training(
     make_bad, names, trained, tmp_path):
@@ -242,6 +244,61 @@ def test_a_damaged_metrics_line_before_the_last_stops_the_run(trained,
                  learning_rate_table=((1, 0.1), (2, 0.02)))
   _assert_one_error_line(result, 'metrics.jsonl line 1')
   assert _snapshot(workdir) == before
+
+
+def test_damaged_metrics_and_checkpoint_together_change_nothing(tmp_path):
+  workdir = _two_checkpoints(tmp_path)
+  _break_checkpoint(workdir, 8)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  with open(metrics) as f:
+    lines = f.readlines()
+  with open(metrics, 'w') as f:
+    f.writelines(['garbage\n'] + lines)
+  before = _snapshot(workdir)
+  result = _main(workdir, num_epochs=3,
+                 learning_rate_table=((1, 0.1), (3, 0.02)))
+  _assert_one_error_line(result, 'metrics.jsonl line 1')
+  assert _snapshot(workdir) == before  # The damaged step was not moved.
+
+
+def test_a_damaged_pretrained_checkpoint_is_one_line(tmp_path):
+  workdir = _two_checkpoints(tmp_path)
+  _break_checkpoint(workdir, 8)
+  args = _main_args(str(tmp_path / 'eval'), mode='evaluate',
+                    pretrained=workdir, head='linear', linear_pool_size=2,
+                    blocks=('conv2',))
+  _assert_one_error_line(_run(_command('main.py', *args)), 'step 8',
+                         'is damaged', 'pretrained_step')
+  assert not (tmp_path / 'eval').exists()
+
+
+def test_a_workdir_under_the_home_folder(tmp_path):
+  env_home = tmp_path / 'home'
+  env_home.mkdir()
+  env = dict(os.environ, XLA_FLAGS='', HOME=str(env_home))
+  result = subprocess.run(
+      _command('main.py', *_main_args('~/run')), cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=300, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(env_home / 'run')) == [
+      'checkpoints', 'config.json', 'metrics.jsonl', 'results.json',
+      'tensorboard']
+  assert not os.path.exists(os.path.join(REPO_ROOT, '~'))
+
+
+def test_an_unwritable_default_cache_is_named(tmp_path):
+  data = tmp_path / 'data'
+  write_image_folder(str(data), per_class=4)
+  home = tmp_path / 'home_is_a_file'
+  home.write_text('')
+  env = dict(os.environ, XLA_FLAGS='', HOME=str(home))
+  result = subprocess.run(
+      _command('main.py', *_main_args(str(tmp_path / 'run'),
+                                      dataset=str(data), batch_size=4,
+                                      num_train_examples=0)),
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+  _assert_one_error_line(result, 'config.cache_dir', 'is a file')
+  assert not (tmp_path / 'run').exists()
 
 
 def _two_checkpoints(tmp_path):
@@ -415,7 +472,7 @@ def test_an_evaluation_run_passed_as_pretrained_is_named(trained, tmp_path):
 def test_a_full_disk_is_one_line_before_training(tmp_path):
   mount = tmp_path / 'small_disk'
   mount.mkdir()
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=300k',
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k',
                             'tmpfs', str(mount)], capture_output=True)
   if mounted.returncode != 0:
     pytest.skip('cannot mount a small tmpfs here (needs root)')
@@ -426,6 +483,15 @@ def test_a_full_disk_is_one_line_before_training(tmp_path):
                                   'bytes free', 'needs about')
     assert 'epoch 1/1 step' not in result.stderr, line
     assert os.listdir(mount) == []
+    # A finished run needs no space to say it has nothing to train.
+    small = str(mount / 'small')
+    assert _main(small).returncode == 0
+    with open(mount / 'filler', 'wb') as f:
+      f.write(b'x' * (shutil.disk_usage(mount).free - 4096))
+    before = _snapshot(small)
+    result = _main(small)
+    assert result.returncode == 0 and 'Nothing to train' in result.stderr
+    assert _snapshot(small) == before
   finally:
     subprocess.run(['umount', str(mount)], check=False)
 
@@ -500,12 +566,14 @@ def test_report_command_line(args, names):
     (['--config.batch_size=0'], ('config.batch_size',)),
     (['extra'], ('unexpected arguments',)),
     (['--output=A_FILE/bench.json'], ('--output', 'is a file')),
+    (['--output=A_FOLDER'], ('--output', 'is a folder')),
 ], ids=['sources', 'steps', 'warmup', 'examples', 'examples-vs-batch',
-        'config', 'extra', 'output'])
+        'config', 'extra', 'output', 'output-folder'])
 def test_benchmark_command_line(args, names, tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('')
-  args = [a.replace('=A_FILE', f'={a_file}') for a in args]
+  args = [a.replace('=A_FILE', f'={a_file}').replace(
+      '=A_FOLDER', f'={tmp_path}') for a in args]
   result = _run(_command('rotnet_jax.benchmark', '--config=configs/cifar.py',
                          *args))
   _assert_one_error_line(result, *names)

@@ -77,7 +77,7 @@ def _random_config(**overrides):
 
 @pytest.fixture(scope='module')
 def random_backbone():
-  """``(config, restore.Backbone)`` of the randomly initialised tiny NIN-3.
+  """``(config, RestoredBackbone)`` of the randomly initialised tiny NIN-3.
 
   Restored the way ``pretrained='random'`` evaluations do, once per module
   (initialising a network eagerly compiles dozens of programs); its
@@ -86,9 +86,8 @@ def random_backbone():
   mesh = parallel.make_mesh(jax.devices()[:1])
   config = _random_config()
   backbone = restore.load_backbone(config, mesh)
-  return config, restore.Backbone(backbone.spec,
-                                  jax.device_get(backbone.variables),
-                                  backbone.origin)
+  return config, restore.RestoredBackbone(
+      backbone.spec, jax.device_get(backbone.variables), backbone.origin)
 
 
 def _restore(workdir, step, like: TrainState):

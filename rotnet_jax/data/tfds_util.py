@@ -76,6 +76,7 @@ def image_shape(builder) -> tuple[int | None, ...]:
 
 
 def num_classes(builder) -> int:
+  """Classes of the dataset's ``label`` feature."""
   return builder.info.features['label'].num_classes
 
 

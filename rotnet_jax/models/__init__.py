@@ -24,11 +24,6 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-def register_backbone(backbone: Backbone) -> None:
-  """Adds `backbone` under its name (for backbones defined outside)."""
-  BACKBONES[backbone.name] = backbone
-
-
 def get_backbone(name: str) -> Backbone:
   """The backbone registered as `name`.
 
@@ -88,6 +83,12 @@ def build_backbone(spec: dict[str, Any], *, dtype=jnp.float32,
   return get_backbone(spec['name']).build(spec, dtype=dtype, rngs=rngs)
 
 
+def backbone_graphdef(spec: dict[str, Any], dtype) -> nnx.GraphDef:
+  """The static structure of `spec`'s network computing in `dtype`."""
+  return nnx.graphdef(nnx.eval_shape(
+      lambda: build_backbone(spec, dtype=dtype, rngs=nnx.Rngs(0))))
+
+
 def block_names(spec: dict[str, Any]) -> tuple[str, ...]:
   """The blocks of the network of `spec` whose features heads can read."""
   return get_backbone(spec['name']).block_names(spec)
@@ -138,7 +139,7 @@ def compute_dtype(half_precision: bool) -> jnp.dtype:
   return jnp.bfloat16 if half_precision else jnp.float32
 
 
-__all__ = ['BACKBONES', 'Backbone', 'abstract_variables', 'backbone_spec',
-           'block_names', 'build_backbone', 'check_config', 'compute_dtype',
-           'feature_shapes', 'get_backbone', 'head_options', 'init_variables',
-           'register_backbone', 'variables']
+__all__ = ['BACKBONES', 'Backbone', 'abstract_variables', 'backbone_graphdef',
+           'backbone_spec', 'block_names', 'build_backbone', 'check_config',
+           'compute_dtype', 'feature_shapes', 'get_backbone', 'head_options',
+           'init_variables', 'variables']
