@@ -212,6 +212,10 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   metrics_lib.check_metrics_file(workdir)
   config_dict = run_files.resolved_config(config)
   restored, damaged = _newest_readable(workdir, network, config_dict, state)
+  # Every process has read the workdir before any of them writes to it:
+  # otherwise one could find the checkpoints folder another just created,
+  # and their Orbax calls (which synchronise) would no longer match.
+  parallel.barrier('rotnet_workdir_read')
   start_epoch, step, best = 0, 0, {}
   if restored is not None:
     state = TrainState(restored['model']['params'],
