@@ -186,7 +186,8 @@ class Rule:
   """The values one config key accepts, beyond its type.
 
   Attributes:
-    accepts: ``value -> bool``; None when a registry checks the value
+    accepts: ``value -> bool`` (or a ConfigError of its own that says
+      more precisely what is wrong); None when a registry checks the value
       (``models.check_config``: backbone names, heads, blocks).
     what: what a valid value is, for the error message.
     invalid: values of the right type that are refused (the tests feed
@@ -253,10 +254,8 @@ def _angles(v) -> bool:
 
 
 def _learning_rate_table(table) -> bool:
-  try:
-    check_learning_rate_table(table)
-  except ConfigError:
-    return False
+  # Its own checks say precisely what is wrong with a table.
+  check_learning_rate_table(table)
   return True
 
 
@@ -315,15 +314,17 @@ RULES: dict[str, Rule] = {
 }
 
 
-def validate(config) -> None:
+def validate(config) -> config_dict.ConfigDict:
   """Checks every key's value against :data:`RULES` and the cross-key rules.
+
+  Returns:
+    `config` as a typed config of this schema (see :func:`conform`).
 
   Raises:
     ConfigError: naming the offending key and what would be valid.
   """
-  flat = flatten(conform(config))
-  # Its own checks say precisely what is wrong with a table.
-  check_learning_rate_table(flat['learning_rate_table'])
+  config = conform(config)
+  flat = flatten(config)
   for name, rule in RULES.items():
     if rule.accepts is not None and not rule.accepts(flat[name]):
       raise ConfigError(f'config.{name}={flat[name]!r}: {rule.what}')
@@ -341,6 +342,7 @@ def validate(config) -> None:
           'leave it unset')
   require(not (flat['num_train_examples'] and flat['examples_per_class']),
           'examples_per_class', 'cannot be combined with num_train_examples')
+  return config
 
 
 def check_learning_rate_table(table) -> None:

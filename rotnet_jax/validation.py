@@ -22,8 +22,7 @@ def check_config(config) -> config_dict.ConfigDict:
   Raises:
     ConfigError: naming the offending key and what would be valid.
   """
-  config = config_schema.conform(config)
-  config_schema.validate(config)
+  config = config_schema.validate(config)
   models.check_config(config)
   return config
 

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -55,3 +56,18 @@ def write_image_folder(root, *, per_class=6, classes=3, split_sizes=None):
         out_labels.append(label)
     written[split] = (np.stack(out_images), np.asarray(out_labels))
   return written
+
+
+def source_batches(source, epoch=0):
+  """Every batch of an epoch as numpy dicts, built the way the step does."""
+  materialize = jax.jit(source.materialize)
+  return [jax.tree.map(np.asarray, materialize(source.resident, inputs))
+          for inputs in source.epoch(epoch)]
+
+
+def evaluation_rows(source):
+  """``{'image', 'label'}`` of the real (unpadded) rows of one pass."""
+  batches = source_batches(source)
+  mask = np.concatenate([b['mask'] for b in batches]) > 0
+  return {k: np.concatenate([b[k] for b in batches])[mask]
+          for k in ('image', 'label')}

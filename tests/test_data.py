@@ -12,6 +12,8 @@ from jax.sharding import PartitionSpec
 from PIL import Image
 
 from helpers import REPO_ROOT, tiny_config, write_image_folder
+from helpers import evaluation_rows
+from helpers import source_batches as _batches
 from rotnet_jax import data as data_lib
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
@@ -21,13 +23,6 @@ from rotnet_jax.data import shuffle
 from rotnet_jax.errors import InputError
 
 PIPELINES = ('device', 'tfdata')
-
-
-def _batches(source, epoch=0):
-  """Every batch of an epoch as numpy dicts, built the way the step does."""
-  materialize = jax.jit(source.materialize)
-  return [jax.tree.map(np.asarray, materialize(source.resident, inputs))
-          for inputs in source.epoch(epoch)]
 
 
 def test_digits_is_bundled_real_data():
@@ -112,10 +107,7 @@ def test_image_folder_decodes_identically_in_both_sources(tmp_path,
     source = data_lib.make_source(config, 'test', one_device_mesh,
                                   train=False)
     assert source.num_examples == 12 and source.num_classes == 3
-    batches = _batches(source)
-    mask = np.concatenate([b['mask'] for b in batches]) > 0
-    results[pipeline] = {k: np.concatenate([b[k] for b in batches])[mask]
-                         for k in ('image', 'label')}
+    results[pipeline] = evaluation_rows(source)
   # JPEG files decode to the same pixels with PIL and with TensorFlow.
   np.testing.assert_array_equal(results['device']['image'],
                                 results['tfdata']['image'])

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from helpers import tiny_config, write_image_folder
+from helpers import evaluation_rows
+from helpers import source_batches as _batches
 from rotnet_jax import data as data_lib
 from rotnet_jax.data import datasets
 from rotnet_jax.data import digits
@@ -21,13 +23,6 @@ from rotnet_jax.errors import InputError
 PIPELINES = ('device', 'tfdata')
 TFDS_NAME = 'rotnet_test_digits'
 TFDS_SIZES = {'train': 200, 'test': 50}
-
-
-def _batches(source, epoch=0):
-  """Every batch of an epoch as numpy dicts, built the way the step does."""
-  materialize = jax.jit(source.materialize)
-  return [jax.tree.map(np.asarray, materialize(source.resident, inputs))
-          for inputs in source.epoch(epoch)]
 
 
 def _rows(images):
@@ -201,10 +196,7 @@ def test_tfds_evaluation_is_identical_in_both_sources(tfds_dir, tmp_path,
     source = data_lib.make_source(config, 'test', one_device_mesh,
                                   train=False)
     assert source.num_examples == 50 and source.num_classes == 10
-    batches = _batches(source)
-    mask = np.concatenate([b['mask'] for b in batches]) > 0
-    results[pipeline] = {k: np.concatenate([b[k] for b in batches])[mask]
-                         for k in ('image', 'label')}
+    results[pipeline] = evaluation_rows(source)
   images, labels = digits.load('test')
   for result in results.values():
     np.testing.assert_array_equal(result['image'], images[:50])

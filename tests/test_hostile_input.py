@@ -348,6 +348,20 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(tmp_path):
   assert _snapshot(workdir) == before
 
 
+def _fill(args, tmp_path, **extra):
+  """`args` with ``=A_FILE`` (an existing file), ``=A_FOLDER`` (an existing
+  folder) and ``=NAME`` for each of `extra` replaced by real paths."""
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  paths = {'A_FILE': a_file, 'A_FOLDER': tmp_path, **extra}
+  filled = []
+  for arg in args:
+    for placeholder, value in paths.items():
+      arg = arg.replace(f'={placeholder}', f'={value}')
+    filled.append(arg)
+  return filled
+
+
 def _case(name, argv, *names):
   return pytest.param(argv, names, id=name)
 
@@ -407,15 +421,8 @@ def test_main_command_line(argv, names, tmp_path):
   bad_syntax.write_text('def get_config(:\n')
   no_get_config = tmp_path / 'no_get_config.py'
   no_get_config.write_text('x = 1\n')
-  a_file = tmp_path / 'a_file'
-  a_file.write_text('')
-  replace = {'W': str(tmp_path / 'run'), 'BAD_SYNTAX': str(bad_syntax),
-             'NO_GET_CONFIG': str(no_get_config), 'A_FILE': str(a_file)}
-  args = []
-  for arg in argv:
-    for placeholder, value in replace.items():
-      arg = arg.replace(f'={placeholder}', f'={value}')
-    args.append(arg)
+  args = _fill(argv, tmp_path, W=tmp_path / 'run', BAD_SYNTAX=bad_syntax,
+               NO_GET_CONFIG=no_get_config)
   result = _run(_command('main.py', *args))
   _assert_one_error_line(result, *names)
   assert not (tmp_path / 'run').exists()  # Nothing was created.
@@ -514,10 +521,7 @@ def test_a_full_disk_is_one_line_before_training(tmp_path):
 ], ids=['seeds', 'root-file', 'scale-0', 'scale-negative', 'ks', 'width',
         'pipeline', 'table', 'no-table', 'no-root'])
 def test_reproduce_command_line(args, names, tmp_path):
-  a_file = tmp_path / 'a_file'
-  a_file.write_text('')
-  args = [a.replace('=ROOT', f'={tmp_path / "root"}').replace(
-      '=A_FILE', f'={a_file}') for a in args]
+  args = _fill(args, tmp_path, ROOT=tmp_path / 'root')
   result = _run(_command('rotnet_jax.reproduce', *args))
   _assert_one_error_line(result, *names)
   assert not (tmp_path / 'root').exists()
@@ -570,10 +574,7 @@ def test_report_command_line(args, names):
 ], ids=['sources', 'steps', 'warmup', 'examples', 'examples-vs-batch',
         'config', 'extra', 'output', 'output-folder'])
 def test_benchmark_command_line(args, names, tmp_path):
-  a_file = tmp_path / 'a_file'
-  a_file.write_text('')
-  args = [a.replace('=A_FILE', f'={a_file}').replace(
-      '=A_FOLDER', f'={tmp_path}') for a in args]
+  args = _fill(args, tmp_path)
   result = _run(_command('rotnet_jax.benchmark', '--config=configs/cifar.py',
                          *args))
   _assert_one_error_line(result, *names)
