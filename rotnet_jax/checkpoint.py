@@ -124,6 +124,16 @@ class Checkpointer:
       items['opt_state'] = ocp.args.StandardRestore(abstract_like(opt_state))
     return dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
 
+  def restore_untyped(self, step: int) -> Any:
+    """The ``model`` item of `step` as numpy arrays, in its saved tree.
+
+    Needs no example tree: for reading weights on the host (export,
+    ``rotnet_jax.load``), not for resuming a run.
+    """
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore()))
+    return restored['model']
+
   def read_meta(self, step: int) -> dict[str, Any]:
     """The JSON ``meta`` item of `step` alone (no arrays are read)."""
     restored = self._manager.restore(step, args=ocp.args.Composite(

@@ -24,6 +24,11 @@ from rotnet_jax.errors import ConfigError
 
 MODES = ('pretext', 'supervised', 'evaluate')
 ROTATION_MODES = ('all', 'random')
+BN_SCALE_INITS = ('uniform', 'ones')
+RANDOM_BATCH_STATS = ('reestimated', 'fresh')
+# Heads that need no training: scored straight from frozen features
+# (rotnet_jax/knn.py), not modules of models.heads.HEADS.
+TRAINING_FREE_HEADS = ('knn',)
 PIPELINES = ('device', 'tfdata')
 
 # CIFAR-10 per-channel statistics on the 0..255 scale (official code).
@@ -82,6 +87,9 @@ def defaults() -> config_dict.ConfigDict:
   config.model.name = 'nin'
   config.model.num_blocks = 4
   config.model.width = 1.0
+  # BatchNorm scales start U(0, 1), as PyTorch 0.2's BatchNorm2d did in the
+  # official runs ('uniform'), or at 1 ('ones').
+  config.model.bn_scale_init = 'uniform'
 
   # Pretext task: label k means a rotation by rotations[k] degrees,
   # counter-clockwise. 'all': every image at every angle in each batch;
@@ -96,6 +104,13 @@ def defaults() -> config_dict.ConfigDict:
   config.blocks = ()  # Blocks to train a head on each ((): every block).
   config.finetune = False  # Train the backbone with the head.
   config.linear_pool_size = 6  # Side of the 'linear' head's max-pool.
+  # head='knn': cosine k-NN on globally pooled features, votes weighted by
+  # exp(similarity / temperature).
+  config.knn_k = 200
+  config.knn_temperature = 0.07
+  # pretrained='random': BatchNorm statistics 'reestimated' on training
+  # images (weights stay random), or the 'fresh' 0/1 of a new network.
+  config.random_batch_stats = 'reestimated'
 
   config.half_precision = False  # bf16 compute, float32 parameters.
   config.seed = 0
@@ -109,9 +124,15 @@ def defaults() -> config_dict.ConfigDict:
   return config
 
 
-# The official code's schedules for the classifiers on frozen features.
+# Keys of the backbone's shape. Evaluation configs leave them unset (None):
+# the pretrained weights say them.
+SHAPE_KEYS = ('model.name', 'model.num_blocks', 'model.width', 'image_size')
+
+# The official code's schedules for the classifiers on frozen features. The
+# non-linear head's table ends at epoch 50 but its config trains 100 epochs:
+# epochs 50-99 stay at the last rate, 0.0008.
 HEAD_SCHEDULES = {
-    'multlayer': dict(num_epochs=50, learning_rate_table=(
+    'multlayer': dict(num_epochs=100, learning_rate_table=(
         (20, 0.1), (40, 0.02), (45, 0.004), (50, 0.0008))),
     'conv_block': dict(num_epochs=100, learning_rate_table=(
         (35, 0.1), (70, 0.02), (85, 0.004), (100, 0.0008))),
@@ -123,12 +144,20 @@ HEAD_SCHEDULES = {
 
 
 def evaluation_defaults(head: str) -> config_dict.ConfigDict:
-  """``mode='evaluate'`` with `head` and its schedule (all blocks)."""
+  """``mode='evaluate'`` with `head` and its schedule (all blocks).
+
+  The backbone's shape (:data:`SHAPE_KEYS`) is left unset: it is read from
+  the pretrained weights (``restore.fill_shape_from_pretrained``); setting
+  one is only needed to override, and must then match them. Heads are
+  tested after every epoch, as the official code logged them.
+  """
   config = defaults()
   config.mode = 'evaluate'
   config.head = head
-  config.update(HEAD_SCHEDULES[head])
-  config.eval_every_epochs = max(1, config.num_epochs // 10)
+  config.update(HEAD_SCHEDULES.get(head, {}))  # k-NN trains nothing.
+  config.eval_every_epochs = 1
+  for key in SHAPE_KEYS:
+    config.update_from_flattened_dict({key: None})
   return config
 
 
@@ -295,6 +324,7 @@ RULES: dict[str, Rule] = {
     'model.name': _registry('a registered backbone', 'resnet'),
     'model.num_blocks': _count(1, 64),
     'model.width': _number(0, 16, low_open=True),
+    'model.bn_scale_init': _choice(BN_SCALE_INITS),
     'rotations': Rule(_angles, 'must be 2 to 360 finite angles in degrees, '
                       'distinct modulo 360', ((0, 360), (0,))),
     'rotation_mode': _choice(ROTATION_MODES),
@@ -305,6 +335,9 @@ RULES: dict[str, Rule] = {
     'blocks': _registry('block names of the backbone', ('conv9',)),
     'finetune': _FREE,
     'linear_pool_size': _count(1),
+    'knn_k': _count(1),
+    'knn_temperature': _number(0, 100, low_open=True),
+    'random_batch_stats': _choice(RANDOM_BATCH_STATS),
     'half_precision': _FREE,
     'seed': _count(0, 2**31 - 1),
     'log_every_steps': _count(1),
@@ -325,7 +358,10 @@ def validate(config) -> config_dict.ConfigDict:
   """
   config = conform(config)
   flat = flatten(config)
+  evaluate = flat['mode'] == 'evaluate'
   for name, rule in RULES.items():
+    if evaluate and name in SHAPE_KEYS and flat[name] is None:
+      continue  # Taken from the pretrained weights.
     if rule.accepts is not None and not rule.accepts(flat[name]):
       raise ConfigError(f'config.{name}={flat[name]!r}: {rule.what}')
 
@@ -333,13 +369,16 @@ def validate(config) -> config_dict.ConfigDict:
     if not ok:
       raise ConfigError(f'config.{name}={flat[name]!r}: {what}')
 
-  evaluate = flat['mode'] == 'evaluate'
   require(not evaluate or flat['pretrained'], 'pretrained',
           "mode='evaluate' needs the pretext run's workdir (or 'random' for "
           'a randomly initialised backbone)')
   require(evaluate or flat['pretrained'] is None, 'pretrained',
           f"is only used by mode='evaluate' (mode is {flat['mode']!r}): "
           'leave it unset')
+  require(not (flat['head'] in TRAINING_FREE_HEADS and flat['finetune'] and
+               evaluate), 'finetune',
+          f"head={flat['head']!r} trains nothing, so there is no backbone "
+          'to fine-tune: leave finetune at False')
   require(not (flat['num_train_examples'] and flat['examples_per_class']),
           'examples_per_class', 'cannot be combined with num_train_examples')
   return config

@@ -113,7 +113,8 @@ class _WholeNetwork(Objective):
 
   def init(self, seed, constants):
     del constants
-    variables = models.init_variables(self.spec, seed)
+    variables = models.init_variables(
+        self.spec, seed, bn_scale_init=self._config.model.bn_scale_init)
     return variables['params'], variables['batch_stats']
 
   @abc.abstractmethod
@@ -270,7 +271,8 @@ class HeadsOnBackbone(Objective):
 
 
 def from_config(config, num_classes: int, mesh,
-                class_names: tuple[str, ...] = ()) -> Objective:
+                class_names: tuple[str, ...] = (),
+                train_source=None) -> Objective:
   """The objective of ``config.mode``.
 
   Args:
@@ -280,6 +282,8 @@ def from_config(config, num_classes: int, mesh,
     class_names: the training split's names of its labels. Runs that learn
       labels (supervised, evaluate) save them in their ``network``: a
       resumed run whose dataset names its classes otherwise stops.
+    train_source: the training batches, for a random backbone whose
+      BatchNorm statistics are re-estimated (``random_batch_stats``).
 
   Raises:
     MissingInputError, InputError: ``mode='evaluate'`` and the pretrained
@@ -290,8 +294,8 @@ def from_config(config, num_classes: int, mesh,
   if config.mode == 'supervised':
     objective = SupervisedClasses(config, num_classes)
   else:
-    objective = HeadsOnBackbone(config, num_classes,
-                                restore.load_backbone(config, mesh))
+    backbone = restore.load_backbone(config, mesh, train_source)
+    objective = HeadsOnBackbone(config, num_classes, backbone)
   if class_names:
     objective.network['classes'] = list(class_names)
   return objective

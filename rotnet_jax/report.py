@@ -22,6 +22,10 @@ from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 
 
+UNVERIFIED_NOTE = ('\\* not yet checked against the paper\'s PDF '
+                   '(arXiv:1803.07728); see rotnet_jax/paper.py.')
+
+
 def _rows(results: dict, experiment: str) -> list[dict]:
   """The (run, head) rows of one ``results.json``; KeyError/TypeError/
   ValueError if it lacks what a report needs."""
@@ -36,7 +40,8 @@ def _rows(results: dict, experiment: str) -> list[dict]:
         epochs=results.get('num_epochs'),
         data=f"{results.get('dataset')} ({results.get('pipeline')})",
         dataset=results.get('dataset'),
-        width=float(results.get('model_width', 1.0))))
+        width=float(results.get('model_width', 1.0)),
+        random_batch_stats=head.get('random_batch_stats')))
   if not rows:
     raise ValueError('no heads')
   return rows
@@ -102,33 +107,46 @@ def _difference(experiment, runs, finals, reference) -> str:
 def markdown_table(rows: list[dict]) -> str:
   """One line per (experiment, head) and setting: paper, ours, difference.
 
-  Runs average into one line only when they share dataset, width and
-  epochs (seeds of one setting).
+  Runs average into one line only when they share dataset, width, epochs
+  and (random backbones) BatchNorm-statistics protocol: seeds of one
+  setting.
   """
   groups = collections.defaultdict(list)
   for row in rows:
     groups[(row['experiment'], row['head'], row['dataset'], row['width'],
-            row['epochs'])].append(row)
+            row['epochs'], row['random_batch_stats'])].append(row)
   lines = [
       '| experiment | block | paper | ours (final epoch) | ours − paper | '
       'best epoch (test-selected) | runs | epochs | width | data |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  footnote = False
   for key in sorted(groups, key=_sort_key):
     runs = groups[key]
     finals = [r['final'] for r in runs]
     reference = paper.paper_accuracy(key[0], key[1])
-    paper_text = f'{reference:.2f}' if reference is not None else '—'
+    paper_text = '—'
+    if reference is not None:
+      unchecked = not paper.verified(key[0], key[1])
+      paper_text = f"{reference:.2f}{'*' if unchecked else ''}"
+      footnote = footnote or unchecked
     diff = _difference(key[0], runs, finals, reference)
     best = _mean_std([r['best'] for r in runs])
     epochs = sorted({r['best_epoch'] for r in runs})
     incomplete = sum(not r['complete'] for r in runs)
+    name = paper.describe(key[0])
+    protocols = sorted({r['random_batch_stats'] for r in runs
+                        if r.get('random_batch_stats')})
+    if protocols:  # A random backbone: say whose BatchNorm statistics.
+      name += ' (BN statistics: ' + ', '.join(protocols) + ')'
     lines.append(
-        f"| {paper.describe(key[0])} | {key[1]} | {paper_text} | "
+        f"| {name} | {key[1]} | {paper_text} | "
         f"{_mean_std(finals)} | {diff} | {best} (epoch "
         f"{', '.join(map(str, epochs))}) | {len(runs)}"
         f"{f' ({incomplete} unfinished)' if incomplete else ''} | "
         f"{key[4]} | {key[3]:g} | "
         f"{', '.join(sorted({r['data'] for r in runs}))} |")
+  if footnote:
+    lines += ['', UNVERIFIED_NOTE]
   return '\n'.join(lines)
 
 

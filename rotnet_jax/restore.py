@@ -13,9 +13,12 @@ from typing import Any
 
 import jax
 
+from rotnet_jax import batch_stats as batch_stats_lib
 from rotnet_jax import checkpoint as checkpoint_lib
+from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax import parallel
+from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.errors import first_line
@@ -32,12 +35,30 @@ class RestoredBackbone:
     spec: what rebuilds the network (``models.build_backbone``).
     variables: ``{'params', 'batch_stats'}``, replicated on the mesh.
     origin: where it came from, for results and resume checks:
-      ``{'pretrained': workdir, 'pretrained_step': step}`` or
-      ``{'pretrained': 'random', 'pretrained_seed': seed}``.
+      ``{'pretrained': workdir, 'pretrained_step': step}``, a file's
+      (``weights.Weights.origin``), or ``{'pretrained': 'random',
+      'pretrained_seed': seed, 'random_batch_stats': ...}``.
   """
   spec: dict[str, Any]
   variables: Any
   origin: dict[str, Any]
+
+
+def pretrained_kind(pretrained: str) -> str:
+  """What ``config.pretrained`` names: ``weights.WORKDIR``, ``SAFETENSORS``
+  or ``TORCH``.
+
+  Raises:
+    MissingInputError: nothing exists there.
+  """
+  path = os.path.abspath(os.path.expanduser(pretrained))
+  if not os.path.exists(path):
+    raise MissingInputError(
+        f'config.pretrained={pretrained!r}: {path} does not exist. Pass the '
+        '--workdir of a pretext run, a .safetensors file written by '
+        'rotnet_jax.export, an official FeatureLearningRotNet PyTorch file, '
+        f'or "{RANDOM}".')
+  return weights_lib.kind(path)
 
 
 def pretrained_checkpoint(workdir: str, step: int = 0
@@ -71,8 +92,15 @@ def pretrained_checkpoint(workdir: str, step: int = 0
   return checkpoints, step
 
 
-def _read(checkpoints, step: int, what: str, read):
-  """``read()``, with a damaged checkpoint's error as one InputError."""
+def read_checkpoint_part(checkpoints, step: int, what: str, read):
+  """``read()``, with a damaged checkpoint's error as one InputError.
+
+  Args:
+    checkpoints: the Checkpointer read from.
+    step: its step being read.
+    what: the part read, for the message (e.g. ``'its metadata'``).
+    read: ``() -> value``.
+  """
   try:
     return read()
   except InputError:
@@ -95,33 +123,35 @@ def _shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple]
           for k in paths if saved.get(k) != wanted.get(k)]
 
 
-def load_backbone(config, mesh) -> RestoredBackbone:
+def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
   """The backbone named by ``config.pretrained``, shaped by ``config.model``.
 
   Args:
-    config: ``pretrained`` (a run's workdir, or ``'random'``),
-      ``pretrained_step``, ``model``, ``image_size``, ``rotations`` and
-      ``seed`` (for a random backbone).
+    config: ``pretrained`` (a run's workdir, an exported ``.safetensors``
+      file, an official PyTorch file, or ``'random'``),
+      ``pretrained_step``, ``model``, ``image_size``, ``rotations``, and
+      for a random backbone ``seed`` and ``random_batch_stats``.
     mesh: the variables are replicated over it.
+    train_source: training batches, to re-estimate a random backbone's
+      BatchNorm statistics (``random_batch_stats='reestimated'``).
 
   Raises:
-    MissingInputError: no such workdir, no checkpoint, no such step.
-    InputError: the checkpoint's network is not the one ``config.model``
-      describes (naming the arrays whose shapes differ).
+    MissingInputError: no such workdir or file, no checkpoint, no such step.
+    InputError: the weights' network is not the one ``config.model``
+      describes (naming the arrays whose shapes differ), or the file is
+      not one the package can read.
   """
-  replicated = parallel.replicated(mesh)
   if config.pretrained == RANDOM:
-    spec = models.backbone_spec(config.model, image_size=config.image_size,
-                                num_classes=len(config.rotations))
-    variables = jax.jit(lambda: models.init_variables(spec, config.seed),
-                        out_shardings=replicated)()
-    return RestoredBackbone(spec, variables, {'pretrained': RANDOM,
-                                      'pretrained_seed': config.seed})
+    return _random_backbone(config, mesh, train_source)
+  if pretrained_kind(config.pretrained) != weights_lib.WORKDIR:
+    return _file_backbone(config, mesh)
+  replicated = parallel.replicated(mesh)
   checkpoints, step = pretrained_checkpoint(config.pretrained,
                                             config.pretrained_step)
   try:
-    saved_network = _read(checkpoints, step, 'its metadata',
-                          lambda: checkpoints.read_meta(step)['network'])
+    saved_network = read_checkpoint_part(
+        checkpoints, step, 'its metadata',
+        lambda: checkpoints.read_meta(step)['network'])
     if 'head' in saved_network:
       raise InputError(
           f'config.pretrained={config.pretrained!r} holds an evaluation run '
@@ -131,29 +161,138 @@ def load_backbone(config, mesh) -> RestoredBackbone:
           f"{saved_network.get('pretrained')!r}: pass that as "
           '--config.pretrained.')
     saved_spec = saved_network['backbone']
-    # The classifier's outputs come from the checkpoint (4 rotations, or 2
-    # or 8); the rest must match this config.
-    spec = models.backbone_spec(config.model, image_size=config.image_size,
-                                num_classes=saved_spec['num_classes'])
+    spec = _config_spec(config, saved_spec)
     target = models.abstract_variables(spec, replicated)
     differ = _shape_differences(
-        _read(checkpoints, step, 'its array shapes',
-              lambda: checkpoints.model_shapes(step)),
+        read_checkpoint_part(checkpoints, step, 'its array shapes',
+                             lambda: checkpoints.model_shapes(step)),
         checkpoint_lib.flat_shapes(target))
-    if differ or saved_spec != spec:
-      flags = ' '.join(f'--config.model.{k}={v}' for k, v in saved_spec.items()
-                       if k not in ('name', 'num_classes', 'image_size'))
-      raise InputError(
-          f'the checkpoint in {checkpoints.directory} (step {step}) is a '
-          f'{saved_spec}, but this config describes {spec}. Pass the pretext '
-          f"run's shape: --config.model.name={saved_spec['name']} {flags} "
-          f"--config.image_size={saved_spec['image_size']}. Differing "
-          'arrays: ' + ('; '.join(differ[:6]) or 'none') +
-          (f' (and {len(differ) - 6} more)' if len(differ) > 6 else ''))
-    variables = _read(checkpoints, step, 'its arrays',
-                      lambda: checkpoints.restore(step, model=target))['model']
+    _check_same_network(f'the checkpoint in {checkpoints.directory} '
+                        f'(step {step})', saved_spec, spec, differ)
+    variables = read_checkpoint_part(
+        checkpoints, step, 'its arrays',
+        lambda: checkpoints.restore(step, model=target))['model']
   finally:
     checkpoints.close()
   return RestoredBackbone(spec, variables, {
       'pretrained': os.path.dirname(checkpoints.directory),
       'pretrained_step': step})
+
+
+def _config_spec(config, saved_spec: dict[str, Any]) -> dict[str, Any]:
+  # The classifier's outputs come from the weights (4 rotations, or 2 or
+  # 8); the rest must match this config.
+  return models.backbone_spec(config.model, image_size=config.image_size,
+                              num_classes=saved_spec['num_classes'])
+
+
+def _check_same_network(where: str, saved_spec, spec, differ) -> None:
+  if not differ and saved_spec == spec:
+    return
+  flags = ' '.join(f'--config.model.{k}={v}' for k, v in saved_spec.items()
+                   if k not in ('name', 'num_classes', 'image_size'))
+  raise InputError(
+      f'{where} is a {saved_spec}, but this config describes {spec}. Leave '
+      "the shape keys unset to take the weights' shape, or pass it: "
+      f"--config.model.name={saved_spec['name']} {flags} "
+      f"--config.image_size={saved_spec['image_size']}. Differing arrays: " +
+      ('; '.join(differ[:6]) or 'none') +
+      (f' (and {len(differ) - 6} more)' if len(differ) > 6 else ''))
+
+
+def _file_backbone(config, mesh) -> RestoredBackbone:
+  """An exported or official file's backbone, replicated on `mesh`."""
+  if config.pretrained_step:
+    raise InputError(
+        f'config.pretrained_step={config.pretrained_step}: '
+        f'config.pretrained={config.pretrained!r} is a file with one set '
+        'of weights; leave the step at 0')
+  loaded = weights_lib.read(config.pretrained)
+  spec = _config_spec(config, loaded.spec)
+  differ = _shape_differences(
+      checkpoint_lib.flat_shapes(loaded.variables),
+      checkpoint_lib.flat_shapes(models.abstract_variables(spec)))
+  _check_same_network(config.pretrained, loaded.spec, spec, differ)
+  return RestoredBackbone(spec, parallel.replicate(mesh, loaded.variables),
+                          loaded.origin)
+
+
+def _random_backbone(config, mesh, train_source) -> RestoredBackbone:
+  """A freshly initialised backbone; see ``config.random_batch_stats``."""
+  spec = models.backbone_spec(config.model, image_size=config.image_size,
+                              num_classes=len(config.rotations))
+  variables = jax.jit(
+      lambda: models.init_variables(
+          spec, config.seed, bn_scale_init=config.model.bn_scale_init),
+      out_shardings=parallel.replicated(mesh))()
+  origin = {'pretrained': RANDOM, 'pretrained_seed': config.seed,
+            'random_batch_stats': config.random_batch_stats}
+  if config.random_batch_stats == 'reestimated':
+    if train_source is None:
+      raise ValueError('re-estimating BatchNorm statistics needs the '
+                       'training source')
+    variables, count = batch_stats_lib.reestimate(
+        spec, variables, train_source, config, mesh)
+    origin['random_batch_stats_images'] = count
+  return RestoredBackbone(spec, variables, origin)
+
+
+def fill_shape_from_pretrained(config, *, must_exist: bool):
+  """Sets the unset (None) shape keys of an evaluation config.
+
+  ``config.model.name``, ``model.num_blocks``, ``model.width`` (and any
+  other key of the backbone's spec under ``config.model``) and
+  ``image_size`` are taken from the weights ``config.pretrained`` names;
+  for ``pretrained='random'`` from the pretext defaults. Keys that are set
+  stay as they are (a mismatch is reported when the weights are loaded).
+
+  Args:
+    config: a validated config; changed in place (it may be locked).
+    must_exist: raise if the pretrained weights do not exist yet; else
+      leave the keys unset (``rotnet_jax.reproduce`` checks a whole table
+      before its pretext runs exist).
+
+  Returns:
+    Whether every shape key is now set.
+
+  Raises:
+    MissingInputError, InputError: the weights cannot be read (only with
+      `must_exist`, for a missing path).
+  """
+  unset = shape_keys_unset(config)
+  if not unset:
+    return True
+  if config.mode != 'evaluate' or config.pretrained is None:
+    return False  # config_schema.validate reports it.
+  if config.pretrained == RANDOM:
+    saved = dict(models.backbone_spec(config_schema.defaults().model,
+                                      image_size=32, num_classes=0))
+  else:
+    try:
+      pretrained_kind(config.pretrained)
+      saved = weights_lib.read_spec(config.pretrained,
+                                    config.pretrained_step)
+    except MissingInputError:
+      # No weights, or no checkpoint yet (a pretext run still to come).
+      if must_exist:
+        raise
+      return False
+  for key in unset:
+    name = key.split('.')[-1]
+    if name not in saved:
+      raise InputError(
+          f'config.{key} is unset, and the weights at '
+          f'config.pretrained={config.pretrained!r} do not say it: set it')
+    # A locked config takes new values for its existing keys.
+    target = config.model if key.startswith('model.') else config
+    setattr(target, name, saved[name])
+  return True
+
+
+def shape_keys_unset(config) -> list[str]:
+  """The shape keys of `config` left unset (``None``), by dotted name."""
+  unset = [f'model.{k}' for k, v in config.model.items() if v is None]
+  if config.image_size is None:
+    unset.append('image_size')
+  return unset
+

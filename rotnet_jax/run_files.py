@@ -15,6 +15,7 @@ never leaves half a file, and only process 0 writes.
 
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -94,6 +95,61 @@ def check_workdir(workdir: str) -> None:
     if os.path.lexists(entry) and not os.path.isdir(entry):
       raise InputError(f'{entry} should be a folder (the run keeps its '
                        f'{name} there) but is a file: move it away')
+
+
+def check_output_file(out: str, *, what: str, suffix: str,
+                      overwrite: bool) -> str:
+  """The absolute path `out`, if a command may write its output file there.
+
+  Args:
+    out: the path given.
+    what: how to name it in messages (e.g. ``'--out'``).
+    suffix: the ending the file must have (readers recognise it by it).
+    overwrite: whether an existing file may be replaced.
+
+  Raises:
+    InputError: empty, another suffix, a folder, an existing file without
+      `overwrite`, or a folder that cannot be written.
+  """
+  if not out or not out.strip():
+    raise InputError(f'{what} is empty: name the {suffix} file to write')
+  full = _absolute(out)
+  if not full.endswith(suffix):
+    raise InputError(f'{what}={out!r} must end in {suffix} (that is how '
+                     'the readers recognise it)')
+  if os.path.isdir(full):
+    raise InputError(f'{what}={out!r} is a folder: name a file in it')
+  if os.path.lexists(full) and not overwrite:
+    raise InputError(f'{what}={out!r} already exists: pass --overwrite to '
+                     'replace it, or choose another name')
+  check_writable_folder(os.path.dirname(full), f'the folder of {what}')
+  return full
+
+
+def write_file_atomically(file_path: str, write) -> None:
+  """Calls ``write(temporary_path)``, then renames it to `file_path`.
+
+  The temporary file lives beside `file_path` (same file system, so the
+  rename is atomic): an interrupted write leaves no partial file, and an
+  existing one is replaced only once the new one is complete.
+  """
+  folder = os.path.dirname(_absolute(file_path))
+  os.makedirs(folder, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(file_path)}.',
+                                 suffix='.tmp', dir=folder)
+  os.close(handle)
+  try:
+    write(tmp)
+    # mkstemp makes the file private (0600); give it the permissions any
+    # new file would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, file_path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_text(file_path: str, text: str) -> None:

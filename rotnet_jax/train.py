@@ -10,9 +10,13 @@ touched; a run with nothing left to train writes nothing.
 """
 
 import errno
+import os
 from typing import Any
 
+import jax
+
 from rotnet_jax import data as data_lib
+from rotnet_jax import knn
 from rotnet_jax import loop
 from rotnet_jax import objectives
 from rotnet_jax import optim
@@ -20,6 +24,7 @@ from rotnet_jax import parallel
 from rotnet_jax import run_files
 from rotnet_jax import steps as steps_lib
 from rotnet_jax import validation
+from rotnet_jax.data import datasets
 from rotnet_jax.errors import InputError
 from rotnet_jax.steps import TrainState
 
@@ -47,19 +52,25 @@ def results(config, objective: objectives.Objective,
       'best_epoch_test_selected': record['best_epoch'],
       'test_samples': record['count']}, **fields.get(head, {}))
            for head, record in best.items()]
+  return dict(run_fields(config), num_epochs=config.num_epochs,
+              complete=all(r['final_epoch'] == config.num_epochs
+                           for r in best.values()),
+              heads=heads)
+
+
+def run_fields(config) -> dict[str, Any]:
+  """The settings every ``results.json`` records, whatever was run."""
   return {
       'experiment': config.experiment, 'mode': config.mode,
       'dataset': config.dataset, 'pipeline': config.pipeline,
       'seed': config.seed, 'model_width': config.model.width,
       'num_train_examples': config.num_train_examples,
       'examples_per_class': config.examples_per_class,
-      'num_epochs': config.num_epochs,
-      'complete': all(r['final_epoch'] == config.num_epochs
-                      for r in best.values()),
-      'heads': heads}
+      'subset_order': datasets.subset_order(config)}
 
 
-def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
+def train_and_evaluate(config, workdir: str, *, mesh=None
+                       ) -> TrainState | dict[str, Any]:
   """Trains what ``config.mode`` asks for and evaluates it on the test set.
 
   Args:
@@ -73,16 +84,28 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> TrainState:
   Returns:
     The final train state: for evaluation runs the heads (and the backbone
     when fine-tuning) under ``params['heads']`` / ``params['backbone']``.
+    A training-free evaluation (``head='knn'``) trains nothing and returns
+    the content of its ``results.json`` (``knn.evaluate``).
   """
   config = validation.check_run(config, workdir)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
+  if config.head == knn.HEAD_TYPE and config.mode == 'evaluate':
+    # Trains nothing: no epochs, no checkpoint, and the run is complete.
+    network, heads = knn.evaluate(config, mesh)
+    summary = dict(run_fields(config), num_epochs=0, complete=True,
+                   heads=heads)
+    if jax.process_index() == 0:
+      os.makedirs(run_files.path(workdir, ''), exist_ok=True)
+    run_files.write_config(workdir, config, network)
+    run_files.write_results(workdir, summary)
+    return summary
   train_source = data_lib.make_source(config, config.train_split, mesh,
                                       train=True)
   test_source = data_lib.make_source(config, config.test_split, mesh,
                                      train=False)
   objective = objectives.from_config(config, train_source.num_classes, mesh,
-                                     train_source.class_names)
+                                     train_source.class_names, train_source)
   tx = optim.from_config(config, train_source.steps_per_epoch)
   state = steps_lib.init_state(objective, tx, config.seed, mesh)
   steps = steps_lib.compile_steps(config, objective, tx, mesh, train_source,

@@ -11,19 +11,34 @@ from ml_collections import config_dict
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
+from rotnet_jax import restore
 from rotnet_jax import run_files
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
 
 
-def check_config(config) -> config_dict.ConfigDict:
+def check_config(config, *, pretrained_must_exist: bool = False
+                 ) -> config_dict.ConfigDict:
   """Checks `config` and returns it as a typed config of the schema.
+
+  An evaluation config's unset shape keys are filled in from the
+  pretrained weights (``restore.fill_shape_from_pretrained``). Where those
+  do not exist yet (a table whose pretext runs are still to come), the
+  checks that need the shape wait for the run's own :func:`check_run`.
+
+  Args:
+    config: the config.
+    pretrained_must_exist: fail if the pretrained weights do not exist.
 
   Raises:
     ConfigError: naming the offending key and what would be valid.
+    MissingInputError: the pretrained weights do not exist (only with
+      `pretrained_must_exist`).
   """
   config = config_schema.validate(config)
-  models.check_config(config)
+  if restore.fill_shape_from_pretrained(
+      config, must_exist=pretrained_must_exist):
+    models.check_config(config)
   return config
 
 
@@ -31,10 +46,11 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   """:func:`check_config`, and the folders the run will write.
 
   Raises:
-    InputError: a bad config, a workdir that cannot hold a run, or a
-      ``cache_dir`` that cannot be written.
+    InputError: a bad config, pretrained weights that cannot be read, a
+      workdir that cannot hold a run, or a ``cache_dir`` that cannot be
+      written.
   """
-  config = check_config(config)
+  config = check_config(config, pretrained_must_exist=True)
   run_files.check_workdir(workdir)
   # The device pipeline caches decoded image folders and TFDS splits; a
   # cache_dir that is set is checked whether or not it will be used.

@@ -293,3 +293,57 @@ def test_tfds_subset_processes_get_equal_shares(epoch_examples, monkeypatch,
   images, _ = digits.load('train')
   assert len(shares[0]) == len(shares[1]) == 15
   assert _rows(np.concatenate(shares)) == _rows(images[expected])
+
+
+# Semi-supervised subsets follow the original release's order.
+
+SHUFFLED_TFDS_NAME = 'rotnet_test_shuffled_digits'
+
+
+@pytest.fixture(scope='module')
+def shuffled_tfds_dir(tmp_path_factory):
+  """Digits stored in a shuffled order, each with an ``id`` naming its
+  original index (``train_00042``), as TFDS stores CIFAR-10.
+
+  Returns:
+    ``(data_dir, stored)``: ``stored[p]`` is the original index of the
+    example at stored position ``p``.
+  """
+  tfds = pytest.importorskip('tensorflow_datasets')
+  data_dir = str(tmp_path_factory.mktemp('tfds_shuffled'))
+  features = tfds.features.FeaturesDict({
+      'id': tfds.features.Text(),
+      'image': tfds.features.Image(shape=(32, 32, 3)),
+      'label': tfds.features.ClassLabel(num_classes=digits.NUM_CLASSES)})
+  stored = np.random.default_rng(0).permutation(TFDS_SIZES['train'])
+  split_datasets = {}
+  for split, count in TFDS_SIZES.items():
+    images, labels = digits.load(split)
+    order = stored if split == 'train' else np.arange(count)
+    split_datasets[split] = [
+        (p, {'id': f'{split}_{i:05d}', 'image': images[i],
+             'label': int(labels[i])}) for p, i in enumerate(order)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=SHUFFLED_TFDS_NAME, version='1.0.0', features=features,
+      split_datasets=split_datasets, data_dir=data_dir,
+      disable_shuffling=True)
+  return data_dir, stored
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_first_k_per_class_in_original_order(pipeline, shuffled_tfds_dir,
+                                             tmp_path):
+  data_dir, stored = shuffled_tfds_dir
+  config = tiny_config(dataset=SHUFFLED_TFDS_NAME, data_dir=data_dir,
+                       cache_dir=str(tmp_path / 'cache'), pipeline=pipeline,
+                       examples_per_class=3, num_train_examples=0)
+  split = datasets.open_split(config, 'train', train=True,
+                              decoded=pipeline == 'device')
+  # The first 3 of each class by original index, not by stored position.
+  expected_original = _first_per_class('train', TFDS_SIZES['train'], 3)
+  assert sorted(stored[split.keep]) == list(expected_original)
+  assert list(split.keep) == sorted(split.keep)
+  _, labels = digits.load('train')
+  np.testing.assert_array_equal(split.labels, labels[stored[split.keep]])
+  assert datasets.subset_order(config) == (
+      'original release order (TFDS id field)')

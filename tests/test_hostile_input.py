@@ -545,7 +545,7 @@ def test_report_names_unreadable_results_and_reports_the_rest(tmp_path):
   (incomplete / 'results.json').write_text('{"experiment": "y"}')
   result = _run(_command('rotnet_jax.report', str(tmp_path)))
   assert result.returncode == 0, result.stderr
-  assert '| RotNet + conv | conv2 | 91.16 | 50.00 |' in result.stdout
+  assert '| RotNet + conv | conv2 | 91.16* | 50.00 |' in result.stdout
   warnings = result.stderr.strip().splitlines()
   assert len(warnings) == 2 and 'Traceback' not in result.stderr
   assert str(truncated / 'results.json') in result.stderr

@@ -70,9 +70,11 @@ def _backbone(spec, variables) -> nnx.Module:
 
 
 def _random_config(**overrides):
-  """An evaluation of the random tiny NIN-3 with multlayer heads."""
+  """An evaluation of the random tiny NIN-3 with multlayer heads (its
+  fresh BatchNorm statistics kept: no training data needed)."""
   return tiny_config(mode='evaluate', pretrained='random', head='multlayer',
-                     blocks=ALL_BLOCKS, **overrides)
+                     blocks=ALL_BLOCKS, random_batch_stats='fresh',
+                     **overrides)
 
 
 @pytest.fixture(scope='module')
@@ -237,6 +239,7 @@ def test_frozen_evaluation_optimises_only_heads_and_follows_its_table(
   and not at all in epoch 2.
   """
   config = tiny_config(mode='evaluate', pretrained='random', head='linear',
+                       random_batch_stats='fresh',
                        linear_pool_size=2, blocks=('conv2',), num_epochs=2,
                        learning_rate_table=((1, 0.1), (2, 0.0)), **_ONE_STEP)
   workdir = str(tmp_path)

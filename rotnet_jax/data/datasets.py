@@ -97,8 +97,8 @@ def training_subset(labels: np.ndarray, *, num_examples: int = 0,
     num_examples: keep this many, evenly spaced (every N/n-th example), so
       that a class-sorted image folder keeps every class. 0: all.
     examples_per_class: keep the first K examples of every class, in
-      dataset order (the paper's semi-supervised setting): file order in an
-      image folder, TFDS's stored order for a TFDS dataset. 0: all.
+      the order of `labels` (the paper's semi-supervised setting; see
+      :func:`subset_order`). 0: all.
 
   Raises:
     InputError: both are set, or K exceeds the smallest class.
@@ -122,6 +122,23 @@ def training_subset(labels: np.ndarray, *, num_examples: int = 0,
   if 0 < num_examples < total:
     return np.arange(num_examples) * total // num_examples
   return np.arange(total)
+
+
+def subset_order(config) -> str | None:
+  """Which order "the first K examples of every class" follows, for
+  ``results.json``; None when ``config.examples_per_class`` is unset."""
+  if not config.examples_per_class:
+    return None
+  kind = dataset_kind(config.dataset)
+  if kind == 'digits':
+    return 'digits order'
+  if kind == 'folder':
+    return 'file order (sorted file names within each class folder)'
+  from rotnet_jax.data import tfds_util  # pylint: disable=g-import-not-at-top
+  if tfds_util.has_original_order(
+      tfds_util.prepared_builder(config.dataset, config.data_dir)):
+    return 'original release order (TFDS id field)'
+  return 'TFDS stored order (the dataset has no id field)'
 
 
 def open_split(config, split: str, *, train: bool, decoded: bool) -> Split:
@@ -152,9 +169,21 @@ def open_split(config, split: str, *, train: bool, decoded: bool) -> Split:
   if labels is None:  # A TFDS split left to tf.data; one pass, no decoding.
     from rotnet_jax.data import tfds_util  # pylint: disable=g-import-not-at-top
     labels = tfds_util.read_labels(opened.builder, split)
-  keep = training_subset(labels,
-                         num_examples=config.num_train_examples,
-                         examples_per_class=config.examples_per_class)
+  order = None
+  if config.examples_per_class and kind == 'tfds':
+    from rotnet_jax.data import tfds_util  # pylint: disable=g-import-not-at-top
+    order = tfds_util.original_order(
+        opened.builder or tfds_util.prepared_builder(config.dataset,
+                                                     config.data_dir), split)
+  if order is None:
+    keep = training_subset(labels,
+                           num_examples=config.num_train_examples,
+                           examples_per_class=config.examples_per_class)
+  else:
+    # "The first K of each class" in the original release's order; the
+    # kept positions are stored positions again, increasing.
+    keep = np.sort(order[training_subset(
+        labels[order], examples_per_class=config.examples_per_class)])
   return dataclasses.replace(
       opened, keep=keep, labels=labels[keep],
       images=None if opened.images is None else opened.images[keep],

@@ -109,6 +109,38 @@ def read_labels(builder, split: str) -> np.ndarray:
       np.asarray(batch, np.int32) for batch in tfds.as_numpy(labels)])
 
 
+def has_original_order(builder) -> bool:
+  """Whether the dataset's examples carry an ``id`` that numbers them in
+  the order of the original release (CIFAR-10's ``train_16399``)."""
+  return 'id' in builder.info.features
+
+
+def original_order(builder, split: str) -> np.ndarray | None:
+  """Stored positions of `split`'s examples, in the original release's order.
+
+  TFDS stores CIFAR-10 shuffled; its ``id`` field (``train_NNNNN``) keeps
+  the example's index in the original files (data_batch_1..5). One pass
+  without decoding any image.
+
+  Returns:
+    ``order`` with ``order[i]`` the stored position of original example
+    ``i``; None when the dataset has no ``id`` field.
+  """
+  if not has_original_order(builder):
+    return None
+  ids = _undecoded(builder, split).map(
+      lambda x: x['id'], num_parallel_calls=tf.data.AUTOTUNE).batch(65536)
+  names = [name.decode() if isinstance(name, bytes) else str(name)
+           for batch in tfds.as_numpy(ids) for name in batch]
+  numbers = []
+  for name in names:
+    digits = name.rsplit('_', 1)[-1]
+    if not digits.isdigit():
+      return None  # Not numbered: keep the stored order.
+    numbers.append(int(digits))
+  return np.argsort(np.asarray(numbers, np.int64), kind='stable')
+
+
 def process_examples(builder, split: str, *, process: int, processes: int,
                      drop_remainder: bool, keep: np.ndarray | None = None
                      ) -> tuple[tf.data.Dataset, int]:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rotnet_jax import config_schema
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.models import heads
 from rotnet_jax.models import nin
@@ -45,9 +46,10 @@ def check_config(config) -> None:
   """
   backbone = get_backbone(config.model.name)
   backbone.check_config(config.model)
-  if config.head not in heads.HEADS:
+  if (config.head not in heads.HEADS and
+      config.head not in config_schema.TRAINING_FREE_HEADS):
     raise ConfigError(f'config.head={config.head!r}: must be one of '
-                      f'{heads.HEAD_TYPES}')
+                      f'{heads.HEAD_TYPES + config_schema.TRAINING_FREE_HEADS}')
   names = backbone.block_names(backbone_spec(
       config.model, image_size=config.image_size, num_classes=1))
   unknown = [b for b in config.blocks if b not in names]
@@ -115,13 +117,38 @@ def variables(module: nnx.Module) -> dict[str, Any]:
           'batch_stats': nnx.to_pure_dict(batch_stats)}
 
 
-def init_variables(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+def init_variables(spec: dict[str, Any], seed: int, *,
+                   bn_scale_init: str = 'ones') -> dict[str, Any]:
   """Freshly initialised ``{'params', 'batch_stats'}`` of `spec`'s network.
 
   Pure: call it under ``jax.jit`` with replicated output shardings, so
   every host computes the same values in place.
+
+  Args:
+    spec: the network.
+    seed: of every random draw.
+    bn_scale_init: ``'ones'``, or ``'uniform'``: every BatchNorm scale
+      drawn from U(0, 1), as PyTorch 0.2's ``BatchNorm2d`` started in the
+      official RotNet runs (config ``model.bn_scale_init``).
   """
-  return variables(build_backbone(spec, rngs=nnx.Rngs(seed)))
+  module = build_backbone(spec, rngs=nnx.Rngs(seed))
+  if bn_scale_init == 'uniform':
+    _uniform_batch_norm_scales(module, jax.random.key(seed))
+  elif bn_scale_init != 'ones':
+    raise ValueError(f'bn_scale_init={bn_scale_init!r}; valid: '
+                     "'uniform', 'ones'")
+  return variables(module)
+
+
+def _uniform_batch_norm_scales(module: nnx.Module, key: jax.Array) -> None:
+  # Its own key stream: the other parameters stay what 'ones' gives.
+  key = jax.random.fold_in(key, 0x626E)
+  norms = [m for _, m in nnx.iter_graph(module)
+           if isinstance(m, nnx.BatchNorm) and m.scale is not None]
+  for index, norm in enumerate(norms):
+    scale = norm.scale[...]
+    norm.scale[...] = jax.random.uniform(jax.random.fold_in(key, index),
+                                         scale.shape, scale.dtype)
 
 
 def abstract_variables(spec: dict[str, Any], sharding=None
