@@ -1,0 +1,271 @@
+"""Imports an official PyTorch RotNet file into a workdir of this package.
+
+    python -m rotnet_jax.import_torch model_net_epoch200 \
+        --workdir=/tmp/official_nin4
+    python -m rotnet_jax.import_torch classifier_net_epoch100 \
+        --backbone=model_net_epoch200 --workdir=/tmp/official_conv2 \
+        [--block=conv2]
+
+A backbone file of FeatureLearningRotNet (``NetworkInNetwork``, any number
+of blocks) becomes a workdir like a pretext run's: an Orbax checkpoint
+(``model``, a fresh ``opt_state``, ``meta`` with the file's epoch) and
+``config.json``, so ``--config.pretrained=OUT`` evaluates it, and
+``rotnet_jax.weights.read(OUT)`` loads it. A classifier file (``MultLayer``
+or ``NIN_ConvBlock3``) needs the backbone it was trained on (an official
+file or a workdir, ``--backbone``) and becomes an evaluation run's workdir:
+its heads, with the backbone named in its ``network``.
+
+The workdir is written into a temporary sibling folder and renamed at the
+end: a failure leaves no partial workdir. An existing non-empty ``--workdir``
+is refused unless ``--overwrite``. Bad input is one ``error:`` line and exit
+status 2.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+from absl import app
+from absl import flags
+
+from rotnet_jax import checkpoint as checkpoint_lib
+from rotnet_jax import cli
+from rotnet_jax import config_schema
+from rotnet_jax import optim
+from rotnet_jax import run_files
+from rotnet_jax import torch_import
+from rotnet_jax import weights as weights_lib
+from rotnet_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command's flags; defined when it runs, not on import, so that
+  importing this module (tests, other commands) cannot clash with another
+  command's flags of the same names."""
+  flags.DEFINE_string('workdir', None, 'The workdir to write.')
+  flags.DEFINE_string('backbone', None,
+                      'For a classifier file: the backbone it was trained '
+                      'on (an official file or a workdir).')
+  flags.DEFINE_string('block', None,
+                      'For a classifier file: the block it reads (default: '
+                      'from its input shape; conv2 when several fit).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --workdir.')
+  flags.mark_flags_as_required(['workdir'])
+
+# The official optimiser state is a separate file (model_optim_epochN) and
+# is not imported: the workdir gets a fresh one, its step count set to the
+# file's epoch in CIFAR-10 steps (50,000 // 128 per epoch), so that a
+# resumed run continues the learning-rate table where the file stopped.
+CIFAR10_TRAIN_EXAMPLES = 50_000
+
+
+def _steps_per_epoch(config) -> int:
+  return max(1, CIFAR10_TRAIN_EXAMPLES // config.batch_size)
+
+
+def _set_shape(config, spec) -> None:
+  config.update_from_flattened_dict({
+      'model.name': spec['name'], 'model.num_blocks': spec['num_blocks'],
+      'model.width': float(spec['width']), 'image_size': spec['image_size']})
+
+
+def backbone_config(spec):
+  """The config of the run that would have trained `spec` (the defaults:
+  the official CIFAR-10 recipe, with its shape and task)."""
+  config = config_schema.defaults()
+  _set_shape(config, spec)
+  classes = spec['num_classes']
+  if classes == 8:
+    config.rotations = tuple(range(0, 360, 45))
+  elif classes == 2:
+    # 0/180 or 90/270: the file cannot say which.
+    config.rotations = (0, 180)
+  elif classes != len(config.rotations):
+    config.mode = 'supervised'
+  return config
+
+
+def evaluation_config(spec, head_type: str, block: str, pretrained: str,
+                      pretrained_step):
+  """The config of an evaluation run of `head_type` on `block` of `spec`."""
+  config = config_schema.evaluation_defaults(head_type)
+  _set_shape(config, spec)
+  config.blocks = (block,)
+  config.pretrained = pretrained
+  config.pretrained_step = pretrained_step or 0
+  return config
+
+
+def _opt_state(config, params, step: int):
+  """A fresh optimiser state of `config`'s SGD whose step count is `step`."""
+  tx = optim.from_config(config, _steps_per_epoch(config))
+  state = tx.init(params)
+
+  def set_count(path, leaf):
+    name = getattr(path[-1], 'name', None) if path else None
+    return jax.numpy.asarray(step, leaf.dtype) if name == 'count' else leaf
+
+  return jax.tree_util.tree_map_with_path(set_count, state)
+
+
+def check_output(workdir: str, overwrite: bool) -> str:
+  """The absolute `workdir`, or InputError if it cannot be written."""
+  if not workdir or not workdir.strip():
+    raise InputError('--workdir is empty: pass the folder to write')
+  full = os.path.abspath(os.path.expanduser(workdir))
+  run_files.check_writable_folder(full, '--workdir')
+  if os.path.isdir(full) and os.listdir(full) and not overwrite:
+    raise InputError(f'--workdir={workdir} exists and is not empty: pass '
+                     '--overwrite to replace it, or another --workdir')
+  if os.path.isdir(full) and not os.access(os.path.dirname(full),
+                                           os.W_OK | os.X_OK):
+    raise InputError(f'--workdir={workdir} cannot be replaced: its parent '
+                     f'{os.path.dirname(full)} is not writable')
+  return full
+
+
+def _write(folder: str, *, model, opt_state, meta, config, network) -> None:
+  checkpoints = checkpoint_lib.Checkpointer(folder, max_to_keep=1,
+                                            async_save=False)
+  try:
+    checkpoints.save(meta['step'], model=model, opt_state=opt_state,
+                     meta=meta)
+  finally:
+    checkpoints.close()
+  run_files.write_config(folder, config, network)
+
+
+def _publish(tmp: str, full: str) -> None:
+  """Renames the finished `tmp` to `full`, replacing what was there."""
+  old = None
+  if os.path.lexists(full):
+    old = tempfile.mkdtemp(dir=os.path.dirname(full),
+                           prefix=f'.{os.path.basename(full)}.old-')
+    os.rmdir(old)
+    os.replace(full, old)
+  try:
+    os.replace(tmp, full)
+  except BaseException:
+    if old is not None:
+      os.replace(old, full)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def import_file(path: str, workdir: str, *, backbone: str | None = None,
+                block: str | None = None, overwrite: bool = False) -> str:
+  """Writes the workdir of an official file; returns a one-line summary.
+
+  Args:
+    path: an official backbone or classifier file.
+    workdir: the workdir to write.
+    backbone: for a classifier file, its backbone (official file or
+      workdir).
+    block: for a classifier file, the block it reads (default: inferred).
+    overwrite: replace an existing non-empty `workdir`.
+
+  Raises:
+    InputError: bad input, naming it; nothing is written then.
+  """
+  start = time.time()
+  full = check_output(workdir, overwrite)
+  kind, epoch = torch_import.read_official_file(path)
+  source = os.path.abspath(os.path.expanduser(path))
+  # Replacing the workdir must not delete what it is made from.
+  for name, used in (('FILE', path), ('--backbone', backbone)):
+    used = used and os.path.abspath(os.path.expanduser(used))
+    if used and (used == full or used.startswith(full + os.sep)):
+      raise InputError(f'{name}={used} is inside --workdir={workdir}, which '
+                       'the import replaces: write to another --workdir')
+  if kind == torch_import.BACKBONE:
+    if backbone or block:
+      raise InputError(f'{source} is a backbone: --backbone and --block are '
+                       'only for a classifier file')
+    imported = torch_import.read_official(path)
+    spec = imported.spec
+    config = backbone_config(spec)
+    model = imported.variables
+    network = {'backbone': spec}
+    what = (f"official NIN-{spec['num_blocks']} (width {spec['width']:g}, "
+            f"{spec['num_classes']} classes)")
+  else:
+    if not backbone:
+      raise InputError(
+          f'{source} is an official {kind} classifier: pass the backbone it '
+          'was trained on with --backbone=FILE_OR_WORKDIR')
+    base = weights_lib.read(backbone)
+    if base.heads is not None:
+      raise InputError(
+          f'--backbone={backbone} holds an evaluation run (heads on '
+          f"{base.origin.get('pretrained')!r}): pass that backbone instead")
+    spec = base.spec
+    heads = torch_import.read_official_heads(path, spec, block)
+    (block,) = heads.blocks
+    pretrained = base.origin['pretrained']
+    pretrained_step = base.origin.get('pretrained_step')
+    config = evaluation_config(spec, kind, block, pretrained,
+                               pretrained_step)
+    model = {'params': {'heads': heads.variables['params']},
+             'batch_stats': {'heads': heads.variables['batch_stats']}}
+    # What objectives.HeadsOnBackbone saves for a frozen evaluation.
+    network = {'backbone': spec, 'head': kind, 'blocks': [block],
+               'finetune': False, 'pretrained': pretrained,
+               'pretrained_step': pretrained_step,
+               'num_classes': heads.num_classes}
+    what = (f'official {kind} classifier on {block} ({heads.num_classes} '
+            f"classes) of the NIN-{spec['num_blocks']} {pretrained}")
+  epoch = epoch or 0
+  step = epoch * _steps_per_epoch(config)
+  config_dict = run_files.resolved_config(config)
+  # Kept beside `network` (not in it): a pretext run resumed here compares
+  # its network with this one, which must be the same dict it builds.
+  meta = {'epoch': epoch, 'step': step, 'network': network,
+          'config': config_dict, 'best': {},
+          'imported_from': {'file': source, 'format': 'FeatureLearningRotNet',
+                            'epoch': epoch}}
+  parent = os.path.dirname(full)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(full)}.'
+                           'importing-')
+    # mkdtemp makes it private (0700); a workdir gets the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+  except OSError as e:
+    raise InputError(f'--workdir={workdir} cannot be written: {e}') from e
+  try:
+    _write(tmp, model=model, opt_state=_opt_state(config, model['params'],
+                                                  step),
+           meta=meta, config=config, network=network)
+    _publish(tmp, full)
+  except OSError as e:
+    raise InputError(f'--workdir={workdir} cannot be written: {e}') from e
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return (f'imported {what}, epoch {epoch}, from {source} into {full} in '
+          f'{time.time() - start:.1f} s')
+
+
+def main(argv):
+  if len(argv) != 2:
+    cli.fail('pass one official FeatureLearningRotNet file: python -m '
+             'rotnet_jax.import_torch FILE --workdir=OUT '
+             f'(got {len(argv) - 1} arguments: {argv[1:]})')
+  cli.quiet_library_logs()
+  try:
+    summary = import_file(argv[1], FLAGS.workdir, backbone=FLAGS.backbone,
+                          block=FLAGS.block, overwrite=FLAGS.overwrite)
+  except InputError as e:
+    cli.fail(e)
+  print(summary)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

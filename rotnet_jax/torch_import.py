@@ -1,0 +1,479 @@
+"""Weights of the official PyTorch RotNet (FeatureLearningRotNet), imported.
+
+The official code saves every network as
+``torch.save({'epoch': N, 'network': net.state_dict()}, file)``
+(``algorithms/Algorithm.py``), e.g. ``model_net_epoch200`` for the CIFAR-10
+RotNet and ``classifier_net_epoch100`` for a classifier trained on its
+features. This module reads such files (the zip format of PyTorch >= 1.6,
+the legacy pickle format of PyTorch 0.2 / Python 2, or a bare state dict)
+into this package's trees:
+
+* :func:`read_official`: a ``NetworkInNetwork`` backbone (NIN-3, 4, 5... any
+  number of blocks >= 3) as a :class:`weights.Weights`, its variables in
+  exactly the tree of ``models.init_variables(spec)``;
+* :func:`read_official_heads`: a ``NonLinearClassifier`` of type
+  ``MultLayer`` (our ``multlayer`` head) or ``NIN_ConvBlock3`` (our
+  ``conv_block`` head) as a :class:`weights.Heads`.
+
+The layouts differ only in conventions: PyTorch convolutions are OIHW
+(ours HWIO), linear weights ``[out, in]`` (ours ``[in, out]``), BatchNorm
+``weight``/``running_mean``/``running_var`` are our ``scale``/``mean``/
+``var``, and the ``MultLayer`` head flattens NCHW features channel-major
+where ours flattens NHWC features (rows of its first linear layer are
+permuted accordingly).
+
+Files are unpickled with ``torch.load(..., weights_only=True)``: a file that
+would need to run code to load is refused, never executed.
+
+``use_avg_on_conv3``: the official ``NetworkInNetwork`` adds an average pool
+after block 3 when it has more than 3 blocks and ``use_avg_on_conv3`` is
+True (its default). Every official CIFAR-10 config that trains a NIN with
+more than 3 blocks (``CIFAR10_RotNet_NIN4blocks`` and the classifiers on
+it) sets it to False, as our NIN does; a pool has no weights, so a file
+trained with it cannot be told apart by its keys. Import only networks
+trained with ``use_avg_on_conv3=False`` (or with 3 blocks, where it has no
+effect).
+
+PyTorch is an optional dependency (``pip install -e '.[torch]'``); only
+this module imports it, and only when a file is read.
+"""
+
+import os
+import pickle
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from rotnet_jax import config_schema
+from rotnet_jax import models
+from rotnet_jax import weights
+from rotnet_jax.errors import InputError
+from rotnet_jax.errors import MissingInputError
+from rotnet_jax.errors import first_line
+from rotnet_jax.models import nin
+
+# What read_official_file says a file holds.
+BACKBONE = 'backbone'
+MULTLAYER = 'multlayer'
+CONV_BLOCK = 'conv_block'
+
+# Images of the official CIFAR-10 networks.
+IMAGE_SIZE = 32
+# The block a classifier reads when its input shape fits several (the
+# official CIFAR-10 classifiers all read conv2).
+DEFAULT_BLOCK = 'conv2'
+# Names listed in one message, at most.
+_LISTED = 6
+
+_BACKBONE_PREFIX = '_feature_blocks.'
+_HEAD_PREFIX = 'classifier.'
+_BLOCK_CLASSIFIER = re.compile(r'^_feature_blocks\.(\d+)\.Classifier\.weight$')
+# BatchNorm's batch counter (PyTorch >= 0.4.1): not a weight, and absent
+# from the official files (PyTorch 0.2); accepted and ignored.
+_IGNORED_SUFFIX = '.num_batches_tracked'
+
+# How one PyTorch tensor becomes one of our arrays.
+_COPY = 'copy'
+_CONV = 'conv'  # OIHW -> HWIO.
+_LINEAR = 'linear'  # [out, in] -> [in, out].
+_LINEAR_CHW = 'linear_chw'  # [out, C*H*W] -> [H*W*C, out] (NCHW flatten).
+
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise InputError(
+        'reading an official PyTorch file needs PyTorch, which is not '
+        "installed: pip install -e '.[torch]' (or pip install torch)") from e
+  return torch
+
+
+def _describe_keys(keys) -> str:
+  keys = sorted(keys)
+  text = ', '.join(keys[:_LISTED])
+  return text + (f' (and {len(keys) - _LISTED} more)'
+                 if len(keys) > _LISTED else '')
+
+
+def _load(path: str) -> tuple[dict[str, np.ndarray], int | None, str]:
+  """``(state dict as float32 numpy, epoch or None, absolute path)``."""
+  full = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(full):
+    raise MissingInputError(f'{path!r} does not exist: pass an official '
+                            'FeatureLearningRotNet file (e.g. '
+                            'model_net_epoch200)')
+  if os.path.isdir(full):
+    raise InputError(f'{full} is a folder, not an official PyTorch file')
+  torch = _import_torch()
+  try:
+    # weights_only: tensors, dicts and numbers only; any other class in the
+    # pickle (code that would run while loading) is refused.
+    obj = torch.load(full, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    if 'weights_only' in str(e) or 'Unsupported global' in str(e):
+      raise InputError(
+          f'{full} would need to run code to load (it pickles '
+          f'{_unsupported_global(e)}): refused for safety. Official '
+          'FeatureLearningRotNet files hold only tensors; re-save the state '
+          "dict as torch.save({'epoch': N, 'network': net.state_dict()}, "
+          'file) if you trust it') from e
+    raise InputError(f'{full} is not a PyTorch file ({first_line(e)}): '
+                     'pass an official FeatureLearningRotNet file') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(
+        f'{full} cannot be read as a PyTorch file, it may be truncated or '
+        f'not a PyTorch file at all ({type(e).__name__}: {first_line(e)}): '
+        'pass an official FeatureLearningRotNet file') from e
+  epoch = None
+  if isinstance(obj, dict) and 'network' in obj:
+    epoch = obj.get('epoch')
+    epoch = int(epoch) if isinstance(epoch, (int, np.integer)) else None
+    obj = obj['network']
+  if not isinstance(obj, dict) or not obj:
+    raise InputError(
+        f'{full} holds a {type(obj).__name__}, not a state dict: expected '
+        "{'epoch': N, 'network': state_dict} as the official code saves, or "
+        'a bare state dict')
+  state = {}
+  for key, value in obj.items():
+    if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+      raise InputError(
+          f'{full}: entry {key!r} of its state dict is a '
+          f'{type(value).__name__}, not a tensor: not a network\'s state '
+          'dict')
+    state[key] = value.detach().to(torch.float32).numpy()
+  # nn.DataParallel saves every key under "module.".
+  if all(k.startswith('module.') for k in state):
+    state = {k[len('module.'):]: v for k, v in state.items()}
+  return state, epoch, full
+
+
+def _unsupported_global(error: Exception) -> str:
+  match = re.search(r'(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?'
+                    r'([\w.]+)', str(error))
+  return f'the class {match.group(1)}' if match else 'a Python class'
+
+
+def _file_kind(state: dict[str, np.ndarray], path: str) -> str:
+  """Which official network `state` is, or an InputError naming its keys."""
+  keys = [k for k in state if not k.endswith(_IGNORED_SUFFIX)]
+  if any(k.startswith(_BACKBONE_PREFIX) for k in keys):
+    return BACKBONE
+  if any(k.startswith(_HEAD_PREFIX + 'Liniear_1.') for k in keys):
+    return MULTLAYER
+  if any(k.startswith(_HEAD_PREFIX + 'Block3_ConvB1.') for k in keys):
+    return CONV_BLOCK
+  if any(k.startswith('classifiers.') for k in keys):
+    raise InputError(
+        f'{path} holds several classifiers (MultipleNonLinearClassifiers, '
+        'keys classifiers.N.*): only a single NonLinearClassifier file '
+        '(MultLayer or NIN_ConvBlock3) can be imported')
+  raise InputError(
+      f'{path} is not an official FeatureLearningRotNet NIN or classifier: '
+      f'its keys ({_describe_keys(keys)}) have none of '
+      f'{_BACKBONE_PREFIX}*, {_HEAD_PREFIX}Liniear_1.*, '
+      f'{_HEAD_PREFIX}Block3_ConvB1.*')
+
+
+def read_official_file(path: str) -> tuple[str, int | None]:
+  """``(kind, epoch)`` of an official file: :data:`BACKBONE`,
+  :data:`MULTLAYER` or :data:`CONV_BLOCK`, and its saved epoch (None if
+  it has none).
+
+  Raises:
+    InputError: see :func:`read_official`.
+  """
+  state, epoch, full = _load(path)
+  return _file_kind(state, full), epoch
+
+
+def _torch_shape(shape: tuple[int, ...], how: str) -> tuple[int, ...]:
+  """The PyTorch shape of a tensor that becomes an array of `shape`."""
+  if how == _CONV:
+    return (shape[3], shape[2], shape[0], shape[1])
+  if how in (_LINEAR, _LINEAR_CHW):
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def _convert(value: np.ndarray, how: str, shape: tuple[int, ...],
+             feature_shape: tuple[int, ...] | None = None) -> np.ndarray:
+  if how == _CONV:
+    return value.transpose(2, 3, 1, 0)
+  if how == _LINEAR:
+    return value.T
+  if how == _LINEAR_CHW:
+    # Official input index c*H*W + h*W + w; ours (h*W + w)*C + c.
+    height, width, channels = feature_shape
+    return (value.T.reshape(channels, height, width, shape[1])
+            .transpose(1, 2, 0, 3).reshape(shape))
+  return value
+
+
+def _conv_bn_entries(torch_prefix: str, path: tuple) -> list[tuple]:
+  """The tensors of one official ``BasicBlock`` (conv, BatchNorm)."""
+  layers = f'{torch_prefix}layers.'
+  return [(f'{layers}Conv.weight', ('params',) + path + ('conv', 'kernel'),
+           _CONV)] + _batch_norm_entries(f'{layers}BatchNorm.',
+                                         path + ('norm',))
+
+
+def _batch_norm_entries(torch_prefix: str, path: tuple) -> list[tuple]:
+  return [
+      (f'{torch_prefix}weight', ('params',) + path + ('scale',), _COPY),
+      (f'{torch_prefix}bias', ('params',) + path + ('bias',), _COPY),
+      (f'{torch_prefix}running_mean', ('batch_stats',) + path + ('mean',),
+       _COPY),
+      (f'{torch_prefix}running_var', ('batch_stats',) + path + ('var',),
+       _COPY),
+  ]
+
+
+def _linear_entries(torch_prefix: str, name: str, how: str = _LINEAR,
+                    bias: bool = True) -> list[tuple]:
+  entries = [(f'{torch_prefix}weight', ('params', name, 'kernel'), how)]
+  if bias:
+    entries.append((f'{torch_prefix}bias', ('params', name, 'bias'), _COPY))
+  return entries
+
+
+def _backbone_entries(num_blocks: int) -> list[tuple]:
+  """``(torch key, our path, conversion)`` of every tensor of a NIN."""
+  entries = []
+  for s in range(num_blocks):
+    for j in range(3):
+      entries += _conv_bn_entries(
+          f'{_BACKBONE_PREFIX}{s}.Block{s + 1}_ConvB{j + 1}.',
+          ('blocks', s, 'layers', j))
+  return entries + _linear_entries(
+      f'{_BACKBONE_PREFIX}{num_blocks}.Classifier.', 'classifier')
+
+
+def _head_entries(head_type: str) -> list[tuple]:
+  """``(torch key, our path, conversion)`` of an official classifier."""
+  output = _linear_entries(f'{_HEAD_PREFIX}Liniear_F.', 'output')
+  if head_type == MULTLAYER:
+    return (_linear_entries(f'{_HEAD_PREFIX}Liniear_1.', 'hidden1',
+                            _LINEAR_CHW, bias=False) +
+            _batch_norm_entries(f'{_HEAD_PREFIX}BatchNorm_1.', ('norm1',)) +
+            _linear_entries(f'{_HEAD_PREFIX}Liniear_2.', 'hidden2',
+                            bias=False) +
+            # Sic: the official code names its second BatchNorm "BatchNorm2d".
+            _batch_norm_entries(f'{_HEAD_PREFIX}BatchNorm2d.', ('norm2',)) +
+            output)
+  entries = []
+  for j in range(3):
+    entries += _conv_bn_entries(f'{_HEAD_PREFIX}Block3_ConvB{j + 1}.',
+                                ('block', 'layers', j))
+  return entries + output
+
+
+def _path_key(path) -> tuple:
+  return tuple(getattr(k, 'key', k) for k in path)
+
+
+def _fill(target, state: dict[str, np.ndarray], entries: list[tuple],
+          path: str, what: str, feature_shape=None) -> dict[str, Any]:
+  """`target`'s tree (arrays or shapes), filled from `state` by `entries`.
+
+  Raises:
+    InputError: missing or extra keys, wrong shapes, non-finite values.
+  """
+  present = {k for k in state if not k.endswith(_IGNORED_SUFFIX)}
+  expected = {key for key, _, _ in entries}
+  missing, extra = expected - present, present - expected
+  if missing or extra:
+    parts = []
+    if missing:
+      parts.append(f'missing keys {_describe_keys(missing)}')
+    if extra:
+      parts.append(f'unexpected keys {_describe_keys(extra)}')
+    raise InputError(f'{path} does not hold {what}: ' + '; '.join(parts))
+  shapes = {_path_key(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  values, wrong = {}, []
+  for key, our_path, how in entries:
+    if our_path not in shapes:  # A bug of this module, not of the file.
+      raise AssertionError(f'{our_path} is not in the model tree')
+    want = _torch_shape(shapes[our_path], how)
+    if tuple(state[key].shape) != want:
+      wrong.append(f'{key}: {tuple(state[key].shape)}, expected {want}')
+      continue
+    values[our_path] = np.ascontiguousarray(
+        _convert(state[key], how, shapes[our_path], feature_shape),
+        np.float32)
+  if wrong:
+    raise InputError(f'{path} does not hold {what}: wrong shapes: ' +
+                     '; '.join(wrong[:_LISTED]) +
+                     (f' (and {len(wrong) - _LISTED} more)'
+                      if len(wrong) > _LISTED else ''))
+  if set(values) != set(shapes):  # A bug of this module, not of the file.
+    raise AssertionError(f'unfilled: {sorted(set(shapes) - set(values))}')
+  bad = [key for key, our_path, _ in entries
+         if not np.all(np.isfinite(values[our_path]))]
+  if bad:
+    raise InputError(f'{path}: {_describe_keys(bad)} hold NaN or infinite '
+                     'values')
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: values[_path_key(p)], target)
+
+
+def _backbone_spec(num_blocks: int, width: float, num_classes: int
+                   ) -> dict[str, Any]:
+  config = config_schema.defaults()
+  with config.unlocked():
+    config.model.num_blocks = num_blocks
+    config.model.width = width
+  return models.backbone_spec(config.model, image_size=IMAGE_SIZE,
+                              num_classes=num_classes)
+
+
+def _infer_backbone_spec(state: dict[str, np.ndarray], path: str
+                         ) -> dict[str, Any]:
+  """The spec of the official NIN in `state`, from its keys and shapes."""
+  blocks = [int(m.group(1)) for m in map(_BLOCK_CLASSIFIER.match, state) if m]
+  if len(blocks) != 1:
+    raise InputError(
+        f'{path} does not hold an official NetworkInNetwork: expected one '
+        f'{_BACKBONE_PREFIX}N.Classifier.weight (N = the number of blocks), '
+        f'found {len(blocks)}')
+  num_blocks = blocks[0]
+  if num_blocks < 3:
+    raise InputError(f'{path}: a NetworkInNetwork of {num_blocks} blocks; '
+                     'the official NIN (and ours) has at least 3')
+  first = f'{_BACKBONE_PREFIX}0.Block1_ConvB1.layers.Conv.weight'
+  if first not in state or state[first].ndim != 4:
+    raise InputError(f'{path} does not hold an official NetworkInNetwork: '
+                     f'{first} (a 4-D convolution kernel) is '
+                     + ('missing' if first not in state else
+                        f'of shape {state[first].shape}'))
+  channels = state[first].shape[0]
+  base = nin._BLOCK_CHANNELS[0]  # pylint: disable=protected-access
+  width = channels / base
+  if nin.scaled_channels(base, width) != channels:
+    raise InputError(f'{path}: {first} has {channels} output channels, not a '
+                     f"width of the NIN's {base}")
+  num_classes = state[f'{_BACKBONE_PREFIX}{num_blocks}.Classifier.weight'
+                      ].shape[0]
+  return _backbone_spec(num_blocks, width, num_classes)
+
+
+def read_official(path: str) -> weights.Weights:
+  """An official NIN backbone file as :class:`weights.Weights`.
+
+  Args:
+    path: a file the official code saved (``model_net_epochN``), or a bare
+      state dict of its ``NetworkInNetwork``.
+
+  Returns:
+    The weights: spec ``{'name': 'nin', 'num_classes', 'num_blocks',
+    'width', 'image_size': 32}`` inferred from the keys and shapes,
+    variables in the tree of ``models.init_variables(spec)``, the CIFAR-10
+    normalisation the official code used.
+
+  Raises:
+    MissingInputError: no such file.
+    InputError: PyTorch is not installed; the file is damaged, not a
+      PyTorch file, needs code to load, or holds another network (a
+      classifier, keys of another architecture, missing or extra keys,
+      wrong shapes), naming the file and the keys.
+  """
+  state, epoch, full = _load(path)
+  kind = _file_kind(state, full)
+  if kind != BACKBONE:
+    raise InputError(
+        f'{full} holds an official {kind} classifier, not a backbone: '
+        f'import it with python -m rotnet_jax.import_torch {full} '
+        '--backbone=BACKBONE_FILE_OR_WORKDIR --workdir=OUT')
+  spec = _infer_backbone_spec(state, full)
+  target = models.abstract_variables(spec)
+  variables = _fill(target, state, _backbone_entries(spec['num_blocks']),
+                    full, f"an official NIN-{spec['num_blocks']} (width "
+                    f"{spec['width']}, {spec['num_classes']} classes)")
+  del epoch  # Read by the command through read_official_file.
+  return weights.Weights(spec, variables, {
+      'pretrained': full, 'pretrained_format': weights.TORCH,
+      'pretrained_step': None})
+
+
+def _head_block(head_type: str, state, spec, path: str, block: str | None
+                ) -> tuple[str, tuple[int, ...]]:
+  """The block a classifier reads, from its input shape (or `block`)."""
+  shapes = models.feature_shapes(spec)
+  if head_type == MULTLAYER:
+    key = f'{_HEAD_PREFIX}Liniear_1.weight'
+    size = state[key].shape[-1] if state[key].ndim == 2 else None
+    fits = [b for b, s in shapes.items() if int(np.prod(s)) == size]
+    what = f'{size} inputs'
+  else:
+    key = f'{_HEAD_PREFIX}Block3_ConvB1.layers.Conv.weight'
+    size = state[key].shape[1] if state[key].ndim == 4 else None
+    fits = [b for b, s in shapes.items() if s[-1] == size]
+    what = f'{size} input channels'
+  valid = ', '.join(f'{b} {"x".join(map(str, s))}' for b, s in shapes.items())
+  if block is not None:
+    if block not in shapes:
+      raise InputError(f'--block={block}: the backbone has the blocks '
+                       f'{list(shapes)}')
+    if block not in fits:
+      raise InputError(
+          f'{path}: its classifier ({key}: {what}) does not fit the '
+          f'features of {block} {"x".join(map(str, shapes[block]))} of the '
+          f'backbone ({valid})')
+    return block, shapes[block]
+  if not fits:
+    raise InputError(
+        f'{path}: its classifier ({key}: {what}) fits no block of the '
+        f'backbone ({valid}): pass the backbone it was trained on')
+  chosen = DEFAULT_BLOCK if DEFAULT_BLOCK in fits else fits[0]
+  return chosen, shapes[chosen]
+
+
+def read_official_heads(path: str, backbone_spec: dict[str, Any],
+                        block: str | None = None) -> weights.Heads:
+  """An official classifier file as :class:`weights.Heads` on one block.
+
+  Args:
+    path: a ``NonLinearClassifier`` file of the official code (``MultLayer``
+      or ``NIN_ConvBlock3``), saved like a backbone.
+    backbone_spec: the spec of the backbone it was trained on.
+    block: the block it reads; by default inferred from its input shape
+      (conv1 is 16x16x96, the later blocks 8x8x192 at width 1: when
+      several fit, :data:`DEFAULT_BLOCK`, which every official CIFAR-10
+      classifier reads).
+
+  Raises:
+    InputError: the file is not an official classifier, its shapes fit no
+      block (or not `block`), or it has a hidden width other than ours
+      (200, i.e. ``num_classes * 20`` for 10 classes).
+  """
+  state, _, full = _load(path)
+  head_type = _file_kind(state, full)
+  if head_type == BACKBONE:
+    raise InputError(f'{full} holds an official backbone, not a classifier: '
+                     'pass it as --backbone (or import it alone)')
+  output = f'{_HEAD_PREFIX}Liniear_F.weight'
+  if output not in state or state[output].ndim != 2:
+    raise InputError(f'{full} does not hold an official {head_type} '
+                     f'classifier: {output} (a 2-D weight) is missing')
+  num_classes = state[output].shape[0]
+  block, feature_shape = _head_block(head_type, state, backbone_spec, full,
+                                     block)
+  head = nnx.eval_shape(lambda: models.heads.make_head(
+      head_type, feature_shape, num_classes,
+      models.head_options(backbone_spec, linear_pool_size=6),
+      rngs=nnx.Rngs(0)))
+  target = models.variables(head)
+  variables = _fill(
+      target, state, _head_entries(head_type), full,
+      f'an official {head_type} classifier on {block} '
+      f'{"x".join(map(str, feature_shape))} with {num_classes} classes '
+      f'(hidden width {models.heads.MULTLAYER_HIDDEN} for MultLayer)',
+      feature_shape=feature_shape)
+  return weights.Heads(head_type, (block,), num_classes,
+                       {'params': {block: variables['params']},
+                        'batch_stats': {block: variables['batch_stats']}})
