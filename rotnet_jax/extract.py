@@ -1,0 +1,159 @@
+"""Features of a whole dataset split, from any trained network, as ``.npz``.
+
+    python -m rotnet_jax.extract --pretrained=/tmp/rotnet_cifar \
+        --dataset=cifar10 --split=test --blocks=conv2 --pool --out=feats.npz
+
+``--pretrained`` is anything ``rotnet_jax.load`` takes (a workdir, with
+``--step``; an exported ``.safetensors`` file; an official PyTorch file).
+The split is read by the package's own data layer (bundled ``digits``, an
+image folder, or a TFDS name), in dataset order, at the network's image
+size. The file holds one array per block (``float32 [N, h, w, C]`` NHWC,
+or ``[N, C]`` with ``--pool``, global average pooling), ``labels``
+(``int32 [N]``), ``blocks`` (the block names) and ``class_names`` (empty
+when the dataset does not name its classes). It is written to a
+temporary file and renamed: an interrupted run leaves no partial output.
+"""
+
+import time
+
+import numpy as np
+from absl import logging
+
+from rotnet_jax import config_schema
+from rotnet_jax import inference
+from rotnet_jax import run_files
+from rotnet_jax.data import datasets
+from rotnet_jax.errors import InputError
+from rotnet_jax.errors import first_line
+
+# Images per progress step: features are computed (and logged) this many
+# images at a time.
+_CHUNK = 4096
+
+
+def check_output(out: str, *, overwrite: bool) -> str:
+  """The absolute path `out` if the ``.npz`` may be written there (see
+  ``run_files.check_output_file``)."""
+  return run_files.check_output_file(out, what='--out', suffix='.npz',
+                                     overwrite=overwrite)
+
+
+def open_images(dataset: str, split: str, image_size: int, *,
+                data_dir: str | None = None, cache_dir: str | None = None
+                ) -> datasets.Split:
+  """Every image of `split` of `dataset`, decoded, in dataset order.
+
+  Labels are those a run sees: an image folder's split must have the class
+  folders of its ``train`` split, as in training.
+  """
+  config = config_schema.defaults()
+  config.dataset = dataset
+  config.data_dir = data_dir
+  config.cache_dir = cache_dir
+  config.image_size = image_size
+  return datasets.open_split(config, split, train=False, decoded=True)
+
+
+def extract(model: inference.Model, images: np.ndarray, blocks, *,
+            pool: bool = False, batch_size: int = 256
+            ) -> dict[str, np.ndarray]:
+  """``{block: features}`` of `images`, logging progress with an ETA."""
+  parts = []
+  start = time.perf_counter()
+  total = len(images)
+  for begin in range(0, total, _CHUNK):
+    parts.append(model.features(images[begin:begin + _CHUNK], blocks,
+                                pool=pool, batch_size=batch_size))
+    done = min(begin + _CHUNK, total)
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    logging.info('features of %d/%d images | %.0f img/s | ETA %ds', done,
+                 total, rate, (total - done) / rate)
+  return {b: np.concatenate([p[b] for p in parts]) for b in parts[0]}
+
+
+def run(*, pretrained: str, dataset: str, split: str, blocks, out: str,
+        step: int = 0, pool: bool = False, batch_size: int = 256,
+        data_dir: str | None = None, cache_dir: str | None = None,
+        overwrite: bool = False) -> dict[str, object]:
+  """Writes the features of `split` to `out`; returns a summary.
+
+  Raises:
+    InputError, MissingInputError: a bad path, dataset, split, block,
+      batch size or output (before anything is written).
+  """
+  full = check_output(out, overwrite=overwrite)
+  if batch_size < 1:
+    raise InputError(f'--batch_size={batch_size}: must be positive')
+  model = inference.load(pretrained, step)
+  blocks = tuple(blocks) or model.block_names
+  model.check_blocks(blocks)
+  opened = open_images(dataset, split, model.spec['image_size'],
+                       data_dir=data_dir, cache_dir=cache_dir)
+  start = time.perf_counter()
+  features = extract(model, opened.images, blocks, pool=pool,
+                     batch_size=batch_size)
+  seconds = time.perf_counter() - start
+  contents = dict(features, labels=np.asarray(opened.labels, np.int32),
+                  blocks=np.asarray(blocks),
+                  class_names=np.asarray(opened.class_names, dtype=str))
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.savez(f, **contents)
+
+  try:
+    run_files.write_file_atomically(full, write)
+  except OSError as e:
+    raise InputError(f'cannot write --out={out!r}: {first_line(e)}') from e
+  return {'out': full, 'images': len(opened.images), 'seconds': seconds,
+          'images_per_sec': len(opened.images) / max(seconds, 1e-9),
+          'shapes': {b: v.shape for b, v in features.items()}}
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('pretrained', None, 'A workdir, an exported '
+                      '.safetensors file or an official PyTorch file.')
+  flags.DEFINE_integer('step', 0, 'Checkpoint step of a workdir (0: the '
+                       'latest).', lower_bound=0)
+  flags.DEFINE_string('dataset', None, "'digits', an image folder or a TFDS "
+                      'name.')
+  flags.DEFINE_string('split', 'test', 'The split to read.')
+  flags.DEFINE_list('blocks', ['conv2'], 'Blocks whose features are saved '
+                    '(empty: every block).')
+  flags.DEFINE_string('out', None, 'The .npz file to write.')
+  flags.DEFINE_bool('pool', False, 'Global average pooling: [N, C] per '
+                    'block instead of [N, h, w, C].')
+  flags.DEFINE_integer('batch_size', 256, 'Images per device program.',
+                       lower_bound=1)
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+  flags.DEFINE_string('cache_dir', None, 'Decoded-image cache (default '
+                      '~/.cache/rotnet_jax).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out.')
+  flags.mark_flags_as_required(['pretrained', 'dataset', 'out'])
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from rotnet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  f = flags.FLAGS
+  try:
+    summary = run(pretrained=f.pretrained, dataset=f.dataset, split=f.split,
+                  blocks=[b for b in f.blocks if b], out=f.out, step=f.step,
+                  pool=f.pool, batch_size=f.batch_size,
+                  data_dir=f.data_dir, cache_dir=f.cache_dir,
+                  overwrite=f.overwrite)
+  except InputError as e:
+    cli.fail(e)
+  shapes = ', '.join(f'{b} {s}' for b, s in summary['shapes'].items())
+  print(f"{summary['out']}: {summary['images']} images ({shapes}) at "
+        f"{summary['images_per_sec']:.0f} img/s")
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from rotnet_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main, flags_parser=_cli.parse_flags)
