@@ -40,19 +40,24 @@ from rotnet_jax.data.source import HostBatches
 from rotnet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('steps', 50, 'Timed steps per source.', lower_bound=1)
-flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.',
-                     lower_bound=0)
-flags.DEFINE_integer('examples', 10_000,
-                     'Resident synthetic images for the device source.',
-                     lower_bound=1)
-flags.DEFINE_list('sources', list(PIPELINES), f'Any of {PIPELINES}.')
-flags.register_validator(
-    'sources', lambda names: bool(names) and all(n in PIPELINES for n in names),
-    f'--sources must list one or more of {PIPELINES}')
-flags.DEFINE_string('output', None, 'Also write the results as JSON here.')
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                lock_config=True)
+
+
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (see reproduce.py)."""
+  flags.DEFINE_integer('steps', 50, 'Timed steps per source.', lower_bound=1)
+  flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.',
+                       lower_bound=0)
+  flags.DEFINE_integer('examples', 10_000,
+                       'Resident synthetic images for the device source.',
+                       lower_bound=1)
+  flags.DEFINE_list('sources', list(PIPELINES), f'Any of {PIPELINES}.')
+  flags.register_validator(
+      'sources',
+      lambda names: bool(names) and all(n in PIPELINES for n in names),
+      f'--sources must list one or more of {PIPELINES}')
+  flags.DEFINE_string('output', None, 'Also write the results as JSON here.')
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                  lock_config=True)
 
 
 def _time_steps(compiled_steps, state, inputs_list, warmup, steps):
@@ -171,6 +176,12 @@ def main(argv):
     run_files.write_json(os.path.abspath(FLAGS.output), report)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-benchmark``)."""
+  _define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

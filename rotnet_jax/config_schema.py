@@ -116,6 +116,7 @@ def defaults() -> config_dict.ConfigDict:
   config.seed = 0
 
   # Bookkeeping.
+  config.wandb_project = config_dict.placeholder(str)  # Also log to W&B.
   config.log_every_steps = 100
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 10
@@ -340,6 +341,8 @@ RULES: dict[str, Rule] = {
     'random_batch_stats': _choice(RANDOM_BATCH_STATS),
     'half_precision': _FREE,
     'seed': _count(0, 2**31 - 1),
+    'wandb_project': _text('a Weights & Biases project name (or unset)',
+                           optional=True),
     'log_every_steps': _count(1),
     'eval_every_epochs': _count(1),
     'checkpoint_every_epochs': _count(1),

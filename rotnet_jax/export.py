@@ -378,8 +378,13 @@ def main(argv):
   print(full)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-export``)."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  from rotnet_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rotnet_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=_cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

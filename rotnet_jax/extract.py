@@ -71,10 +71,11 @@ def extract(model: inference.Model, images: np.ndarray, blocks, *,
   return {b: np.concatenate([p[b] for p in parts]) for b in parts[0]}
 
 
-def run(*, pretrained: str, dataset: str, split: str, blocks, out: str,
-        step: int = 0, pool: bool = False, batch_size: int = 256,
-        data_dir: str | None = None, cache_dir: str | None = None,
-        overwrite: bool = False) -> dict[str, object]:
+def extract_split(*, pretrained: str, dataset: str, split: str, blocks,
+                  out: str, step: int = 0, pool: bool = False,
+                  batch_size: int = 256, data_dir: str | None = None,
+                  cache_dir: str | None = None, overwrite: bool = False
+                  ) -> dict[str, object]:
   """Writes the features of `split` to `out`; returns a summary.
 
   Raises:
@@ -140,11 +141,11 @@ def main(argv):
   cli.quiet_library_logs()
   f = flags.FLAGS
   try:
-    summary = run(pretrained=f.pretrained, dataset=f.dataset, split=f.split,
-                  blocks=[b for b in f.blocks if b], out=f.out, step=f.step,
-                  pool=f.pool, batch_size=f.batch_size,
-                  data_dir=f.data_dir, cache_dir=f.cache_dir,
-                  overwrite=f.overwrite)
+    summary = extract_split(
+        pretrained=f.pretrained, dataset=f.dataset, split=f.split,
+        blocks=[b for b in f.blocks if b], out=f.out, step=f.step,
+        pool=f.pool, batch_size=f.batch_size, data_dir=f.data_dir,
+        cache_dir=f.cache_dir, overwrite=f.overwrite)
   except InputError as e:
     cli.fail(e)
   shapes = ', '.join(f'{b} {s}' for b, s in summary['shapes'].items())
@@ -152,8 +153,13 @@ def main(argv):
         f"{summary['images_per_sec']:.0f} img/s")
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-extract``)."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  from rotnet_jax import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rotnet_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=_cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

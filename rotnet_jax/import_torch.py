@@ -266,6 +266,11 @@ def main(argv):
   print(summary)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-import-torch``)."""
   _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

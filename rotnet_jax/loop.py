@@ -13,6 +13,7 @@ a results file contains.
 import contextlib
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from absl import logging
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import metrics as metrics_lib
+from rotnet_jax import optim
 from rotnet_jax import parallel
 from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
@@ -74,6 +76,30 @@ def _describe(summaries: dict[str, dict[str, float]]) -> str:
     return f"loss {summary['loss']:.4f} acc {100 * summary['accuracy']:.2f}%"
   return ', '.join(f"{head} loss {s['loss']:.3f} acc {100 * s['accuracy']:.2f}%"
                    for head, s in summaries.items())
+
+
+def interactive() -> bool:
+  """Whether a person is watching: a terminal, or a notebook (Jupyter,
+  Colab). CI logs and redirected output are not."""
+  try:
+    if sys.stderr.isatty():
+      return True
+  except (AttributeError, ValueError):  # Replaced or closed stderr.
+    pass
+  shell = sys.modules.get('IPython')
+  ipython = shell and getattr(shell, 'get_ipython', lambda: None)()
+  return ipython is not None and 'IPKernelApp' in getattr(ipython, 'config',
+                                                           {})
+
+
+def progress_bar(total_steps: int, step: int):
+  """A tqdm progress bar over the run's steps when :func:`interactive`
+  (process 0 only); None otherwise, and then progress is a log line."""
+  if jax.process_index() != 0 or not interactive():
+    return None
+  from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+  return tqdm_auto.tqdm(total=total_steps, initial=step, unit='step',
+                        dynamic_ncols=True)
 
 
 def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
@@ -237,16 +263,23 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   checkpoints = checkpoint_lib.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints)
   # Events after the checkpoint we resume from are dropped: they are redone.
-  writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step)
+  writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step,
+                                    run_config=config_dict,
+                                    wandb_project=config.wandb_project)
   run_files.write_config(workdir, config, network)
 
   steps_per_epoch = train_source.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
+  learning_rate = optim.epoch_table_schedule(config.learning_rate_table,
+                                             steps_per_epoch)
   progress = _Progress(step, total_steps)
   logging.info('Training %d epochs x %d steps of %d images (%d per step '
-               'after the task), pipeline=%s, %d examples.',
-               config.num_epochs, steps_per_epoch, config.batch_size,
-               images_per_step, config.pipeline, train_source.num_examples)
+               'after the task), pipeline=%s, %d examples. Trained '
+               'parameters:\n%s', config.num_epochs, steps_per_epoch,
+               config.batch_size, images_per_step, config.pipeline,
+               train_source.num_examples,
+               metrics_lib.parameter_overview(state.params))
+  bar = progress_bar(total_steps, step)
   pending = []
 
   def log_train(epoch):
@@ -254,13 +287,22 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     summaries = {head: metrics_lib.summarize([s[head] for s in pending])
                  for head in pending[0]}
     speed, eta = progress.update(step, images_per_step)
+    # The rate of the step just taken (optax counts updates from 0).
+    rate = float(learning_rate(step - 1))
     for head, summary in summaries.items():
       writer.write(step=step, epoch=step / steps_per_epoch, split='train',
                    head=head, loss=summary['loss'],
-                   accuracy=summary['accuracy'], images_per_sec=speed)
-    logging.info('epoch %d/%d step %d/%d | train %s | %.0f img/s | ETA %s',
-                 epoch + 1, config.num_epochs, step, total_steps,
-                 _describe(summaries), speed, eta)
+                   accuracy=summary['accuracy'], images_per_sec=speed,
+                   learning_rate=rate)
+    line = (f'epoch {epoch + 1}/{config.num_epochs} step {step}/'
+            f'{total_steps} | train {_describe(summaries)} | lr {rate:g} | '
+            f'{speed:.0f} img/s | ETA {eta}')
+    if bar is None:
+      logging.info(line)
+    else:
+      bar.set_postfix_str(f'train {_describe(summaries)} | lr {rate:g}',
+                          refresh=False)
+      logging.debug(line)
     pending = []
 
   try:
@@ -271,6 +313,8 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
           jax.block_until_ready(sums)
         pending.append(sums)
         step += 1
+        if bar is not None:
+          bar.update(1)
         if step % config.log_every_steps == 0:
           log_train(epoch)
       done = epoch + 1
@@ -304,4 +348,6 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
       checkpoints.close()
     finally:
       writer.close()
+      if bar is not None:
+        bar.close()
   return state, best

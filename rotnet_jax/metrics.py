@@ -12,14 +12,18 @@ Outputs, from process 0 only:
   ``epoch``, ``split``, ``loss``, ``accuracy``, ``images_per_sec`` and any
   extra fields;
 * TensorBoard event files in ``WORKDIR/tensorboard`` when ``tensorboardX``
-  is installed. tensorboardX was chosen because it is pure Python and needs
-  no TensorFlow, so runs on the device-resident path (GPU machines without
-  TensorFlow) write event files too.
+  is installed, with the config as hyperparameters. tensorboardX was
+  chosen because it is pure Python and needs no TensorFlow, so runs on the
+  device-resident path (GPU machines without TensorFlow) write event files
+  too;
+* Weights & Biases, only when ``config.wandb_project`` is set (off by
+  default; ``wandb`` is never required otherwise).
 """
 
 import json
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,10 +74,48 @@ def format_duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
-class MetricWriter:
-  """Writes metric events to JSONL and (if available) TensorBoard."""
+def parameter_overview(params) -> str:
+  """A table of `params`: every array's path, shape and size, and the total.
 
-  def __init__(self, workdir: str, keep_up_to_step: int | None = None):
+  Logged at the start of every run, so a log says what was trained.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  rows = [('/'.join(str(getattr(k, 'key', k)) for k in path),
+           'x'.join(map(str, np.shape(x))) or 'scalar', int(np.size(x)))
+          for path, x in flat]
+  total = sum(size for _, _, size in rows)
+  rows.append(('total', f'{len(flat)} arrays', total))
+  name_width = max(len(name) for name, _, _ in rows)
+  shape_width = max(len(shape) for _, shape, _ in rows)
+  return '\n'.join(f'{name:<{name_width}}  {shape:<{shape_width}}  '
+                   f'{size:>12,}' for name, shape, size in rows)
+
+
+def hyperparameters(run_config: Mapping[str, Any]) -> dict[str, Any]:
+  """`run_config` (``config.json``'s content) flattened to dotted keys with
+  values TensorBoard accepts (numbers, strings, booleans)."""
+  flat = {}
+
+  def visit(prefix, value):
+    if isinstance(value, Mapping):
+      for key, item in value.items():
+        visit(f'{prefix}.{key}' if prefix else str(key), item)
+    elif isinstance(value, (bool, int, float, str)):
+      flat[prefix] = value
+    else:  # Tuples, lists, None: as text.
+      flat[prefix] = json.dumps(value)
+
+  visit('', run_config)
+  return flat
+
+
+class MetricWriter:
+  """Writes metric events to JSONL and, if available or asked for,
+  TensorBoard and Weights & Biases."""
+
+  def __init__(self, workdir: str, keep_up_to_step: int | None = None, *,
+               run_config: Mapping[str, Any] | None = None,
+               wandb_project: str | None = None):
     """Opens the metric files of `workdir` for appending.
 
     Args:
@@ -81,10 +123,14 @@ class MetricWriter:
       keep_up_to_step: drop existing ``metrics.jsonl`` events after this
         step: a run resuming from an earlier checkpoint (after a crash)
         redoes those steps and logs them again.
+      run_config: the resolved config, recorded as TensorBoard
+        hyperparameters and as the W&B run's config.
+      wandb_project: log to this Weights & Biases project too (None: no).
     """
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._tensorboard = None
+    self._wandb = None
     if not self._active:
       return
     os.makedirs(run_files.path(workdir, ''), exist_ok=True)
@@ -101,6 +147,25 @@ class MetricWriter:
     else:
       self._tensorboard = SummaryWriter(
           run_files.path(workdir, run_files.TENSORBOARD_DIR))
+      if run_config is not None:
+        self._write_hyperparameters(hyperparameters(run_config))
+    if wandb_project:
+      import wandb  # pylint: disable=g-import-not-at-top
+      # One W&B run per workdir: a resumed run continues it.
+      self._wandb = wandb.init(
+          project=wandb_project, dir=run_files.path(workdir, ''),
+          name=os.path.basename(run_files.path(workdir, '').rstrip('/')),
+          id=_wandb_run_id(workdir), resume='allow',
+          config=dict(run_config or {}))
+
+  def _write_hyperparameters(self, values: dict[str, Any]) -> None:
+    # SummaryWriter.add_hparams would start a second event file in a
+    # sub-folder; the same three summaries go into this run's own file.
+    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    experiment, start, end = hparams(values, {})
+    writer = self._tensorboard.file_writer
+    for summary in (experiment, start, end):
+      writer.add_summary(summary)
 
   def write(self, *, step: int, epoch: float, split: str,
             head: str | None = None, **values: float) -> None:
@@ -125,6 +190,10 @@ class MetricWriter:
       for key, value in values.items():
         self._tensorboard.add_scalar(f'{prefix}/{key}', float(value), step)
       self._tensorboard.flush()
+    if self._wandb is not None:
+      prefix = f'{split}/{head}' if head else split
+      self._wandb.log({f'{prefix}/{k}': float(v) for k, v in values.items()},
+                      step=int(step))
 
   def close(self) -> None:
     """Flushes and closes the files."""
@@ -132,6 +201,14 @@ class MetricWriter:
       self._jsonl.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def _wandb_run_id(workdir: str) -> str:
+  """A W&B run id that is the same for every run in `workdir`."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return hashlib.sha1(run_files.path(workdir, '').encode()).hexdigest()[:16]
 
 
 def check_metrics_file(workdir: str) -> None:

@@ -177,5 +177,10 @@ def main(argv) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-report``)."""
   sys.exit(main(sys.argv))
+
+
+if __name__ == '__main__':
+  run()

@@ -42,20 +42,6 @@ from rotnet_jax.errors import InputError
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('root', None, 'Folder for all runs of the table.')
-flags.DEFINE_list('seeds', ['0'], 'Seeds; each gets its own set of runs.')
-flags.DEFINE_float('epochs_scale', 1.0,
-                   'Multiplies every epoch count (schedules included).')
-flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
-flags.DEFINE_string('dataset', None, 'Override config.dataset.')
-flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
-flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
-flags.DEFINE_float('width', None, 'Override config.model.width.')
-flags.DEFINE_bool('half_precision', False,
-                  'bfloat16 compute for every job (faster on GPU and TPU).')
-flags.DEFINE_list('ks', [str(k) for k in DEFAULT_KS],
-                  'Labelled images per class for the semi table.')
-flags.DEFINE_bool('dry_run', False, 'Print the jobs, run nothing.')
 
 
 def _all(parse, ok):
@@ -67,16 +53,35 @@ def _all(parse, ok):
   return check
 
 
-flags.register_validator('seeds', _all(int, lambda s: 0 <= s < 2**31),
-                         '--seeds must be integers >= 0, e.g. --seeds=0,1,2')
-flags.register_validator('ks', _all(int, lambda k: k > 0),
-                         '--ks must be positive integers, e.g. --ks=20,100')
-flags.register_validator(
-    'epochs_scale', lambda x: math.isfinite(x) and x > 0,
-    '--epochs_scale must be a positive number (1 is the protocol)')
-flags.register_validator(
-    'width', lambda x: x is None or (math.isfinite(x) and x > 0),
-    '--width must be a positive number (1 is the paper\'s network)')
+def _define_flags() -> None:
+  """The command's flags; defined when it runs, not on import, so that
+  importing this module (tests, notebooks, other commands) cannot clash
+  with another command's flags of the same names."""
+  flags.DEFINE_string('root', None, 'Folder for all runs of the table.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds; each gets its own set of runs.')
+  flags.DEFINE_float('epochs_scale', 1.0,
+                     'Multiplies every epoch count (schedules included).')
+  flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
+  flags.DEFINE_string('dataset', None, 'Override config.dataset.')
+  flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
+  flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
+  flags.DEFINE_float('width', None, 'Override config.model.width.')
+  flags.DEFINE_bool('half_precision', False,
+                    'bfloat16 compute for every job (faster on GPU and TPU).')
+  flags.DEFINE_list('ks', [str(k) for k in DEFAULT_KS],
+                    'Labelled images per class for the semi table.')
+  flags.DEFINE_bool('dry_run', False, 'Print the jobs, run nothing.')
+  flags.register_validator('seeds', _all(int, lambda s: 0 <= s < 2**31),
+                           '--seeds must be integers >= 0, e.g. --seeds=0,1,2')
+  flags.register_validator('ks', _all(int, lambda k: k > 0),
+                           '--ks must be positive integers, e.g. --ks=20,100')
+  flags.register_validator(
+      'epochs_scale', lambda x: math.isfinite(x) and x > 0,
+      '--epochs_scale must be a positive number (1 is the protocol)')
+  flags.register_validator(
+      'width', lambda x: x is None or (math.isfinite(x) and x > 0),
+      '--width must be a positive number (1 is the paper\'s network)')
+
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs')
@@ -400,6 +405,12 @@ def main(argv):
     cli.fail(e)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (``rotnet-reproduce``)."""
+  _define_flags()
   flags.mark_flags_as_required(['root'])
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -7,6 +7,8 @@ them; the model registries know their own names and shapes
 one call.
 """
 
+import importlib.util
+
 from ml_collections import config_dict
 
 from rotnet_jax import config_schema
@@ -15,6 +17,7 @@ from rotnet_jax import restore
 from rotnet_jax import run_files
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
+from rotnet_jax.errors import InputError
 
 
 def check_config(config, *, pretrained_must_exist: bool = False
@@ -52,6 +55,11 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   """
   config = check_config(config, pretrained_must_exist=True)
   run_files.check_workdir(workdir)
+  if config.wandb_project and importlib.util.find_spec('wandb') is None:
+    raise InputError(
+        f'config.wandb_project={config.wandb_project!r}: Weights & Biases '
+        'logging needs the wandb package (pip install wandb); leave the key '
+        'unset to log to metrics.jsonl and TensorBoard only')
   # The device pipeline caches decoded image folders and TFDS splits; a
   # cache_dir that is set is checked whether or not it will be used.
   if config.cache_dir is not None or (

@@ -391,7 +391,7 @@ def test_classify_reproduces_the_evaluation_run(rotnet, tmp_path, test_digits):
 def test_extract_writes_the_split(rotnet, tmp_path, test_digits):
   _, out = rotnet
   target = tmp_path / 'feats.npz'
-  summary = extract.run(pretrained=out, dataset='digits', split='test',
+  summary = extract.extract_split(pretrained=out, dataset='digits', split='test',
                         blocks=('conv1', 'conv2'), out=str(target),
                         batch_size=64)
   images, labels = test_digits
@@ -409,9 +409,9 @@ def test_extract_writes_the_split(rotnet, tmp_path, test_digits):
     conv2 = saved['conv2']
   assert summary['images'] == 297
   with pytest.raises(InputError, match='already exists'):
-    extract.run(pretrained=out, dataset='digits', split='test',
+    extract.extract_split(pretrained=out, dataset='digits', split='test',
                 blocks=('conv2',), out=str(target), pool=True)
-  extract.run(pretrained=out, dataset='digits', split='test',
+  extract.extract_split(pretrained=out, dataset='digits', split='test',
               blocks=('conv2',), out=str(target), pool=True, overwrite=True)
   with np.load(target) as saved:
     np.testing.assert_allclose(saved['conv2'], conv2.mean(axis=(1, 2)),
@@ -430,10 +430,10 @@ def test_extract_command_line_bad_input(rotnet, tmp_path):
   assert len(errors) == 1 and 'already exists' in errors[0], result.stderr
   assert target.read_bytes() == b'keep me'
   with pytest.raises(InputError, match="not 'nope'"):
-    extract.run(pretrained=out, dataset='digits', split='nope',
+    extract.extract_split(pretrained=out, dataset='digits', split='nope',
                 blocks=('conv2',), out=str(tmp_path / 'a.npz'))
   with pytest.raises(InputError, match='conv7'):
-    extract.run(pretrained=out, dataset='digits', split='test',
+    extract.extract_split(pretrained=out, dataset='digits', split='test',
                 blocks=('conv7',), out=str(tmp_path / 'b.npz'))
   assert os.listdir(tmp_path) == ['feats.npz']
 
