@@ -1,5 +1,6 @@
 """Small configs and data for tests (importable without pytest's setup)."""
 
+import json
 import os
 
 import jax
@@ -75,3 +76,20 @@ def evaluation_rows(source):
   mask = np.concatenate([b['mask'] for b in batches]) > 0
   return {k: np.concatenate([b[k] for b in batches])[mask]
           for k in ('image', 'label')}
+
+
+def write_results(folder, experiment, accuracies, **extra):
+  """Writes a hand-made ``results.json`` as training would (the fields a
+  report or a plot reads): one head per entry of `accuracies`, a final
+  accuracy of ``acc`` and a test-selected best of ``acc + 0.01``."""
+  os.makedirs(folder, exist_ok=True)
+  results = {'experiment': experiment, 'mode': 'evaluate',
+             'dataset': 'cifar10', 'pipeline': 'device', 'num_epochs': 100,
+             'complete': True, 'model_width': 1.0,
+             'heads': [{'head': head, 'final_test_accuracy': acc,
+                        'best_test_accuracy_test_selected': acc + 0.01,
+                        'best_epoch_test_selected': 45, 'test_samples': 10000}
+                       for head, acc in accuracies.items()]}
+  results.update(extra)
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(results, f)

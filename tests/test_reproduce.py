@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from helpers import write_results as _write_results
 from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import paper
 from rotnet_jax import report
@@ -49,20 +50,6 @@ def test_smoke_table_runs_pretext_and_probes_end_to_end(tmp_path, capsys):
   assert report.main(['report', root]) == 0
   table = capsys.readouterr().out
   assert '| Smoke: RotNet (3 epochs) + linear probe | conv2 | — |' in table
-
-
-def _write_results(folder, experiment, accuracies, **extra):
-  os.makedirs(folder, exist_ok=True)
-  results = {'experiment': experiment, 'mode': 'evaluate',
-             'dataset': 'cifar10', 'pipeline': 'device', 'num_epochs': 100,
-             'complete': True, 'model_width': 1.0,
-             'heads': [{'head': head, 'final_test_accuracy': acc,
-                        'best_test_accuracy_test_selected': acc + 0.01,
-                        'best_epoch_test_selected': 45, 'test_samples': 10000}
-                       for head, acc in accuracies.items()]}
-  results.update(extra)
-  with open(os.path.join(folder, 'results.json'), 'w') as f:
-    json.dump(results, f)
 
 
 def test_report_table_on_hand_made_results(tmp_path):

@@ -1,0 +1,530 @@
+"""Pictures of runs: training curves, our numbers against the paper's.
+
+    python -m rotnet_jax.plot WORKDIR --out=DIR     # DIR/curves.png
+    python -m rotnet_jax.plot ROOT --out=DIR        # DIR/paper_comparison.png,
+                                                    # DIR/semi_supervised.png
+
+* :func:`training_curves`: one run's ``metrics.jsonl``: per head, loss and
+  accuracy against epochs (train and test), images/s, and the learning
+  rate when the events carry ``learning_rate``.
+* :func:`paper_comparison`: a ``reproduce`` root: per table, a grouped bar
+  chart of the paper's number and ours (final-epoch test accuracy, mean
+  over seeds, error bars the sample std) for every (experiment, block).
+* :func:`semi_supervised`: accuracy against K, the labelled images per
+  class, for the ``semi`` table's two networks, as in the paper's figure.
+
+Every plotted value is the one in the files, unrounded: the curves are
+``metrics.jsonl``'s numbers, the bars ``report.collect``'s (accuracies in
+%). Rows are grouped exactly as ``rotnet_jax.report`` groups them, so the
+bars and the report's table agree.
+
+matplotlib is imported on first use, and only its object-oriented API
+(``matplotlib.figure.Figure`` drawn by the Agg canvas): no pyplot, no GUI
+backend, no global figure registry, so this works headless and inside
+programs that use matplotlib themselves.
+"""
+
+import collections
+import math
+import os
+import re
+import tempfile
+
+import numpy as np
+from absl import logging
+
+from rotnet_jax import metrics
+from rotnet_jax import paper
+from rotnet_jax import report
+from rotnet_jax import run_files
+from rotnet_jax.errors import InputError
+
+CURVES_FILE = 'curves.png'
+PAPER_COMPARISON_FILE = 'paper_comparison.png'
+SEMI_SUPERVISED_FILE = 'semi_supervised.png'
+
+# Figure sizes in inches at DPI: the pictures are DPI times these pixels
+# (``save`` keeps the size: no tight bounding box).
+DPI = 100
+CURVES_WIDTH = 12.0
+CURVES_ROW_HEIGHT = 3.0
+COMPARISON_WIDTH = 12.0
+COMPARISON_PANEL_HEIGHT = 4.5
+SEMI_SIZE = (7.0, 5.0)
+
+TABLES = ('table1', 'table2', 'table3')
+_TABLE_TITLES = {
+    'table1': 'Table 1: non-linear heads on every block of NIN-3/4/5 RotNets',
+    'table2': 'Table 2: number of rotations (non-linear head on conv2)',
+    'table3': 'Table 3: supervised, random init., RotNet + heads, fine-tuned',
+    'other': 'Experiments without a paper number (ours only)',
+}
+# The head of events that name none (MetricWriter.write without head).
+_NO_HEAD = 'all'
+# The semi table's two networks, the two lines of the paper's figure.
+SEMI_EXPERIMENTS = ('semi/rotnet_conv', 'semi/supervised_nin3')
+_SEMI_NAME = re.compile(r'^(?P<base>.+)/k(?P<k>\d+)$')
+
+
+def _figure(width: float, height: float):
+  """A figure drawn by the Agg canvas (headless; matplotlib imported here)."""
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError('plotting needs matplotlib: pip install matplotlib',
+                      name='matplotlib') from e
+  # Constrained layout keeps long tick labels inside the fixed-size canvas.
+  return Figure(figsize=(width, height), dpi=DPI, layout='constrained')
+
+
+# ---------------------------------------------------------------------------
+# Training curves of one run.
+
+
+def _read_events(workdir: str) -> list[dict]:
+  """The train and test events of ``WORKDIR/metrics.jsonl``.
+
+  Same reading as a resuming run (``metrics.read_jsonl``): a torn last line
+  is dropped, damage anywhere else is an error.
+
+  Raises:
+    InputError: no such file, no events in it, or a damaged line.
+  """
+  path = run_files.path(workdir, run_files.METRICS_FILE)
+  if not os.path.lexists(path):
+    raise InputError(f'{path} not found: pass a run\'s workdir (the folder '
+                     'of its metrics.jsonl)')
+  if not os.path.isfile(path):
+    raise InputError(f'{path} is not a file: move it away')
+  events = [e for e in metrics.read_jsonl(workdir)
+            if e.get('split') in ('train', 'test') and 'epoch' in e]
+  if not events:
+    raise InputError(f'{path} has no events yet (a run writes its first one '
+                     'after log_every_steps steps): nothing to plot')
+  return events
+
+
+def _series(events, key):
+  """``(epochs, values)`` of the events that carry `key`, in file order."""
+  points = [(e['epoch'], e[key]) for e in events if key in e]
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def _once_per_step(events):
+  """The first event of every (split, step): speed and learning rate are
+  the same for all heads of a step, so each is drawn once."""
+  seen, kept = set(), []
+  for event in events:
+    if (event['split'], event['step']) not in seen:
+      seen.add((event['split'], event['step']))
+      kept.append(event)
+  return kept
+
+
+def _title(workdir: str) -> str:
+  try:
+    config = run_files.read_config(workdir) or {}
+  except InputError:
+    config = {}  # The title is cosmetic: the curves need metrics.jsonl only.
+  experiment = config.get('experiment') if isinstance(config, dict) else None
+  name = paper.describe(experiment) if experiment else ''
+  folder = run_files.path(workdir, '').rstrip(os.sep)
+  return f'{name} ({folder})' if name else folder
+
+
+def training_curves(workdir: str):
+  """One run's ``metrics.jsonl`` as curves against epochs.
+
+  A row per head (``rotation``, ``classifier`` or the evaluated blocks), in
+  the order the file first names them: loss and accuracy, train and test.
+  A last row: images/s (train steps, and evaluation) and, when the train
+  events carry ``learning_rate``, the learning rate (else no such panel).
+  The plotted points are the file's numbers (accuracy as a fraction).
+
+  Args:
+    workdir: the run's folder.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` of ``CURVES_WIDTH`` by
+    ``CURVES_ROW_HEIGHT`` x (heads + 1) inches at ``DPI``.
+
+  Raises:
+    InputError: no ``metrics.jsonl``, no events in it, or a damaged one.
+  """
+  events = _read_events(workdir)
+  heads = list(dict.fromkeys(e.get('head', _NO_HEAD) for e in events))
+  fig = _figure(CURVES_WIDTH, CURVES_ROW_HEIGHT * (len(heads) + 1))
+  axes = fig.subplots(len(heads) + 1, 2, squeeze=False, sharex=True)
+  styles = {'train': dict(color='C0', linewidth=1),
+            'test': dict(color='C1', marker='o', markersize=3)}
+  for row, head in enumerate(heads):
+    of_head = [e for e in events if e.get('head', _NO_HEAD) == head]
+    for column, key in enumerate(('loss', 'accuracy')):
+      ax = axes[row, column]
+      for split in ('train', 'test'):
+        x, y = _series([e for e in of_head if e['split'] == split], key)
+        if x:
+          ax.plot(x, y, label=split, **styles[split])
+      ax.set_title(f'{head}: {key}')
+      ax.set_ylabel(key)
+      ax.grid(alpha=0.3)
+      if ax.get_lines():  # A head whose events lack the key: no legend.
+        ax.legend(loc='best', fontsize='small')
+  once = _once_per_step(events)
+  ax = axes[-1, 0]
+  for split, label in (('train', 'train steps'), ('test', 'evaluation')):
+    x, y = _series([e for e in once if e['split'] == split], 'images_per_sec')
+    if x:
+      ax.plot(x, y, label=label, **styles[split])
+  ax.set_title('images/s')
+  ax.set_ylabel('images/s')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='best', fontsize='small')
+  x, y = _series([e for e in once if e['split'] == 'train'], 'learning_rate')
+  if x:
+    ax = axes[-1, 1]
+    ax.plot(x, y, label='train', **styles['train'])
+    ax.set_title('learning rate')
+    ax.set_ylabel('learning rate')
+    if min(y) > 0:  # Log scale: every step of a x0.2 table shows.
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+  else:  # Runs from before learning_rate was logged: no empty panel.
+    fig.delaxes(axes[-1, 1])
+    # sharex hid the x tick labels of the panel above the deleted one.
+    axes[-2, 1].tick_params(labelbottom=True)
+    axes[-2, 1].set_xlabel('epoch')
+  for ax in axes[-1]:
+    ax.set_xlabel('epoch')
+  fig.suptitle(_title(workdir))
+  return fig
+
+
+# ---------------------------------------------------------------------------
+# A reproduce root: our numbers against the paper's.
+
+
+def _finished_rows(root: str) -> list[dict]:
+  """The (run, head) rows of every finished run under `root`.
+
+  Raises:
+    InputError: `root` holds no ``results.json`` of a finished run.
+  """
+  if not os.path.isdir(root):
+    raise InputError(f'{root} is not a folder: pass the --root of '
+                     'rotnet_jax.reproduce')
+  skipped = []
+  rows = report.collect(root, skipped)
+  for path, reason in skipped:
+    logging.warning('Skipped %s: %s', path, reason)
+  finished = [r for r in rows if r['complete']]
+  if not finished:
+    raise InputError(
+        f'{root} holds no finished run ({len(rows)} unfinished result rows, '
+        f'{len(skipped)} unreadable results.json): nothing to plot; let '
+        'rotnet_jax.reproduce finish a job first')
+  if len(finished) < len(rows):
+    logging.warning('Left out %d rows of unfinished runs under %s.',
+                    len(rows) - len(finished), root)
+  return finished
+
+
+def _group(rows):
+  """Rows averaged as ``report.markdown_table`` averages them: one group
+  per (experiment, head) and setting (dataset, width, epochs, BatchNorm
+  statistics of a random backbone), i.e. the seeds of one setting."""
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[(row['experiment'], row['head'], row['dataset'], row['width'],
+            row['epochs'], row['random_batch_stats'])].append(row)
+  return groups
+
+
+def _mean_std(runs) -> tuple[float, float]:
+  """Mean final accuracy (%) and sample std (NaN for one run: no bar)."""
+  finals = [r['final'] for r in runs]
+  std = float(np.std(finals, ddof=1)) if len(finals) > 1 else math.nan
+  return float(np.mean(finals)), std
+
+
+def _setting(key) -> str:
+  """Dataset, width, epochs (a random backbone's BatchNorm statistics are
+  in its bar's label already)."""
+  _, _, dataset, width, epochs, _ = key
+  return f'{dataset}, width {width:g}, {epochs} epochs'
+
+
+def _settings(keys) -> str:
+  """The settings of several groups in one short line."""
+  def values(index, fmt=str):
+    # key=str: a results.json without num_epochs gives None among ints.
+    return ', '.join(fmt(v) for v in sorted({k[index] for k in keys},
+                                            key=str))
+  return (f'{values(2)}; width {values(3, "{:g}".format)}; '
+          f'{values(4)} epochs')
+
+
+def _protocol(key) -> bool:
+  """Whether a group ran the paper's protocol (as the report decides)."""
+  experiment, _, dataset, width, epochs, _ = key
+  return (paper.comparable(dataset) and width == 1.0 and
+          epochs == paper.protocol_epochs(experiment))
+
+
+def _several_settings(groups) -> bool:
+  """Whether a row (experiment, head) has groups of several settings: their
+  labels then name the setting to tell them apart."""
+  rows = collections.Counter(key[:2] for key in groups)
+  return any(count > 1 for count in rows.values())
+
+
+def _table_of(experiment: str) -> str:
+  table = experiment.split('/', 1)[0]
+  return table if table in TABLES else 'other'
+
+
+def _is_semi(experiment: str) -> bool:
+  match = _SEMI_NAME.match(experiment)
+  return bool(match) and match.group('base') in SEMI_EXPERIMENTS
+
+
+def _order(key):
+  """Paper order: the experiments as ``paper.DESCRIPTIONS`` lists them."""
+  known = list(paper.DESCRIPTIONS)
+  rank = known.index(key[0]) if key[0] in known else len(known)
+  return (rank, key[0], key[1], str(key[2:]))
+
+
+def _bar_panel(ax, table, groups, keys, show_setting):
+  """Paper and ours side by side for each group of one table."""
+  x_paper, h_paper, x_ours, h_ours, err_ours, labels = [], [], [], [], [], []
+  paper_labels = []
+  for x, key in enumerate(keys):
+    reference = paper.paper_accuracy(key[0], key[1])
+    mean, std = _mean_std(groups[key])
+    if reference is None:  # Ours alone, centred on its tick.
+      x_ours.append(x)
+    else:
+      x_paper.append(x - 0.2)
+      h_paper.append(reference)
+      # Marked as the report marks them: not yet checked against the PDF.
+      unchecked = not paper.verified(key[0], key[1])
+      paper_labels.append(f'{reference:.2f}{"*" if unchecked else ""}')
+      x_ours.append(x + 0.2)
+    h_ours.append(mean)
+    err_ours.append(std)
+    runs = len(groups[key])
+    label = f'{paper.describe(key[0])}\n{key[1]} ({runs} run' \
+            f'{"s" if runs > 1 else ""})'
+    if key[5]:  # A random backbone: whose BatchNorm statistics (as report).
+      label += f'\nBN statistics: {key[5]}'
+    if show_setting:
+      label += '\n' + _setting(key)
+    labels.append(label)
+  if x_paper:
+    marked = any(label.endswith('*') for label in paper_labels)
+    bars = ax.bar(x_paper, h_paper, width=0.4, color='0.6',
+                  label='paper' + (' (* not yet checked against its PDF)'
+                                   if marked else ''))
+    ax.bar_label(bars, paper_labels, fontsize='x-small')
+  bars = ax.bar(x_ours, h_ours, width=0.4, color='C0', yerr=err_ours,
+                capsize=3, label='ours (final epoch; mean ± std of seeds)')
+  ax.bar_label(bars, fmt='%.2f', fontsize='x-small')
+  ax.set_xticks(range(len(keys)), labels, rotation=30, ha='right',
+                fontsize='x-small')
+  # At least 4 slots wide: a lone bar is not drawn across the whole panel.
+  ax.set_xlim(-0.6, max(len(keys), 4) - 0.4)
+  # Room above 100 % for the legend, clear of the bars.
+  ax.set_ylim(0, 118)
+  ax.set_yticks(range(0, 101, 20))
+  ax.set_ylabel('test accuracy (%)')
+  title = _TABLE_TITLES[table]
+  off_protocol = [k for k in keys if not _protocol(k)]
+  if off_protocol:  # Say so where the bars cannot be compared.
+    title += '\nours not the paper\'s protocol: ' + _settings(off_protocol)
+  ax.set_title(title, fontsize='medium')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(loc='upper center', ncols=2, fontsize='small')
+
+
+def _comparison_figure(rows, root: str):
+  groups = _group(r for r in rows if not _is_semi(r['experiment']))
+  if not groups:
+    raise InputError(f'{root} holds only semi-supervised runs: plot them '
+                     'with semi_supervised (semi_supervised.png)')
+  panels = collections.defaultdict(list)
+  for key in sorted(groups, key=_order):
+    panels[_table_of(key[0])].append(key)
+  names = [t for t in TABLES + ('other',) if t in panels]
+  show_setting = _several_settings(groups)
+  fig = _figure(COMPARISON_WIDTH, COMPARISON_PANEL_HEIGHT * len(names))
+  axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+  for ax, table in zip(axes, names):
+    _bar_panel(ax, table, groups, panels[table], show_setting)
+  fig.suptitle(f'Test accuracy: the paper (CIFAR-10) and ours ({root})')
+  return fig
+
+
+def paper_comparison(root: str):
+  """The paper's numbers and ours, a grouped bar chart per table.
+
+  One panel per table with finished runs (``table1``, ``table2``,
+  ``table3``, then the experiments outside them: pretext, variants,
+  smoke), one group per (experiment, block) and setting. Its bars: the
+  paper's number (grey; left out where ``paper.py`` has none) and ours,
+  the final-epoch test accuracy in %, mean over seeds with the sample std
+  as error bar when there are several. Semi-supervised runs are
+  :func:`semi_supervised`'s. Unfinished runs are left out.
+
+  Args:
+    root: a folder of ``results.json`` files (``reproduce --root``).
+
+  Returns:
+    A ``matplotlib.figure.Figure`` of ``COMPARISON_WIDTH`` by
+    ``COMPARISON_PANEL_HEIGHT`` x panels inches at ``DPI``.
+
+  Raises:
+    InputError: no finished run under `root`, or only semi-supervised ones.
+  """
+  return _comparison_figure(_finished_rows(root), root)
+
+
+def _semi_figure(rows, root: str):
+  groups = collections.defaultdict(list)
+  for row in rows:
+    match = _SEMI_NAME.match(row['experiment'])
+    if match and match.group('base') in SEMI_EXPERIMENTS:
+      key = (match.group('base'), row['head'], row['dataset'], row['width'],
+             row['epochs'], row['random_batch_stats'])
+      groups[key].append((int(match.group('k')), row))
+  if not groups:
+    raise InputError(f'{root} holds no finished semi-supervised run '
+                     f'({", ".join(e + "/k*" for e in SEMI_EXPERIMENTS)}): '
+                     'run python -m rotnet_jax.reproduce semi first')
+  fig = _figure(*SEMI_SIZE)
+  ax = fig.subplots()
+  show_setting = _several_settings(groups)
+  markers = {SEMI_EXPERIMENTS[0]: 'o', SEMI_EXPERIMENTS[1]: 's'}
+  ks = set()
+  for key in sorted(groups, key=lambda k: (SEMI_EXPERIMENTS.index(k[0]),
+                                           str(k[1:]))):
+    by_k = collections.defaultdict(list)
+    for k, row in groups[key]:
+      by_k[k].append(row)
+    x = sorted(by_k)
+    stats = [_mean_std(by_k[k]) for k in x]
+    ks.update(x)
+    label = paper.DESCRIPTIONS[key[0]].removeprefix('Semi-supervised: ')
+    label += f' ({key[1]})'
+    if show_setting:
+      label += f'\n{_setting(key)}'
+    line, = ax.plot(x, [s[0] for s in stats], marker=markers[key[0]],
+                    label=label)
+    # Error bars apart from the line, so the line's data is the means alone.
+    ax.errorbar(x, [s[0] for s in stats], yerr=[s[1] for s in stats],
+                fmt='none', ecolor=line.get_color(), capsize=3)
+  ax.set_xscale('log')
+  ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
+  ax.minorticks_off()
+  ax.set_xlabel('labelled training images per class (K)')
+  ax.set_ylabel('test accuracy (%, final epoch)')
+  ax.set_title('Semi-supervised: RotNet + conv vs supervised NIN-3\n'
+               f'({_settings(list(groups))})', fontsize='medium')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right', fontsize='small')
+  return fig
+
+
+def semi_supervised(root: str):
+  """Accuracy against K for the ``semi`` table, as in the paper's figure.
+
+  Two lines with markers, ``semi/rotnet_conv`` and ``semi/supervised_nin3``
+  (one per setting if the root mixes settings): final-epoch test accuracy
+  in %, mean over seeds (error bars: sample std), against K on a log axis.
+
+  Args:
+    root: a folder of ``results.json`` files (``reproduce --root``).
+
+  Returns:
+    A ``matplotlib.figure.Figure`` of ``SEMI_SIZE`` inches at ``DPI``.
+
+  Raises:
+    InputError: no finished run under `root`, or no semi-supervised one.
+  """
+  return _semi_figure(_finished_rows(root), root)
+
+
+# ---------------------------------------------------------------------------
+# Files.
+
+
+def save(fig, path: str) -> str:
+  """Writes `fig` as a PNG to `path` atomically; returns the absolute path.
+
+  The picture is written to a temporary name in the same folder and renamed,
+  so a reader (a browser refreshing during a run) never sees half a file.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.',
+                             suffix='.tmp', dir=os.path.dirname(path))
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      fig.savefig(f, format='png', dpi=fig.dpi)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def _has_results(root: str) -> bool:
+  return any(run_files.RESULTS_FILE in files for _, _, files in os.walk(root))
+
+
+def plot_path(path: str, out_dir: str | None = None) -> list[str]:
+  """Plots what `path` holds into `out_dir`; returns the files written.
+
+  * a run's workdir (it has ``metrics.jsonl``): ``curves.png``;
+  * a ``reproduce`` root (``results.json`` files under it):
+    ``paper_comparison.png`` (unless it holds only semi-supervised runs)
+    and, when it has semi-supervised runs, ``semi_supervised.png``.
+
+  Every figure is drawn before anything is written, so bad input leaves
+  `out_dir` untouched. Existing pictures of the same names are replaced.
+
+  Args:
+    path: a workdir or a reproduce root.
+    out_dir: where the pictures go (created if need be); default `path`.
+
+  Raises:
+    InputError: `path` is neither (naming it), its files cannot be plotted
+      (an empty or damaged ``metrics.jsonl``, no finished run), or
+      `out_dir` cannot be written (checked first; a full disk while
+      writing).
+  """
+  out_dir = path if out_dir is None else out_dir
+  if not os.path.isdir(path):
+    raise InputError(f'{path} is not a folder: pass a run\'s workdir or the '
+                     '--root of rotnet_jax.reproduce')
+  run_files.check_writable_folder(out_dir, '--out')
+  figures = []
+  if os.path.lexists(run_files.path(path, run_files.METRICS_FILE)):
+    figures.append((CURVES_FILE, training_curves(path)))
+  elif _has_results(path):
+    rows = _finished_rows(path)
+    if any(not _is_semi(r['experiment']) for r in rows):
+      figures.append((PAPER_COMPARISON_FILE, _comparison_figure(rows, path)))
+    if any(_is_semi(r['experiment']) for r in rows):
+      figures.append((SEMI_SUPERVISED_FILE, _semi_figure(rows, path)))
+  else:
+    raise InputError(f'{path} holds no metrics.jsonl and no results.json '
+                     'under it: pass a run\'s workdir or the --root of '
+                     'rotnet_jax.reproduce')
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    return [save(fig, os.path.join(out_dir, name)) for name, fig in figures]
+  except OSError as e:  # What check_writable_folder cannot foresee: a full
+    # disk, a folder that refuses new entries (/proc), a race.
+    raise InputError(f'--out={out_dir!r} cannot be written: '
+                     f'{e.strerror or e}') from e
