@@ -61,14 +61,19 @@ def quiet_library_logs() -> None:
   sys.unraisablehook = _ignore_closed_event_loops(sys.unraisablehook)
 
 
-def fail(error) -> None:
-  """Exits with status 2 and a one-line message (bad input, no traceback).
+# Exit status of a run whose loss became NaN or infinite.
+DIVERGED_STATUS = 3
 
-  A message that quotes another library's error over several lines is
-  joined into one.
+
+def fail(error, status: int = 2) -> None:
+  """Exits with `status` and a one-line message (no traceback).
+
+  Status 2 is bad input; :data:`DIVERGED_STATUS` a diverged run. A message
+  that quotes another library's error over several lines is joined into
+  one.
   """
   print('error: ' + ' '.join(str(error).split()), file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -24,3 +24,12 @@ class MissingInputError(InputError, FileNotFoundError):
 
 class ConfigError(InputError):
   """A config key is unknown, has the wrong type, or an invalid value."""
+
+
+class TrainingDiverged(RuntimeError):
+  """The training loss became NaN or infinite.
+
+  Raised before anything of the diverged steps is saved: the workdir keeps
+  its last good checkpoint. Not bad input (a lower learning rate or another
+  seed may help), so the command line exits with its own status.
+  """

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from rotnet_jax import checkpoint as checkpoint_lib
@@ -27,6 +28,7 @@ from rotnet_jax import optim
 from rotnet_jax import parallel
 from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
+from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.errors import first_line
 from rotnet_jax.steps import CompiledSteps
 from rotnet_jax.steps import TrainState
@@ -282,8 +284,24 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   bar = progress_bar(total_steps, step)
   pending = []
 
+  def check_finite():
+    # Every step since the last check, before its loss is logged or its
+    # parameters saved: a diverged run stops with its last good checkpoint.
+    for index, sums in enumerate(pending):
+      for head, head_sums in sums.items():
+        if not np.isfinite(np.asarray(head_sums['loss_sum'])):
+          bad_step = step - len(pending) + index + 1
+          raise TrainingDiverged(
+              f'the {head} loss is {float(np.asarray(head_sums["loss_sum"]))}'
+              f' at step {bad_step} (epoch {bad_step / steps_per_epoch:.2f}):'
+              ' training diverged. Nothing after it was saved; the workdir '
+              f'keeps its last good checkpoint ({workdir}). Lower the '
+              'learning rate (config.learning_rate_table) or try another '
+              'seed, then rerun.')
+
   def log_train(epoch):
     nonlocal pending
+    check_finite()
     summaries = {head: metrics_lib.summarize([s[head] for s in pending])
                  for head in pending[0]}
     speed, eta = progress.update(step, images_per_step)
@@ -319,6 +337,7 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
           log_train(epoch)
       done = epoch + 1
       last = done == config.num_epochs
+      check_finite()  # The steps not logged yet, before testing or saving.
       if last and pending:
         log_train(epoch)  # The tail of the last epoch.
       if done % config.eval_every_epochs == 0 or last:

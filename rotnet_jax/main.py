@@ -21,6 +21,7 @@ from rotnet_jax import cli
 from rotnet_jax import parallel
 from rotnet_jax import train
 from rotnet_jax.errors import InputError
+from rotnet_jax.errors import TrainingDiverged
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +54,8 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except InputError as e:
     cli.fail(e)
+  except TrainingDiverged as e:
+    cli.fail(e, status=cli.DIVERGED_STATUS)
 
 
 def run() -> None:

@@ -15,7 +15,9 @@ lists, so a new key is covered as soon as it has a rule (and
 import concurrent.futures
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -578,3 +580,28 @@ def test_benchmark_command_line(args, names, tmp_path):
   result = _run(_command('rotnet_jax.benchmark', '--config=configs/cifar.py',
                          *args))
   _assert_one_error_line(result, *names)
+
+
+def test_a_diverged_run_stops_naming_the_step_and_keeps_its_checkpoint(
+    tmp_path):
+  """A NaN loss: one error line naming the head and the step, exit 3, and
+  the epoch-1 checkpoint is the newest (nothing of the NaN steps saved)."""
+  workdir = tmp_path / 'run'
+  # Epoch 2 diverges and logs nothing mid-epoch: the check at its end must
+  # stop the run before its test pass and its checkpoint.
+  result = _run(_command('main.py', *_main_args(
+      workdir, num_epochs=3, learning_rate_table=((1, 0.1), (3, 1e30)),
+      batch_size=64, checkpoint_every_epochs=1, eval_every_epochs=1,
+      log_every_steps=100)))
+  assert result.returncode == 3, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert re.search(r'rotation loss is nan at step \d+ \(epoch 1\.\d+\)',
+                   errors[0]), errors[0]
+  assert os.listdir(workdir / 'checkpoints') == ['4']  # 256 / 64 steps.
+  with open(workdir / 'metrics.jsonl') as f:
+    events = [json.loads(l) for l in f]
+  # Epoch 1's test pass, and nothing of epoch 2.
+  assert [(e['split'], e['epoch']) for e in events] == [('test', 1)]
+  assert all(math.isfinite(e['loss']) for e in events)
