@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -260,113 +261,128 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     return state, {}
   check_disk_space(workdir, state)
 
-  if damaged:
-    _set_aside(workdir, damaged, step)
-  checkpoints = checkpoint_lib.Checkpointer(
-      workdir, max_to_keep=config.keep_checkpoints)
-  # Events after the checkpoint we resume from are dropped: they are redone.
-  writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step,
-                                    run_config=config_dict,
-                                    wandb_project=config.wandb_project)
-  run_files.write_config(workdir, config, network)
+  # One run per workdir: from here on this run writes to it.
+  with run_files.lock(workdir):
+    if damaged:
+      _set_aside(workdir, damaged, step)
+    checkpoints = checkpoint_lib.Checkpointer(
+        workdir, max_to_keep=config.keep_checkpoints)
+    # Events after the checkpoint we resume from are dropped: they are redone.
+    writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step,
+                                      run_config=config_dict,
+                                      wandb_project=config.wandb_project)
+    run_files.write_config(workdir, config, network)
 
-  steps_per_epoch = train_source.steps_per_epoch
-  total_steps = config.num_epochs * steps_per_epoch
-  learning_rate = optim.epoch_table_schedule(config.learning_rate_table,
-                                             steps_per_epoch)
-  progress = _Progress(step, total_steps)
-  logging.info('Training %d epochs x %d steps of %d images (%d per step '
-               'after the task), pipeline=%s, %d examples. Trained '
-               'parameters:\n%s', config.num_epochs, steps_per_epoch,
-               config.batch_size, images_per_step, config.pipeline,
-               train_source.num_examples,
-               metrics_lib.parameter_overview(state.params))
-  bar = progress_bar(total_steps, step)
-  pending = []
-
-  def check_finite():
-    # Every step since the last check, before its loss is logged or its
-    # parameters saved: a diverged run stops with its last good checkpoint.
-    for index, sums in enumerate(pending):
-      for head, head_sums in sums.items():
-        if not np.isfinite(np.asarray(head_sums['loss_sum'])):
-          bad_step = step - len(pending) + index + 1
-          raise TrainingDiverged(
-              f'the {head} loss is {float(np.asarray(head_sums["loss_sum"]))}'
-              f' at step {bad_step} (epoch {bad_step / steps_per_epoch:.2f}):'
-              ' training diverged. Nothing after it was saved; the workdir '
-              f'keeps its last good checkpoint ({workdir}). Lower the '
-              'learning rate (config.learning_rate_table) or try another '
-              'seed, then rerun.')
-
-  def log_train(epoch):
-    nonlocal pending
-    check_finite()
-    summaries = {head: metrics_lib.summarize([s[head] for s in pending])
-                 for head in pending[0]}
-    speed, eta = progress.update(step, images_per_step)
-    # The rate of the step just taken (optax counts updates from 0).
-    rate = float(learning_rate(step - 1))
-    for head, summary in summaries.items():
-      writer.write(step=step, epoch=step / steps_per_epoch, split='train',
-                   head=head, loss=summary['loss'],
-                   accuracy=summary['accuracy'], images_per_sec=speed,
-                   learning_rate=rate)
-    line = (f'epoch {epoch + 1}/{config.num_epochs} step {step}/'
-            f'{total_steps} | train {_describe(summaries)} | lr {rate:g} | '
-            f'{speed:.0f} img/s | ETA {eta}')
-    if bar is None:
-      logging.info(line)
-    else:
-      bar.set_postfix_str(f'train {_describe(summaries)} | lr {rate:g}',
-                          refresh=False)
-      logging.debug(line)
+    steps_per_epoch = train_source.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    learning_rate = optim.epoch_table_schedule(config.learning_rate_table,
+                                               steps_per_epoch)
+    progress = _Progress(step, total_steps)
+    logging.info('Training %d epochs x %d steps of %d images (%d per step '
+                 'after the task), pipeline=%s, %d examples. Trained '
+                 'parameters:\n%s', config.num_epochs, steps_per_epoch,
+                 config.batch_size, images_per_step, config.pipeline,
+                 train_source.num_examples,
+                 metrics_lib.parameter_overview(state.params))
+    bar = progress_bar(total_steps, step)
     pending = []
 
-  try:
-    for epoch in range(start_epoch, config.num_epochs):
-      for inputs in train_source.epoch(epoch):
-        state, sums = steps.train(state, inputs, step)
-        if steps.sync_every_step:
-          jax.block_until_ready(sums)
-        pending.append(sums)
-        step += 1
-        if bar is not None:
-          bar.update(1)
-        if step % config.log_every_steps == 0:
-          log_train(epoch)
-      done = epoch + 1
-      last = done == config.num_epochs
-      check_finite()  # The steps not logged yet, before testing or saving.
-      if last and pending:
-        log_train(epoch)  # The tail of the last epoch.
-      if done % config.eval_every_epochs == 0 or last:
-        with progress.paused():
-          start = time.time()
-          summaries = evaluate(steps, state, test_source)
-          seconds = time.time() - start
-        for head, summary in summaries.items():
-          writer.write(step=step, epoch=done, split='test', head=head,
-                       loss=summary['loss'], accuracy=summary['accuracy'],
-                       images_per_sec=summary['count'] / seconds)
-          best[head] = _track_best(best.get(head), summary, done)
-        logging.info('epoch %d/%d | test %s (%d test samples)', done,
-                     config.num_epochs, _describe(summaries),
-                     next(iter(summaries.values()))['count'])
-      if done % config.checkpoint_every_epochs == 0 or last:
-        check_disk_space(workdir, state)
-        checkpoints.save(step, model={'params': state.params,
-                                      'batch_stats': state.batch_stats},
-                         opt_state=state.opt_state,
-                         meta={'epoch': done, 'step': step,
-                               'network': network, 'config': config_dict,
-                               'best': best})
-  finally:
-    # Also on errors: finish the asynchronous save in flight.
+    # Of replicated variables: one replicated boolean, the same verdict on
+    # every process.
+    all_finite = jax.jit(lambda *trees: jnp.all(jnp.stack([
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
+
+    def check_finite():
+      # Every step since the last check, before its loss is logged or its
+      # parameters saved: a diverged run stops with its last good checkpoint.
+      for index, sums in enumerate(pending):
+        for head, head_sums in sums.items():
+          if not np.isfinite(np.asarray(head_sums['loss_sum'])):
+            bad_step = step - len(pending) + index + 1
+            raise TrainingDiverged(
+                f'the {head} loss is {float(np.asarray(head_sums["loss_sum"]))}'
+                f' at step {bad_step} (epoch {bad_step / steps_per_epoch:.2f}):'
+                ' training diverged. Nothing after it was saved; the workdir '
+                f'keeps its last good checkpoint ({workdir}). Lower the '
+                'learning rate (config.learning_rate_table) or try another '
+                'seed, then rerun.')
+
+    def log_train(epoch):
+      nonlocal pending
+      check_finite()
+      summaries = {head: metrics_lib.summarize([s[head] for s in pending])
+                   for head in pending[0]}
+      speed, eta = progress.update(step, images_per_step)
+      # The rate of the step just taken (optax counts updates from 0).
+      rate = float(learning_rate(step - 1))
+      for head, summary in summaries.items():
+        writer.write(step=step, epoch=step / steps_per_epoch, split='train',
+                     head=head, loss=summary['loss'],
+                     accuracy=summary['accuracy'], images_per_sec=speed,
+                     learning_rate=rate)
+      line = (f'epoch {epoch + 1}/{config.num_epochs} step {step}/'
+              f'{total_steps} | train {_describe(summaries)} | lr {rate:g} | '
+              f'{speed:.0f} img/s | ETA {eta}')
+      if bar is None:
+        logging.info(line)
+      else:
+        bar.set_postfix_str(f'train {_describe(summaries)} | lr {rate:g}',
+                            refresh=False)
+        logging.debug(line)
+      pending = []
+
     try:
-      checkpoints.close()
+      for epoch in range(start_epoch, config.num_epochs):
+        for inputs in train_source.epoch(epoch):
+          state, sums = steps.train(state, inputs, step)
+          if steps.sync_every_step:
+            jax.block_until_ready(sums)
+          pending.append(sums)
+          step += 1
+          if bar is not None:
+            bar.update(1)
+          if step % config.log_every_steps == 0:
+            log_train(epoch)
+        done = epoch + 1
+        last = done == config.num_epochs
+        check_finite()  # The steps not logged yet, before testing or saving.
+        # The last update of the epoch is in no loss yet: check its result.
+        if not bool(all_finite(state.params, state.batch_stats)):
+          raise TrainingDiverged(
+              f'the parameters hold NaN or infinite values after step '
+              f'{step} (epoch {done}): training diverged. Nothing of it was '
+              f'saved; the workdir keeps its last good checkpoint '
+              f'({workdir}). Lower the learning rate '
+              '(config.learning_rate_table) or try another seed, then rerun.')
+        if last and pending:
+          log_train(epoch)  # The tail of the last epoch.
+        if done % config.eval_every_epochs == 0 or last:
+          with progress.paused():
+            start = time.time()
+            summaries = evaluate(steps, state, test_source)
+            seconds = time.time() - start
+          for head, summary in summaries.items():
+            writer.write(step=step, epoch=done, split='test', head=head,
+                         loss=summary['loss'], accuracy=summary['accuracy'],
+                         images_per_sec=summary['count'] / seconds)
+            best[head] = _track_best(best.get(head), summary, done)
+          logging.info('epoch %d/%d | test %s (%d test samples)', done,
+                       config.num_epochs, _describe(summaries),
+                       next(iter(summaries.values()))['count'])
+        if done % config.checkpoint_every_epochs == 0 or last:
+          check_disk_space(workdir, state)
+          checkpoints.save(step, model={'params': state.params,
+                                        'batch_stats': state.batch_stats},
+                           opt_state=state.opt_state,
+                           meta={'epoch': done, 'step': step,
+                                 'network': network, 'config': config_dict,
+                                 'best': best})
     finally:
-      writer.close()
-      if bar is not None:
-        bar.close()
-  return state, best
+      # Also on errors: finish the asynchronous save in flight.
+      try:
+        checkpoints.close()
+      finally:
+        writer.close()
+        if bar is not None:
+          bar.close()
+    return state, best

@@ -7,18 +7,23 @@
       checkpoints/    Orbax checkpoints (checkpoint.Checkpointer)
       tensorboard/    event files, when tensorboardX is installed
       damaged_checkpoints/  checkpoints that could not be read on resume
+      run.lock        while a run trains here: its host, process id, start time
 
 Training, ``rotnet_jax.reproduce`` and ``rotnet_jax.report`` all find the
 files through this module. JSON files are replaced atomically, so a crash
 never leaves half a file, and only process 0 writes.
 """
 
+import contextlib
+import datetime
 import json
 import os
+import socket
 import tempfile
 from typing import Any
 
 import jax
+from absl import logging
 
 from rotnet_jax.errors import InputError
 
@@ -29,6 +34,8 @@ CHECKPOINTS_DIR = 'checkpoints'
 TENSORBOARD_DIR = 'tensorboard'
 # Checkpoints that could not be read on resume are moved here.
 DAMAGED_CHECKPOINTS_DIR = 'damaged_checkpoints'
+# Held by the run training in the workdir (one run per workdir).
+LOCK_FILE = 'run.lock'
 
 
 def path(workdir: str, name: str) -> str:
@@ -37,7 +44,7 @@ def path(workdir: str, name: str) -> str:
 
 
 # What each entry of a workdir must be, if it exists.
-_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE)
+_FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, LOCK_FILE)
 _FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR, DAMAGED_CHECKPOINTS_DIR)
 
 
@@ -209,3 +216,97 @@ def read_results(workdir: str) -> dict[str, Any] | None:
   """The run's ``results.json``, or None if it has none."""
   file_path = path(workdir, RESULTS_FILE)
   return read_json(file_path) if os.path.exists(file_path) else None
+
+
+# One run per workdir. Two runs writing the same checkpoints and metrics
+# race (one dies in the middle of an Orbax save); the second is refused.
+
+
+def _lock_holder(workdir: str) -> dict[str, Any] | None:
+  """The holder written in the workdir's lock, or None if there is none."""
+  try:
+    with open(path(workdir, LOCK_FILE)) as f:
+      holder = json.loads(f.read())
+    return holder if isinstance(holder, dict) else {}
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}  # Cut short by a crash while it was written: stale.
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+  """Whether the run that wrote `holder` is known to be gone.
+
+  Only a process of this host can be checked; a lock of another host is
+  taken as live (its message says how to remove it).
+  """
+  if holder.get('host') != socket.gethostname():
+    return not holder  # An unreadable lock is stale.
+  try:
+    os.kill(int(holder['pid']), 0)
+  except ProcessLookupError:
+    return True
+  except (KeyError, TypeError, ValueError):
+    return True
+  except PermissionError:
+    return False  # Alive, another user's.
+  return int(holder['pid']) == os.getpid()  # Our own: a leftover of ours.
+
+
+def _locked_error(workdir: str, holder: dict[str, Any]) -> InputError:
+  return InputError(
+      f'--workdir={workdir} is in use by another run (host '
+      f"{holder.get('host')}, process {holder.get('pid')}, started "
+      f"{holder.get('started')}): wait for it, or use another --workdir. If "
+      f'that run is gone (killed on another host), delete '
+      f'{path(workdir, LOCK_FILE)}.')
+
+
+def check_not_locked(workdir: str) -> None:
+  """Raises InputError if a live run holds `workdir` (reads only)."""
+  holder = _lock_holder(workdir)
+  if holder is not None and not _is_stale(holder):
+    raise _locked_error(workdir, holder)
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds `workdir`'s lock while the body runs (process 0 takes it).
+
+  The lock file is created atomically (``O_EXCL``): of two runs started
+  at once, one gets it and the other is refused. A lock left by a killed
+  run of this host is stale: it is taken over with a warning.
+
+  Raises:
+    InputError: a live run holds the workdir.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(path(workdir, ''), exist_ok=True)
+  file_path = path(workdir, LOCK_FILE)
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(),
+            'started': datetime.datetime.now().astimezone().isoformat(
+                timespec='seconds')}
+  while True:
+    try:
+      descriptor = os.open(file_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                           0o644)
+      break
+    except FileExistsError:
+      previous = _lock_holder(workdir)
+      if previous is None:
+        continue  # Released in between: try again.
+      if not _is_stale(previous):
+        raise _locked_error(workdir, previous) from None
+      logging.warning('Taking over the stale lock of a run that is gone '
+                      '(%s): %s', previous or 'unreadable', file_path)
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(file_path)
+  with os.fdopen(descriptor, 'w') as f:
+    f.write(json.dumps(holder) + '\n')
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(file_path)

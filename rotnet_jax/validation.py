@@ -50,11 +50,12 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
 
   Raises:
     InputError: a bad config, pretrained weights that cannot be read, a
-      workdir that cannot hold a run, or a ``cache_dir`` that cannot be
-      written.
+      workdir that cannot hold a run or that another run is using, or a
+      ``cache_dir`` that cannot be written.
   """
   config = check_config(config, pretrained_must_exist=True)
   run_files.check_workdir(workdir)
+  run_files.check_not_locked(workdir)  # Early; loop.fit takes the lock.
   if config.wandb_project and importlib.util.find_spec('wandb') is None:
     raise InputError(
         f'config.wandb_project={config.wandb_project!r}: Weights & Biases '

@@ -19,8 +19,10 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -605,3 +607,59 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_its_checkpoint(
   # Epoch 1's test pass, and nothing of epoch 2.
   assert [(e['split'], e['epoch']) for e in events] == [('test', 1)]
   assert all(math.isfinite(e['loss']) for e in events)
+  assert not os.path.exists(workdir / 'run.lock')  # Released on the way out.
+
+
+# One run per workdir.
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, XLA_FLAGS='')
+  first = subprocess.Popen(
+      _command('main.py', *_main_args(workdir, num_epochs=30)),
+      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    lock_file = workdir / 'run.lock'
+    deadline = time.time() + 240
+    while not lock_file.exists() and first.poll() is None:
+      assert time.time() < deadline, 'the first run never took the lock'
+      time.sleep(0.2)
+    holder = json.loads(lock_file.read_text())
+    assert holder['pid'] == first.pid
+    second = _run(_command('main.py', *_main_args(workdir, num_epochs=30)))
+    _assert_one_error_line(second, 'in use by another run',
+                           f"process {first.pid}", holder['started'],
+                           holder['host'])
+    assert first.poll() is None  # The first run goes on, undisturbed.
+  finally:
+    first.wait(timeout=600)
+  assert first.returncode == 0, first.stderr.read()[-2000:]
+  assert not (workdir / 'run.lock').exists()
+
+
+def _dead_pid():
+  process = subprocess.Popen(['true'])
+  process.wait()
+  return process.pid
+
+
+def test_a_stale_lock_is_taken_over_and_another_hosts_is_not(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  lock_file = workdir / 'run.lock'
+  # A run of this host that was killed: its process is gone.
+  lock_file.write_text(json.dumps({'host': socket.gethostname(),
+                                   'pid': _dead_pid(), 'started': 'then'}))
+  result = _run(_command('main.py', *_main_args(workdir)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Taking over the stale lock' in result.stderr
+  assert not lock_file.exists()
+  # A lock of another host cannot be checked: refused, nothing changed.
+  lock_file.write_text(json.dumps({'host': 'elsewhere', 'pid': 1,
+                                   'started': '2026-01-01T00:00:00'}))
+  before = _snapshot(workdir)
+  result = _run(_command('main.py', *_main_args(workdir, num_epochs=2)))
+  _assert_one_error_line(result, 'host elsewhere', 'delete')
+  assert _snapshot(workdir) == before
