@@ -14,6 +14,7 @@ by its batch's statistics, as during training); the per-layer batch means
 and variances are pooled over the batches (law of total variance).
 """
 
+import functools
 import math
 
 import jax
@@ -24,6 +25,7 @@ from flax import nnx
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax.data import transforms
+from rotnet_jax.errors import InputError
 from rotnet_jax.models import layers
 
 # Training images the statistics are estimated on (fewer if the training
@@ -53,7 +55,8 @@ def reestimate(spec, variables, train_source, config, mesh,
   graphdef = models.backbone_graphdef(spec, jnp.float32)
   keep = layers.BATCH_NORM_MOMENTUM
 
-  @jax.jit
+  # Replicated outputs: every process reads the same numbers to the host.
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def batch_moments(params, resident, inputs):
     batch = train_source.materialize(resident, inputs)
     images = transforms.normalize(batch['image'], tuple(config.mean_rgb),
@@ -76,6 +79,11 @@ def reestimate(spec, variables, train_source, config, mesh,
     # Per layer: sum of batch means, of batch variances, of squared means.
     moments = _with_squared_means(moments)
     sums = moments if sums is None else jax.tree.map(np.add, sums, moments)
+  if sums is None:
+    raise InputError('re-estimating the random backbone\'s BatchNorm '
+                     'statistics: the training split gave no full batch '
+                     f'(batch_size={train_source.batch_size}, '
+                     f'{train_source.num_examples} examples)')
   pooled = _pool(sums, num_batches)
   new_variables = dict(variables,
                        batch_stats=parallel.replicate(mesh, pooled))

@@ -6,9 +6,10 @@
 ``--pretrained`` is anything ``rotnet_jax.load`` takes (a workdir, with
 ``--step``; an exported ``.safetensors`` file; an official PyTorch file).
 The split is read by the package's own data layer (bundled ``digits``, an
-image folder, or a TFDS name), in dataset order, at the network's image
-size. The file holds one array per block (``float32 [N, h, w, C]`` NHWC,
-or ``[N, C]`` with ``--pool``, global average pooling), ``labels``
+image folder, or a TFDS name), in stored order (TFDS's own for a TFDS
+dataset), at the network's image size. The file holds one array per
+block (``float32 [N, h, w, C]`` NHWC, or ``[N, C]`` with ``--pool``,
+global average pooling), ``labels``
 (``int32 [N]``), ``blocks`` (the block names) and ``class_names`` (empty
 when the dataset does not name its classes). It is written to a
 temporary file and renamed: an interrupted run leaves no partial output.
@@ -41,7 +42,7 @@ def check_output(out: str, *, overwrite: bool) -> str:
 def open_images(dataset: str, split: str, image_size: int, *,
                 data_dir: str | None = None, cache_dir: str | None = None
                 ) -> datasets.Split:
-  """Every image of `split` of `dataset`, decoded, in dataset order.
+  """Every image of `split` of `dataset`, decoded, in stored order.
 
   Labels are those a run sees: an image folder's split must have the class
   folders of its ``train`` split, as in training.

@@ -55,7 +55,9 @@ def _chunk_votes(bank, bank_labels, queries, *, k: int, temperature: float,
   similarities = jnp.matmul(queries, bank.T,
                             precision=jax.lax.Precision.HIGHEST)
   top, index = jax.lax.top_k(similarities, k)
-  weights = jnp.exp(top / temperature)
+  # Relative to each row's nearest neighbour: exp(1 / T) overflows float32
+  # below T = 0.011, and the common factor changes no vote's winner.
+  weights = jnp.exp((top - top[:, :1]) / temperature)
   labels = bank_labels[index]
   return jnp.sum(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) *
                  weights[..., None], axis=1)
@@ -68,7 +70,8 @@ _chunk_votes_jit = jax.jit(_chunk_votes,
 def knn_votes(train_features, train_labels, test_features, *, k: int,
               temperature: float, num_classes: int,
               chunk_size: int | None = None) -> np.ndarray:
-  """Per test row, the summed ``exp(cos / T)`` of its k nearest per class.
+  """Per test row, the summed ``exp(cos / T)`` of its k nearest per class,
+  divided by the nearest one's (the same factor for every class of a row).
 
   Args:
     train_features: ``[n, d]`` memory bank (normalised here).
@@ -88,6 +91,8 @@ def knn_votes(train_features, train_labels, test_features, *, k: int,
   bank_labels = jnp.asarray(np.asarray(train_labels, np.int32))
   queries = l2_normalize(test_features)
   count = len(queries)
+  if count == 0:
+    return np.zeros((0, num_classes), np.float32)
   k = min(int(k), len(bank))
   chunk = chunk_size or max(1, min(_MAX_CHUNK,
                                    _MAX_SIMILARITIES // max(len(bank), 1)))

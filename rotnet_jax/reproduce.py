@@ -38,6 +38,7 @@ from rotnet_jax import run_files
 from rotnet_jax import train
 from rotnet_jax import validation
 from rotnet_jax.errors import InputError
+from rotnet_jax.errors import TrainingDiverged
 
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
 
@@ -403,6 +404,9 @@ def main(argv):
               dry_run=FLAGS.dry_run)
   except InputError as e:
     cli.fail(e)
+  except TrainingDiverged as e:
+    # The jobs before it are kept; rerunning resumes after them.
+    cli.fail(e, status=cli.DIVERGED_STATUS)
 
 
 def run() -> None:

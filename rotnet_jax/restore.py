@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from rotnet_jax import batch_stats as batch_stats_lib
 from rotnet_jax import checkpoint as checkpoint_lib
@@ -208,6 +209,14 @@ def _file_backbone(config, mesh) -> RestoredBackbone:
         f'config.pretrained={config.pretrained!r} is a file with one set '
         'of weights; leave the step at 0')
   loaded = weights_lib.read(config.pretrained)
+  for key in ('mean_rgb', 'std_rgb'):
+    # The network only means something on inputs normalised like its own.
+    if not np.allclose(getattr(loaded, key), getattr(config, key)):
+      raise InputError(
+          f'config.pretrained={config.pretrained!r} was trained on inputs '
+          f'normalised with {key}={tuple(getattr(loaded, key))}, but '
+          f'config.{key}={tuple(getattr(config, key))}: pass '
+          f'--config.{key}="{tuple(getattr(loaded, key))}"')
   spec = _config_spec(config, loaded.spec)
   differ = _shape_differences(
       checkpoint_lib.flat_shapes(loaded.variables),
@@ -265,8 +274,10 @@ def fill_shape_from_pretrained(config, *, must_exist: bool):
   if config.mode != 'evaluate' or config.pretrained is None:
     return False  # config_schema.validate reports it.
   if config.pretrained == RANDOM:
-    saved = dict(models.backbone_spec(config_schema.defaults().model,
-                                      image_size=32, num_classes=0))
+    defaults = config_schema.defaults()
+    saved = dict(models.backbone_spec(defaults.model,
+                                      image_size=defaults.image_size,
+                                      num_classes=0))
   else:
     try:
       pretrained_kind(config.pretrained)

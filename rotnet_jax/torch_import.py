@@ -406,14 +406,19 @@ def _head_block(head_type: str, state, spec, path: str, block: str | None
   shapes = models.feature_shapes(spec)
   if head_type == MULTLAYER:
     key = f'{_HEAD_PREFIX}Liniear_1.weight'
-    size = state[key].shape[-1] if state[key].ndim == 2 else None
+    size = (state[key].shape[-1] if key in state and state[key].ndim == 2
+            else None)
     fits = [b for b, s in shapes.items() if int(np.prod(s)) == size]
     what = f'{size} inputs'
   else:
     key = f'{_HEAD_PREFIX}Block3_ConvB1.layers.Conv.weight'
-    size = state[key].shape[1] if state[key].ndim == 4 else None
+    size = (state[key].shape[1] if key in state and state[key].ndim == 4
+            else None)
     fits = [b for b, s in shapes.items() if s[-1] == size]
     what = f'{size} input channels'
+  if key not in state:
+    raise InputError(f'{path}: an official {head_type} classifier has the '
+                     f'key {key}, this file does not')
   valid = ', '.join(f'{b} {"x".join(map(str, s))}' for b, s in shapes.items())
   if block is not None:
     if block not in shapes:

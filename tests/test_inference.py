@@ -386,6 +386,33 @@ def test_classify_reproduces_the_evaluation_run(rotnet, tmp_path, test_digits):
   np.testing.assert_array_equal(exported.classify(images)['conv2'], logits)
 
 
+def test_an_exported_file_evaluates_like_its_workdir(rotnet, tmp_path):
+  workdir, out = rotnet
+  results = {}
+  for name, pretrained in (('workdir', workdir), ('exported', out)):
+    config = _rotnet_config(mode='evaluate', pretrained=pretrained,
+                            blocks=('conv2',), num_train_examples=500,
+                            batch_size=96)
+    # The shape keys are left for the weights to say.
+    for key in ('model.num_blocks', 'model.width', 'image_size'):
+      config.update_from_flattened_dict({key: None})
+    train.train_and_evaluate(config, str(tmp_path / name),
+                             mesh=parallel.make_mesh(jax.devices()[:1]))
+    with open(tmp_path / name / 'results.json') as f:
+      results[name] = json.load(f)['heads'][0]
+  assert results['exported']['pretrained_format'] == 'safetensors'
+  # The same backbone: the same head, to the last bit of its accuracy.
+  assert (results['exported']['final_test_accuracy'] ==
+          results['workdir']['final_test_accuracy'])
+  # Inputs normalised otherwise than the weights were trained with.
+  config = _rotnet_config(mode='evaluate', pretrained=out, blocks=('conv2',),
+                          mean_rgb=(0.0, 0.0, 0.0))
+  with pytest.raises(InputError, match=r'mean_rgb=\(125.3'):
+    train.train_and_evaluate(config, str(tmp_path / 'other'),
+                             mesh=parallel.make_mesh(jax.devices()[:1]))
+  assert not os.path.exists(tmp_path / 'other')
+
+
 # Feature extraction.
 
 def test_extract_writes_the_split(rotnet, tmp_path, test_digits):

@@ -25,9 +25,25 @@ def test_votes_are_exp_of_similarity_over_temperature():
   votes = knn.knn_votes(BANK, BANK_LABELS, QUERY, k=3, temperature=0.5,
                         num_classes=3)
   # The 3 nearest: class 0 at cosine 1, class 1 at 0.8 and 0.6; class 2 (at
-  # cosine 0) is not among them.
-  expected = [np.exp(1 / 0.5), np.exp(0.8 / 0.5) + np.exp(0.6 / 0.5), 0.0]
+  # cosine 0) is not among them. Votes are relative to the nearest
+  # neighbour's: exp((cos - 1) / T).
+  expected = [1.0, np.exp(-0.2 / 0.5) + np.exp(-0.4 / 0.5), 0.0]
   np.testing.assert_allclose(votes[0], expected, rtol=1e-5)
+
+
+def test_a_sharp_temperature_does_not_overflow():
+  # exp(1 / 0.005) is beyond float32: the votes must stay finite and right.
+  rng = np.random.default_rng(2)
+  bank = rng.normal(size=(50, 8)).astype(np.float32)
+  labels = rng.integers(0, 3, 50)
+  queries = bank[[3, 10, 20]] + 1e-3
+  votes = knn.knn_votes(bank, labels, queries, k=5, temperature=0.005,
+                        num_classes=3)
+  assert np.all(np.isfinite(votes))
+  assert knn.knn_predict(bank, labels, queries, k=5, temperature=0.005,
+                         num_classes=3).tolist() == labels[[3, 10, 20]].tolist()
+  assert knn.knn_votes(bank, labels, queries[:0], k=5, temperature=0.1,
+                       num_classes=3).shape == (0, 3)
 
 
 def test_temperature_decides_between_one_close_and_two_farther_neighbours():
@@ -45,10 +61,11 @@ def test_temperature_decides_between_one_close_and_two_farther_neighbours():
 def test_k_limits_the_neighbours_and_is_capped_by_the_bank():
   assert knn.knn_predict(BANK, BANK_LABELS, QUERY, k=1, temperature=1.0,
                          num_classes=3).tolist() == [0]
-  # k=4 adds class 2 at cosine 0 (weight e^0 = 1).
+  # k=4 adds class 2 at cosine 0 (weight e^(0 - 1) relative to the
+  # nearest).
   votes = knn.knn_votes(BANK, BANK_LABELS, QUERY, k=4, temperature=1.0,
                         num_classes=3)
-  assert votes[0, 2] == pytest.approx(1.0)
+  assert votes[0, 2] == pytest.approx(np.exp(-1.0))
   capped = knn.knn_votes(BANK, BANK_LABELS, QUERY, k=200, temperature=1.0,
                          num_classes=3)
   np.testing.assert_allclose(capped, votes)
@@ -71,8 +88,10 @@ def _reference_votes(bank, labels, queries, k, temperature, num_classes):
   votes = np.zeros((len(queries), num_classes))
   for row, query in enumerate(queries.astype(np.float64)):
     similarities = bank.astype(np.float64) @ query
-    for index in np.argsort(-similarities)[:k]:
-      votes[row, labels[index]] += np.exp(similarities[index] / temperature)
+    nearest = np.argsort(-similarities)[:k]
+    for index in nearest:
+      votes[row, labels[index]] += np.exp(
+          (similarities[index] - similarities[nearest[0]]) / temperature)
   return votes
 
 

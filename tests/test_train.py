@@ -7,6 +7,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -21,6 +22,7 @@ from rotnet_jax import steps
 from rotnet_jax import train
 from rotnet_jax.data import digits
 from rotnet_jax.data import transforms
+from rotnet_jax.errors import TrainingDiverged
 
 
 def _spec(config):
@@ -236,3 +238,40 @@ def test_pretext_variants_run(overrides, tmp_path, one_device_mesh):
   assert head['final_test_accuracy'] == event['accuracy']
   assert head['test_samples'] == 297 * outputs  # Evaluation: every angle.
   assert head['rotations'] == list(config.rotations)
+
+
+def test_parameters_that_diverge_in_the_last_step_are_never_saved(
+    tmp_path, monkeypatch):
+  """The loss of an epoch's last step is computed before its update: NaN
+  parameters from that update must stop the run before its test pass and
+  checkpoint (the previous epoch's stays the newest)."""
+  steps_per_epoch = 500 // 96
+  last_step_of_epoch_2 = 2 * steps_per_epoch - 1  # optax counts from 0.
+
+  def nan_update_at(count_to_poison):
+    def init(params):
+      del params
+      return jnp.zeros((), jnp.int32)
+
+    def update(updates, count, params=None):
+      del params
+      poison = jnp.where(count == count_to_poison, jnp.nan, 0.0)
+      return jax.tree.map(lambda u: u + poison, updates), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+  real = optim.from_config
+  monkeypatch.setattr(train.optim, 'from_config', lambda config, spe: (
+      optax.chain(real(config, spe), nan_update_at(last_step_of_epoch_2))))
+  workdir = str(tmp_path)
+  with pytest.raises(TrainingDiverged, match=r'parameters hold NaN .* after '
+                     rf'step {2 * steps_per_epoch} \(epoch 2\)'):
+    train.train_and_evaluate(
+        tiny_config(num_epochs=3, learning_rate_table=((3, 0.1),),
+                    log_every_steps=100),
+        workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  assert checkpoints.all_steps() == [steps_per_epoch]
+  checkpoints.close()
+  tests = [e for e in metrics_lib.read_jsonl(workdir) if e['split'] == 'test']
+  assert [e['epoch'] for e in tests] == [1]
