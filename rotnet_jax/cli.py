@@ -10,6 +10,8 @@ from absl import flags
 from absl import logging
 
 from rotnet_jax import config_schema
+from rotnet_jax.errors import InputError
+from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.errors import first_line
 
 _CONFIG_OVERRIDE = re.compile(r'^--config\.([\w.]+)(=|$)')
@@ -74,6 +76,18 @@ def fail(error, status: int = 2) -> None:
   """
   print('error: ' + ' '.join(str(error).split()), file=sys.stderr)
   sys.exit(status)
+
+
+def run_or_fail(function, *args, **kwargs):
+  """``function(*args, **kwargs)``, with bad input and a diverged run
+  ended through :func:`fail` (status 2 and :data:`DIVERGED_STATUS`)."""
+  try:
+    return function(*args, **kwargs)
+  except InputError as e:
+    fail(e)
+  except TrainingDiverged as e:
+    # Jobs finished before it are kept; rerunning resumes after them.
+    fail(e, status=DIVERGED_STATUS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

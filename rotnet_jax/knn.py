@@ -28,6 +28,7 @@ from flax import nnx
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax import restore
+from rotnet_jax import steps as steps_lib
 from rotnet_jax import data as data_lib
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
@@ -165,13 +166,13 @@ def _pooled_features(config, backbone: restore.RestoredBackbone, blocks,
   # Replicated outputs: every process gets every row (the bank is small:
   # N x C floats per block) and computes the same neighbours.
   program = jax.jit(run, out_shardings=parallel.replicated(mesh))
-  sync = jax.default_backend() == 'cpu' and mesh.devices.size > 1
+  sync = steps_lib.needs_sync_every_step(mesh)
   parts = []
   start = last_log = time.perf_counter()
   steps = source.steps_per_epoch
   for step, inputs in enumerate(source.epoch(0)):
     parts.append(program(backbone.variables, source.resident, inputs))
-    if sync:  # See steps.needs_sync_every_step.
+    if sync:
       jax.block_until_ready(parts[-1])
     now = time.perf_counter()
     if now - last_log > 10 or step + 1 == steps:

@@ -20,8 +20,6 @@ from ml_collections import config_flags
 from rotnet_jax import cli
 from rotnet_jax import parallel
 from rotnet_jax import train
-from rotnet_jax.errors import InputError
-from rotnet_jax.errors import TrainingDiverged
 
 FLAGS = flags.FLAGS
 
@@ -50,12 +48,7 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except InputError as e:
-    cli.fail(e)
-  except TrainingDiverged as e:
-    cli.fail(e, status=cli.DIVERGED_STATUS)
+  cli.run_or_fail(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:

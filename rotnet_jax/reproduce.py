@@ -38,7 +38,6 @@ from rotnet_jax import run_files
 from rotnet_jax import train
 from rotnet_jax import validation
 from rotnet_jax.errors import InputError
-from rotnet_jax.errors import TrainingDiverged
 
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
 
@@ -398,15 +397,9 @@ def main(argv):
   if FLAGS.quick and overrides['dataset'] == QUICK_DATASET:
     ks = [k for k in ks if k <= 100]  # Digits have ~150 images per class.
   cli.quiet_library_logs()
-  try:
-    reproduce(table, FLAGS.root, seeds=[int(s) for s in FLAGS.seeds],
-              scale=scale, overrides=overrides, ks=ks,
-              dry_run=FLAGS.dry_run)
-  except InputError as e:
-    cli.fail(e)
-  except TrainingDiverged as e:
-    # The jobs before it are kept; rerunning resumes after them.
-    cli.fail(e, status=cli.DIVERGED_STATUS)
+  cli.run_or_fail(reproduce, table, FLAGS.root,
+                  seeds=[int(s) for s in FLAGS.seeds], scale=scale,
+                  overrides=overrides, ks=ks, dry_run=FLAGS.dry_run)
 
 
 def run() -> None:
