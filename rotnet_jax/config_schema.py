@@ -30,6 +30,11 @@ RANDOM_BATCH_STATS = ('reestimated', 'fresh')
 # (rotnet_jax/knn.py), not modules of models.heads.HEADS.
 TRAINING_FREE_HEADS = ('knn',)
 PIPELINES = ('device', 'tfdata')
+# 'cifar': fixed-size images, random crop of the 4-pixel zero-padded image
+# and a flip. 'imagenet': images of any size, a random-sized crop resized to
+# image_size and a flip for training; evaluation resizes the shorter side to
+# eval_resize_size and takes the central image_size square.
+AUGMENTATIONS = ('cifar', 'imagenet')
 
 # CIFAR-10 per-channel statistics on the 0..255 scale (official code).
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
@@ -42,7 +47,7 @@ TRAJECTORY_KEYS = (
     'dataset', 'batch_size', 'seed', 'learning_rate_table', 'momentum',
     'nesterov', 'weight_decay', 'num_train_examples', 'examples_per_class',
     'epoch_examples', 'half_precision', 'rotations', 'rotation_mode',
-    'pipeline')
+    'pipeline', 'augmentation', 'eval_resize_size', 'float64')
 
 
 def defaults() -> config_dict.ConfigDict:
@@ -68,6 +73,10 @@ def defaults() -> config_dict.ConfigDict:
   config.examples_per_class = 0
   # Samples per training epoch (0: one pass over the training examples).
   config.epoch_examples = 0
+  config.augmentation = 'cifar'  # One of AUGMENTATIONS.
+  # augmentation='imagenet': side the shorter image side is resized to
+  # before the central crop (0: image_size * 8 / 7, i.e. 256 for 224).
+  config.eval_resize_size = 0
   config.mean_rgb = CIFAR_MEAN_RGB
   config.std_rgb = CIFAR_STD_RGB
 
@@ -103,7 +112,9 @@ def defaults() -> config_dict.ConfigDict:
   config.head = 'multlayer'  # 'multlayer', 'conv_block' or 'linear'.
   config.blocks = ()  # Blocks to train a head on each ((): every block).
   config.finetune = False  # Train the backbone with the head.
-  config.linear_pool_size = 6  # Side of the 'linear' head's max-pool.
+  # Side of the 'linear' head's max-pool (0: the backbone's own size for
+  # each block, e.g. AlexNet's 12/7/5/6/6).
+  config.linear_pool_size = 6
   # head='knn': cosine k-NN on globally pooled features, votes weighted by
   # exp(similarity / temperature).
   config.knn_k = 200
@@ -113,6 +124,9 @@ def defaults() -> config_dict.ConfigDict:
   config.random_batch_stats = 'reestimated'
 
   config.half_precision = False  # bf16 compute, float32 parameters.
+  # float64 parameters and compute (needs jax_enable_x64): for tests that
+  # compare runs exactly across device and process counts.
+  config.float64 = False
   config.seed = 0
 
   # Bookkeeping.
@@ -120,6 +134,11 @@ def defaults() -> config_dict.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_epochs = 10
   config.checkpoint_every_epochs = 10
+  # Also save every this many steps, mid-epoch (0: only at epoch ends).
+  config.checkpoint_every_steps = 0
+  # Resume even if the config changes the model, data, optimiser or
+  # schedule (TRAJECTORY_KEYS; a longer num_epochs is always allowed).
+  config.allow_config_change = False
   config.keep_checkpoints = 3
   config.lock()
   return config
@@ -307,6 +326,8 @@ RULES: dict[str, Rule] = {
     'num_train_examples': _count(0),
     'examples_per_class': _count(0),
     'epoch_examples': _count(0),
+    'augmentation': _choice(AUGMENTATIONS),
+    'eval_resize_size': _count(0),
     'mean_rgb': Rule(_numbers(3, positive=False),
                      'must be 3 finite numbers (R, G, B; 0..255 scale)',
                      ((1.0, 2.0),)),
@@ -335,17 +356,20 @@ RULES: dict[str, Rule] = {
     'head': _registry('a registered head', 'mlp'),
     'blocks': _registry('block names of the backbone', ('conv9',)),
     'finetune': _FREE,
-    'linear_pool_size': _count(1),
+    'linear_pool_size': _count(0),
     'knn_k': _count(1),
     'knn_temperature': _number(0, 100, low_open=True),
     'random_batch_stats': _choice(RANDOM_BATCH_STATS),
     'half_precision': _FREE,
+    'float64': _FREE,
     'seed': _count(0, 2**31 - 1),
     'wandb_project': _text('a Weights & Biases project name (or unset)',
                            optional=True),
     'log_every_steps': _count(1),
     'eval_every_epochs': _count(1),
     'checkpoint_every_epochs': _count(1),
+    'checkpoint_every_steps': _count(0),
+    'allow_config_change': _FREE,
     'keep_checkpoints': _count(1),
 }
 
