@@ -42,8 +42,16 @@ Commands:
                           pip install 'jax[tpu]' and the package with [tf]
   run -- ARGS...          start `python3 main.py ARGS...` on every worker,
                           detached; log: ~/rotnet_logs/NAME-<hostname>.log
+  keep-running --accelerator=TYPE [--spot] [create and setup options]
+               [--interval=SECONDS] -- ARGS...
+                          watch the TPU every SECONDS (default 60); whenever it
+                          is preempted or missing: delete, create, setup, run
+                          again (the run resumes from its workdir; use a gs://
+                          workdir). Ends when the run has ended on a ready TPU
   logs                    follow worker 0's log (Ctrl-C stops following only)
-  stop                    stop the training process on every worker
+  stop                    stop the training process on every worker (SIGTERM:
+                          it saves a checkpoint of its current step and exits;
+                          waits for that)
   delete                  delete the TPU VM (gcloud asks to confirm)
 
 Options for every command:
@@ -95,6 +103,7 @@ gcloud_cmd() {
 COMMAND='' NAME='' ZONE='' PROJECT='' ACCELERATOR='' VERSION='' REF=''
 DATA_DISK=''
 SPOT=0 COPY=0
+INTERVAL=60
 TRAIN_ARGS=()
 
 # `--dry-run` and `--help` count anywhere before `--` (after it, every word
@@ -115,7 +124,7 @@ while (( $# )); do
     --dry-run) ;;
     --spot) SPOT=1 ;;
     --copy) COPY=1 ;;
-    --name|--zone|--project|--accelerator|--version|--ref|--data-disk)
+    --name|--zone|--project|--accelerator|--version|--ref|--data-disk|--interval)
       (( $# )) || die "$arg needs a value"
       set -- "$arg=$1" "${@:2}"
       continue ;;
@@ -126,6 +135,7 @@ while (( $# )); do
     --version=*) VERSION="${arg#*=}" ;;
     --ref=*) REF="${arg#*=}" ;;
     --data-disk=*) DATA_DISK="${arg#*=}" ;;
+    --interval=*) INTERVAL="${arg#*=}" ;;
     -*) die "unknown option $arg (see --help)" ;;
     *)
       [[ -z "$COMMAND" ]] || die "unexpected argument '$arg' (main.py's arguments go after --)"
@@ -133,10 +143,11 @@ while (( $# )); do
   esac
 done
 
+COMMANDS='create, setup, run, keep-running, logs, stop, delete'
 case "$COMMAND" in
-  create|setup|run|logs|stop|delete) ;;
-  '') die "no command given (create, setup, run, logs, stop, delete; see --help)" ;;
-  *) die "unknown command '$COMMAND' (create, setup, run, logs, stop, delete)" ;;
+  create|setup|run|keep-running|logs|stop|delete) ;;
+  '') die "no command given ($COMMANDS; see --help)" ;;
+  *) die "unknown command '$COMMAND' ($COMMANDS)" ;;
 esac
 
 [[ -n "$NAME" ]] || die "--name is required"
@@ -146,8 +157,13 @@ esac
 [[ "$NAME" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
   die "--name='$NAME': use lower case letters, digits and hyphens, starting with a letter"
 
-if [[ "$COMMAND" == create ]]; then
-  [[ -n "$ACCELERATOR" ]] || die "create needs --accelerator (one of: ${VALID_ACCELERATORS[*]})"
+# keep-running creates, sets up and runs: it takes all their options.
+CREATES=0 SETS_UP=0 RUNS=0
+[[ "$COMMAND" == create || "$COMMAND" == keep-running ]] && CREATES=1
+[[ "$COMMAND" == setup || "$COMMAND" == keep-running ]] && SETS_UP=1
+[[ "$COMMAND" == run || "$COMMAND" == keep-running ]] && RUNS=1
+if (( CREATES )); then
+  [[ -n "$ACCELERATOR" ]] || die "$COMMAND needs --accelerator (one of: ${VALID_ACCELERATORS[*]})"
   known=0
   for valid in "${VALID_ACCELERATORS[@]}"; do
     [[ "$ACCELERATOR" == "$valid" ]] && known=1
@@ -166,14 +182,17 @@ if [[ "$COMMAND" == create ]]; then
     esac
   fi
 fi
-[[ "$COMMAND" == create ]] || [[ -z "$ACCELERATOR$VERSION$DATA_DISK" && "$SPOT" == 0 ]] ||
-  die "--accelerator, --version, --spot and --data-disk belong to create"
-[[ "$COMMAND" == setup ]] || [[ -z "$REF" && "$COPY" == 0 ]] ||
-  die "--ref and --copy belong to setup"
+(( CREATES )) || [[ -z "$ACCELERATOR$VERSION$DATA_DISK" && "$SPOT" == 0 ]] ||
+  die "--accelerator, --version, --spot and --data-disk belong to create (and keep-running)"
+(( SETS_UP )) || [[ -z "$REF" && "$COPY" == 0 ]] ||
+  die "--ref and --copy belong to setup (and keep-running)"
 [[ -z "$REF" || "$COPY" == 0 ]] || die "give --ref or --copy, not both"
-if [[ "$COMMAND" == run ]]; then
+[[ "$COMMAND" == keep-running || "$INTERVAL" == 60 ]] ||
+  die "--interval belongs to keep-running"
+[[ "$INTERVAL" =~ ^[1-9][0-9]*$ ]] || die "--interval=$INTERVAL: give whole seconds, e.g. --interval=60"
+if (( RUNS )); then
   (( ${#TRAIN_ARGS[@]} )) ||
-    die "run needs main.py's arguments after --, e.g. -- --config=configs/cifar.py --workdir=DIR"
+    die "$COMMAND needs main.py's arguments after --, e.g. -- --config=configs/cifar.py --workdir=DIR"
 elif (( ${#TRAIN_ARGS[@]} )); then
   die "only run takes arguments after --"
 fi
@@ -202,48 +221,120 @@ PID_FILE="$LOG_DIR/$NAME.pid"
 # the tf.data/TFDS pipeline, which downloads CIFAR-10.
 INSTALL="python3 -m pip install -U 'jax[tpu]' && python3 -m pip install -e '.[tf]'"
 
-case "$COMMAND" in
-  create)
-    flags=(--accelerator-type="$ACCELERATOR" --version="$VERSION")
-    # Spot TPUs cost less and can be preempted at any time; `run` again
-    # resumes from the workdir's latest checkpoint (launch/README.md).
-    (( SPOT )) && flags+=(--spot)
-    # A persistent disk outlives the TPU VM (its boot disk goes with it, on
-    # delete or spot preemption): the place for a workdir to resume from.
-    [[ -z "$DATA_DISK" ]] || flags+=(--data-disk="$DATA_DISK")
-    gcloud_cmd compute tpus tpu-vm create "$NAME" "${COMMON[@]}" "${flags[@]}"
-    ;;
+create_tpu() {
+  local flags=(--accelerator-type="$ACCELERATOR" --version="$VERSION")
+  # Spot TPUs cost less and can be preempted at any time; `run` again
+  # resumes from the workdir's latest checkpoint (launch/README.md).
+  (( SPOT )) && flags+=(--spot)
+  # A persistent disk outlives the TPU VM (its boot disk goes with it, on
+  # delete or spot preemption): the place for a workdir to resume from.
+  [[ -z "$DATA_DISK" ]] || flags+=(--data-disk="$DATA_DISK")
+  gcloud_cmd compute tpus tpu-vm create "$NAME" "${COMMON[@]}" "${flags[@]}"
+}
 
-  setup)
-    # The checkout is replaced, so that setup can be re-run after a change.
-    if (( COPY )); then
-      # This working tree as it is, uncommitted changes included (and
-      # everything else in the folder: keep big outputs elsewhere).
-      root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-      on_all_workers "rm -rf $REMOTE_DIR"
-      gcloud_cmd compute tpus tpu-vm scp --recurse "$root" "$NAME:$REMOTE_DIR" \
-        "${COMMON[@]}" --worker=all
-      on_all_workers "cd $REMOTE_DIR && $INSTALL"
-    else
-      fetch="rm -rf $REMOTE_DIR && git clone $(printf '%q' "$REPO_URL") $REMOTE_DIR && cd $REMOTE_DIR"
-      [[ -z "$REF" ]] || fetch+=" && git checkout $(printf '%q' "$REF")"
-      on_all_workers "$fetch && $INSTALL"
-    fi
-    ;;
+setup_workers() {
+  # The checkout is replaced, so that setup can be re-run after a change.
+  if (( COPY )); then
+    # This working tree as it is, uncommitted changes included (and
+    # everything else in the folder: keep big outputs elsewhere).
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    on_all_workers "rm -rf $REMOTE_DIR"
+    gcloud_cmd compute tpus tpu-vm scp --recurse "$root" "$NAME:$REMOTE_DIR" \
+      "${COMMON[@]}" --worker=all
+    on_all_workers "cd $REMOTE_DIR && $INSTALL"
+  else
+    local fetch
+    fetch="rm -rf $REMOTE_DIR && git clone $(printf '%q' "$REPO_URL") $REMOTE_DIR && cd $REMOTE_DIR"
+    [[ -z "$REF" ]] || fetch+=" && git checkout $(printf '%q' "$REF")"
+    on_all_workers "$fetch && $INSTALL"
+  fi
+}
 
-  run)
-    # printf '%q ' quotes every argument for the remote bash, so values with
-    # spaces, parentheses or quotes reach main.py unchanged. nohup (immune
-    # to the hangup when ssh leaves), `&` and the redirections detach the
-    # process from the ssh session, which then returns; $! is python's pid
-    # (nohup execs it), which `stop` kills; `>>` keeps the earlier log when a run is resumed. A
-    # second start while one runs would fail on the busy TPU: refuse it.
-    args="$(printf '%q ' "${TRAIN_ARGS[@]}")"
-    on_all_workers "mkdir -p $LOG_DIR; cd $REMOTE_DIR || exit 1; \
+start_run() {
+  # printf '%q ' quotes every argument for the remote bash, so values with
+  # spaces, parentheses or quotes reach main.py unchanged. nohup (immune
+  # to the hangup when ssh leaves), `&` and the redirections detach the
+  # process from the ssh session, which then returns; $! is python's pid
+  # (nohup execs it), which `stop` signals; `>>` keeps the earlier log when
+  # a run is resumed. A second start while one runs would fail on the busy
+  # TPU: refuse it.
+  local args
+  args="$(printf '%q ' "${TRAIN_ARGS[@]}")"
+  on_all_workers "mkdir -p $LOG_DIR; cd $REMOTE_DIR || exit 1; \
 if [ -f $PID_FILE ] && kill -0 \"\$(cat $PID_FILE)\" 2>/dev/null; then \
 echo \"\$(hostname): already running (pid \$(cat $PID_FILE)); stop it first\" >&2; exit 1; fi; \
 nohup python3 main.py ${args}>> $LOG_FILE 2>&1 < /dev/null & \
 echo \$! > $PID_FILE; echo \"\$(hostname): started, log $LOG_FILE\""
+}
+
+# The TPU's state as gcloud reports it (READY, CREATING, PREEMPTED, ...), or
+# MISSING when there is no TPU of that name.
+tpu_state() {
+  gcloud compute tpus tpu-vm describe "$NAME" "${COMMON[@]}" \
+    --format='value(state)' 2>/dev/null || echo MISSING
+}
+
+# Whether worker 0 still runs the process `run` started.
+running_on_worker0() {
+  gcloud compute tpus tpu-vm ssh "$NAME" "${COMMON[@]}" --worker=0 \
+    --command="[ -f $PID_FILE ] && kill -0 \"\$(cat $PID_FILE)\" 2>/dev/null"
+}
+
+# Brings a (spot) TPU back after every preemption until the run ends: a
+# preempted or missing TPU is deleted, created, set up and the run started
+# again, which resumes from the workdir's latest checkpoint. Ends when the
+# training process has ended on a ready TPU (finished, or failed: see
+# `logs`), so a run that fails is not started again and again.
+keep_running() {
+  local state started=0
+  while true; do
+    state="$(tpu_state)"
+    case "$state" in
+      READY)
+        if running_on_worker0; then
+          started=1
+        elif (( started )); then
+          echo "tpu_vm.sh: the run has ended on $NAME (finished, or failed: see launch/tpu_vm.sh logs)"
+          return 0
+        else
+          # A ready TPU that runs nothing: (re)start the run; a finished
+          # workdir makes main.py stop at once, and we end next time.
+          echo "tpu_vm.sh: $NAME is ready and runs nothing: starting the run"
+          start_run
+          started=1
+        fi ;;
+      MISSING|PREEMPTED|TERMINATED|STOPPED|SUSPENDED)
+        echo "tpu_vm.sh: $NAME is $state: recreating it, then setup and run (the run resumes from its workdir)"
+        [[ "$state" == MISSING ]] ||
+          gcloud compute tpus tpu-vm delete "$NAME" "${COMMON[@]}" --quiet
+        create_tpu
+        setup_workers
+        start_run
+        started=1 ;;
+      *) ;;  # CREATING, STARTING, REPAIRING...: wait.
+    esac
+    sleep "$INTERVAL"
+  done
+}
+
+case "$COMMAND" in
+  create) create_tpu ;;
+  setup) setup_workers ;;
+  run) start_run ;;
+
+  keep-running)
+    if (( DRY_RUN )); then
+      # Which commands run depends on the TPU's state: print one recovery
+      # after a preemption.
+      echo "# every ${INTERVAL}s: gcloud compute tpus tpu-vm describe $NAME --format='value(state)'; after a preemption:"
+      gcloud_cmd compute tpus tpu-vm delete "$NAME" "${COMMON[@]}" --quiet
+      create_tpu
+      setup_workers
+      start_run
+    else
+      keep_running
+    fi
     ;;
 
   logs)
@@ -252,9 +343,12 @@ echo \$! > $PID_FILE; echo \"\$(hostname): started, log $LOG_FILE\""
     ;;
 
   stop)
-    # SIGTERM to the process `run` started; `|| true` so that a worker with
-    # nothing running does not fail the whole command.
-    on_all_workers "if [ -f $PID_FILE ]; then kill \"\$(cat $PID_FILE)\" 2>/dev/null || true; \
+    # SIGTERM to the process `run` started, which then saves a checkpoint
+    # of the step it is on and exits; wait for that (up to 10 minutes) so
+    # that a `run` right after finds the workdir free. `|| true` so that a
+    # worker with nothing running does not fail the whole command.
+    on_all_workers "if [ -f $PID_FILE ]; then pid=\"\$(cat $PID_FILE)\"; kill \"\$pid\" 2>/dev/null || true; \
+for _ in \$(seq 600); do kill -0 \"\$pid\" 2>/dev/null || break; sleep 1; done; \
 rm -f $PID_FILE; fi; echo \"\$(hostname): stopped\""
     ;;
 

@@ -135,7 +135,7 @@ def test_logs_stop_delete():
       "'--command=tail -n 100 -F ~/rotnet_logs/r1-$(hostname).log'\n")
   stop = _dry_run('stop', '--name=r1', '--zone=us-central2-b')
   assert stop.startswith(SSH) and stop.count('\n') == 1
-  assert 'kill "$(cat ~/rotnet_logs/r1.pid)"' in _remote_command(stop)
+  assert 'kill "$pid"' in _remote_command(stop)
   assert _dry_run('delete', '--name=r1', '--zone=us-central2-b') == (
       '+ gcloud compute tpus tpu-vm delete r1 --zone=us-central2-b\n')
 
@@ -148,8 +148,9 @@ def _fake_worker(tmp_path):
   bin_dir.mkdir()
   python3 = bin_dir / 'python3'
   # Prints the arguments, one per NUL-terminated record, then waits to be
-  # stopped like a training run.
-  python3.write_text('#!/bin/bash\nprintf "%s\\0" "$@"\nexec sleep 30\n')
+  # stopped like a training run, which takes a moment to save on SIGTERM.
+  python3.write_text('#!/bin/bash\nprintf "%s\\0" "$@"\n'
+                     "trap 'sleep 1; exit 0' TERM\nsleep 30 & wait\n")
   python3.chmod(0o755)
   env = dict(os.environ, HOME=str(home),
              PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
@@ -192,7 +193,8 @@ def test_run_round_trips_arguments_and_stop_kills(tmp_path):
                                     '--zone=us-central2-b'))
     subprocess.run([BASH, '-c', stop], env=env, timeout=10, check=True)
     assert not (logs / 'r1.pid').exists()
-    _wait_for(lambda: not _alive(pid))
+    # stop returns once the run has saved and exited.
+    assert not _alive(pid)
   finally:
     if _alive(pid):
       os.kill(pid, signal.SIGKILL)
@@ -220,6 +222,14 @@ def _alive(pid):
     (['setup', '--name=r1', '--zone=z', '--ref=x', '--copy'], 'not both'),
     (['logs', '--name=r1', '--zone=z', '--spot'], 'belong to create'),
     (['stop', '--name=r1', '--zone=z', '--frobnicate'], 'unknown option'),
+    (['keep-running', '--name=r1', '--zone=z', '--', '--workdir=w'],
+     'keep-running needs --accelerator'),
+    (['keep-running', '--name=r1', '--zone=z', '--accelerator=v4-8'],
+     "keep-running needs main.py's arguments"),
+    (['keep-running', '--name=r1', '--zone=z', '--accelerator=v4-8',
+      '--interval=0', '--', '--workdir=w'], 'give whole seconds'),
+    (['run', '--name=r1', '--zone=z', '--interval=5', '--', '--workdir=w'],
+     '--interval belongs to keep-running'),
 ])
 def test_usage_errors_exit_2(args, message):
   result = _tpu_vm('--dry-run', *args)
@@ -266,3 +276,71 @@ def test_sbatch_passes_arguments_to_srun(tmp_path):
   assert any(l.startswith('#SBATCH --nodes=') for l in directives)
   assert any(l.startswith('#SBATCH --gpus-per-node=') for l in directives)
   assert any(l.startswith('#SBATCH --time=') for l in directives)
+
+
+def _fake_gcloud(tmp_path, states, worker0_running):
+  """A `gcloud` that logs its calls and answers from two scripted queues.
+
+  `describe` prints the next of `states` (MISSING: fails, as gcloud does for
+  an unknown TPU); the worker-0 `ssh` check succeeds when the next of
+  `worker0_running` is True; everything else succeeds silently.
+  """
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (tmp_path / 'states').write_text(''.join(f'{s}\n' for s in states))
+  (tmp_path / 'running').write_text(
+      ''.join(f'{int(r)}\n' for r in worker0_running))
+  gcloud = bin_dir / 'gcloud'
+  gcloud.write_text(f'''#!/bin/bash
+echo "$*" >> {tmp_path}/calls
+pop() {{ head -n 1 "$1"; sed -i 1d "$1"; }}
+case "$*" in
+  *" describe "*) state="$(pop {tmp_path}/states)"
+    [ "$state" = MISSING ] && exit 1; echo "$state" ;;
+  *"--worker=0"*) [ "$(pop {tmp_path}/running)" = 1 ] ;;
+esac
+''')
+  gcloud.chmod(0o755)
+  return dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+
+
+def test_keep_running_recreates_a_preempted_tpu_until_the_run_ends(tmp_path):
+  env = _fake_gcloud(
+      tmp_path,
+      states=['READY', 'PREEMPTED', 'CREATING', 'READY', 'READY'],
+      worker0_running=[True, True, False])
+  result = subprocess.run(
+      [BASH, TPU_VM, 'keep-running', '--name=r1', '--zone=z',
+       '--accelerator=v5litepod-8', '--spot', '--ref=main', '--interval=1',
+       '--', '--config=configs/cifar.py', '--workdir=gs://bucket/run 1'],
+      env=env, capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  assert 'the run has ended on r1' in result.stdout
+  calls = (tmp_path / 'calls').read_text().splitlines()
+  kinds = [' '.join(c.split()[3:4]) +
+           (' worker0' if '--worker=0' in c else '') for c in calls]
+  # Running; preempted: delete, create, setup, run; creating: wait; ready
+  # and running; ready and ended: stop watching.
+  assert kinds == ['describe', 'ssh worker0',
+                   'describe', 'delete', 'create', 'ssh', 'ssh',
+                   'describe',
+                   'describe', 'ssh worker0',
+                   'describe', 'ssh worker0'], calls
+  assert '--spot' in calls[4] and '--quiet' in calls[3]
+  assert "'--workdir=gs://bucket/run 1'" in calls[6] or (
+      '--workdir=gs://bucket/run\\ 1' in calls[6]), calls[6]
+
+
+def test_keep_running_starts_a_run_on_a_ready_idle_tpu(tmp_path):
+  env = _fake_gcloud(tmp_path, states=['READY', 'READY'],
+                     worker0_running=[False, False])
+  result = subprocess.run(
+      [BASH, TPU_VM, 'keep-running', '--name=r1', '--zone=z',
+       '--accelerator=v4-8', '--interval=1', '--', '--workdir=gs://b/r'],
+      env=env, capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  calls = (tmp_path / 'calls').read_text().splitlines()
+  # Idle: start the run (no create, no setup); then it has ended.
+  assert len(calls) == 5, calls
+  assert 'nohup python3 main.py' in calls[2]
+  assert not any(' create ' in c or ' delete ' in c for c in calls)
