@@ -32,8 +32,8 @@ feeds the network: ``format`` (plain ``rotnet-jax``) and, JSON-encoded,
 every key and shape against the network its spec describes.
 """
 
+import contextlib
 import json
-import os
 import time
 from typing import Any
 
@@ -214,16 +214,24 @@ def export(path: str, out: str, *, step: int = 0,
                rotations=rotations)
 
 
+@contextlib.contextmanager
 def _open(path: str):
-  """``safe_open(path)``, with a damaged file's error as an InputError."""
+  """``safe_open(path)``, with a damaged file's error as an InputError.
+
+  safetensors reads local files only: a ``gs://`` file is read from a
+  local copy (``run_files.local_copy``).
+  """
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  try:
-    return safe_open(path, 'np')
-  except Exception as e:  # pylint: disable=broad-except
-    raise InputError(
-        f'{path} is not a readable safetensors file (cut short, or another '
-        f'kind of file?): {first_line(e)}. Re-export it with '
-        'python -m rotnet_jax.export') from e
+  with run_files.local_copy(path) as local:
+    try:
+      handle = safe_open(local, 'np')
+    except Exception as e:  # pylint: disable=broad-except
+      raise InputError(
+          f'{path} is not a readable safetensors file (cut short, or another '
+          f'kind of file?): {first_line(e)}. Re-export it with '
+          'python -m rotnet_jax.export') from e
+    with handle as f:
+      yield f
 
 
 def read_metadata(path: str) -> dict[str, Any]:
@@ -288,7 +296,7 @@ def read_exported(path: str) -> weights_lib.Weights:
       exactly those of the network its spec describes (naming the keys).
   """
   from rotnet_jax import models  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.expanduser(path))
+  path = run_files.absolute(path)
   meta = read_metadata(path)
   spec = meta['spec']
   try:
@@ -374,7 +382,7 @@ def main(argv):
   except InputError as e:
     cli.fail(e)
   logging.info('Wrote %s (%.1f MB) in %.1f s', full,
-               os.path.getsize(full) / 1e6, time.perf_counter() - start)
+               run_files.size(full) / 1e6, time.perf_counter() - start)
   print(full)
 
 

@@ -15,13 +15,14 @@ Outputs, from process 0 only:
   is installed, with the config as hyperparameters. tensorboardX was
   chosen because it is pure Python and needs no TensorFlow, so runs on the
   device-resident path (GPU machines without TensorFlow) write event files
-  too;
+  too. For a ``gs://`` workdir its event files go through ``etils.epath``
+  (``run_files``), like every other file of a run, instead of
+  tensorboardX's own google-cloud-storage writer;
 * Weights & Biases, only when ``config.wandb_project`` is set (off by
   default; ``wandb`` is never required otherwise).
 """
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -129,32 +130,47 @@ class MetricWriter:
     """
     self._active = jax.process_index() == 0
     self._jsonl = None
+    self._remote_jsonl = None  # (URL, text so far) for a gs:// workdir.
     self._tensorboard = None
     self._wandb = None
     if not self._active:
       return
-    os.makedirs(run_files.path(workdir, ''), exist_ok=True)
+    run_files.makedirs(run_files.path(workdir, ''))
     path = run_files.path(workdir, run_files.METRICS_FILE)
-    if keep_up_to_step is not None and os.path.exists(path):
+    if keep_up_to_step is not None and run_files.exists(path):
       kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
       run_files.write_text(path, ''.join(json.dumps(e) + '\n' for e in kept))
-    self._jsonl = open(path, 'a')
+    if run_files.is_remote(path):
+      # An object store has no append (gcsfs would silently overwrite the
+      # object): it is rewritten whole at every event from the text kept
+      # here, as TensorFlow's GCS "append" does too. Fine for a file of a
+      # few thousand short lines.
+      self._remote_jsonl = (path, [run_files.read_text(path)]
+                            if run_files.exists(path) else [])
+    else:
+      self._jsonl = open(path, 'a')  # pylint: disable=consider-using-with
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     except ImportError:
       logging.info('tensorboardX not installed: no TensorBoard event files '
                    '(metrics.jsonl has everything).')
     else:
-      self._tensorboard = SummaryWriter(
-          run_files.path(workdir, run_files.TENSORBOARD_DIR))
+      logdir = run_files.path(workdir, run_files.TENSORBOARD_DIR)
+      if run_files.is_remote(logdir):
+        _route_tensorboard_through_epath(logdir)
+      self._tensorboard = SummaryWriter(logdir)
       if run_config is not None:
         self._write_hyperparameters(hyperparameters(run_config))
     if wandb_project:
       import wandb  # pylint: disable=g-import-not-at-top
       # One W&B run per workdir: a resumed run continues it.
       self._wandb = wandb.init(
-          project=wandb_project, dir=run_files.path(workdir, ''),
-          name=os.path.basename(run_files.path(workdir, '').rstrip('/')),
+          # W&B keeps its own files in a local folder; for a remote
+          # workdir they go to its default (./wandb).
+          project=wandb_project,
+          dir=None if run_files.is_remote(workdir) else run_files.path(
+              workdir, ''),
+          name=run_files.basename(workdir),
           id=_wandb_run_id(workdir), resume='allow',
           config=dict(run_config or {}))
 
@@ -183,8 +199,14 @@ class MetricWriter:
     if head is not None:
       record['head'] = head
     record.update({k: float(v) for k, v in values.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    line = json.dumps(record) + '\n'
+    if self._remote_jsonl is not None:
+      path, text = self._remote_jsonl
+      text.append(line)
+      run_files.write_text(path, ''.join(text))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     if self._tensorboard is not None:
       prefix = f'{split}/{head}' if head else split
       for key, value in values.items():
@@ -205,6 +227,29 @@ class MetricWriter:
       self._wandb.finish()
 
 
+class _EpathEventFiles:
+  """A tensorboardX writer factory that opens event files with epath.
+
+  tensorboardX picks a factory by the URL's scheme; its own one for
+  ``gs://`` needs google-cloud-storage and reaches the bucket directly.
+  This one writes through ``run_files`` (etils.epath: TensorFlow's GCS
+  file system, or gcsfs), the library every other file of a run uses.
+  """
+
+  def open(self, path: str):
+    return run_files.open_file(path, 'wb')
+
+  def directory_check(self, path: str) -> None:
+    run_files.makedirs(path)
+
+
+def _route_tensorboard_through_epath(logdir: str) -> None:
+  """Makes tensorboardX write ``logdir``'s scheme through epath."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  scheme = logdir.split('://', 1)[0]
+  record_writer.register_writer_factory(scheme, _EpathEventFiles())
+
+
 def _wandb_run_id(workdir: str) -> str:
   """A W&B run id that is the same for every run in `workdir`."""
   import hashlib  # pylint: disable=g-import-not-at-top
@@ -214,7 +259,7 @@ def _wandb_run_id(workdir: str) -> str:
 def check_metrics_file(workdir: str) -> None:
   """Raises InputError if ``metrics.jsonl`` exists and is damaged beyond a
   torn last line (read only: run before anything is written)."""
-  if os.path.exists(run_files.path(workdir, run_files.METRICS_FILE)):
+  if run_files.exists(run_files.path(workdir, run_files.METRICS_FILE)):
     read_jsonl(workdir)
 
 
@@ -229,8 +274,8 @@ def read_jsonl(workdir: str) -> list[dict]:
     InputError: a line before the last is not a JSON event.
   """
   path = run_files.path(workdir, run_files.METRICS_FILE)
-  with open(path) as f:
-    lines = [line for line in f.read().split('\n') if line.strip()]
+  lines = [line for line in run_files.read_text(path).split('\n')
+           if line.strip()]
   events = []
   for number, line in enumerate(lines, 1):
     try:

@@ -26,9 +26,7 @@ programs that use matplotlib themselves.
 
 import collections
 import math
-import os
 import re
-import tempfile
 
 import numpy as np
 from absl import logging
@@ -91,10 +89,10 @@ def _read_events(workdir: str) -> list[dict]:
     InputError: no such file, no events in it, or a damaged line.
   """
   path = run_files.path(workdir, run_files.METRICS_FILE)
-  if not os.path.lexists(path):
+  if not run_files.exists(path):
     raise InputError(f'{path} not found: pass a run\'s workdir (the folder '
                      'of its metrics.jsonl)')
-  if not os.path.isfile(path):
+  if not run_files.isfile(path):
     raise InputError(f'{path} is not a file: move it away')
   events = [e for e in metrics.read_jsonl(workdir)
             if e.get('split') in ('train', 'test') and 'epoch' in e]
@@ -128,7 +126,7 @@ def _title(workdir: str) -> str:
     config = {}  # The title is cosmetic: the curves need metrics.jsonl only.
   experiment = config.get('experiment') if isinstance(config, dict) else None
   name = paper.describe(experiment) if experiment else ''
-  folder = run_files.path(workdir, '').rstrip(os.sep)
+  folder = run_files.absolute(workdir)
   return f'{name} ({folder})' if name else folder
 
 
@@ -210,7 +208,7 @@ def _finished_rows(root: str) -> list[dict]:
   Raises:
     InputError: `root` holds no ``results.json`` of a finished run.
   """
-  if not os.path.isdir(root):
+  if not run_files.isdir(root):
     raise InputError(f'{root} is not a folder: pass the --root of '
                      'rotnet_jax.reproduce')
   skipped = []
@@ -461,25 +459,23 @@ def semi_supervised(root: str):
 def save(fig, path: str) -> str:
   """Writes `fig` as a PNG to `path` atomically; returns the absolute path.
 
-  The picture is written to a temporary name in the same folder and renamed,
-  so a reader (a browser refreshing during a run) never sees half a file.
+  The picture is written to a temporary name in the same folder and renamed
+  (uploaded as one object to a ``gs://`` folder), so a reader (a browser
+  refreshing during a run) never sees half a file.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.',
-                             suffix='.tmp', dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, 'wb') as f:
+  path = run_files.absolute(path)
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
       fig.savefig(f, format='png', dpi=fig.dpi)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+
+  run_files.write_file_atomically(path, write)
   return path
 
 
 def _has_results(root: str) -> bool:
-  return any(run_files.RESULTS_FILE in files for _, _, files in os.walk(root))
+  return any(run_files.RESULTS_FILE in files
+             for _, _, files in run_files.walk(root))
 
 
 def plot_path(path: str, out_dir: str | None = None) -> list[str]:
@@ -504,12 +500,12 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
       writing).
   """
   out_dir = path if out_dir is None else out_dir
-  if not os.path.isdir(path):
+  if not run_files.isdir(path):
     raise InputError(f'{path} is not a folder: pass a run\'s workdir or the '
                      '--root of rotnet_jax.reproduce')
   run_files.check_writable_folder(out_dir, '--out')
   figures = []
-  if os.path.lexists(run_files.path(path, run_files.METRICS_FILE)):
+  if run_files.exists(run_files.path(path, run_files.METRICS_FILE)):
     figures.append((CURVES_FILE, training_curves(path)))
   elif _has_results(path):
     rows = _finished_rows(path)
@@ -522,8 +518,8 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
                      'under it: pass a run\'s workdir or the --root of '
                      'rotnet_jax.reproduce')
   try:
-    os.makedirs(out_dir, exist_ok=True)
-    return [save(fig, os.path.join(out_dir, name)) for name, fig in figures]
+    run_files.makedirs(out_dir)
+    return [save(fig, run_files.join(out_dir, name)) for name, fig in figures]
   except OSError as e:  # What check_writable_folder cannot foresee: a full
     # disk, a folder that refuses new entries (/proc), a race.
     raise InputError(f'--out={out_dir!r} cannot be written: '

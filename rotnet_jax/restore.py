@@ -8,7 +8,6 @@ mismatch names the differing arrays and the flags that would match.
 """
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax import parallel
+from rotnet_jax import run_files
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
@@ -52,8 +52,8 @@ def pretrained_kind(pretrained: str) -> str:
   Raises:
     MissingInputError: nothing exists there.
   """
-  path = os.path.abspath(os.path.expanduser(pretrained))
-  if not os.path.exists(path):
+  path = run_files.absolute(pretrained)
+  if not run_files.exists(path):
     raise MissingInputError(
         f'config.pretrained={pretrained!r}: {path} does not exist. Pass the '
         '--workdir of a pretext run, a .safetensors file written by '
@@ -69,12 +69,12 @@ def pretrained_checkpoint(workdir: str, step: int = 0
   Raises:
     MissingInputError: no such folder, no checkpoint, or no such step.
   """
-  path = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isdir(path):
+  path = run_files.absolute(workdir)
+  if not run_files.isdir(path):
     raise MissingInputError(
         f'config.pretrained={workdir!r}: {path} does not exist. Pass the '
         f'--workdir of a pretext run (or "{RANDOM}").')
-  if not os.path.isdir(checkpoint_lib.checkpoint_dir(path)):
+  if not run_files.isdir(checkpoint_lib.checkpoint_dir(path)):
     raise MissingInputError(
         f'config.pretrained={workdir!r} has no checkpoints '
         f'({checkpoint_lib.checkpoint_dir(path)} is missing): train the '
@@ -176,7 +176,7 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
   finally:
     checkpoints.close()
   return RestoredBackbone(spec, variables, {
-      'pretrained': os.path.dirname(checkpoints.directory),
+      'pretrained': run_files.parent(checkpoints.directory),
       'pretrained_step': step})
 
 

@@ -10,7 +10,6 @@ touched; a run with nothing left to train writes nothing.
 """
 
 import errno
-import os
 from typing import Any
 
 import jax
@@ -96,7 +95,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None
     summary = dict(run_fields(config), num_epochs=0, complete=True,
                    heads=heads)
     if jax.process_index() == 0:
-      os.makedirs(run_files.path(workdir, ''), exist_ok=True)
+      run_files.makedirs(workdir)
     run_files.write_config(workdir, config, network)
     run_files.write_results(workdir, summary)
     return summary

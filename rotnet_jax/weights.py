@@ -18,7 +18,6 @@ says what network a path holds without reading its arrays.
 """
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
@@ -83,10 +82,10 @@ def kind(path: str) -> str:
   Raises:
     MissingInputError: nothing exists at `path`.
   """
-  full = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(full):
+  full = run_files.absolute(path)
+  if run_files.isdir(full):
     return WORKDIR
-  if not os.path.exists(full):
+  if not run_files.exists(full):
     raise MissingInputError(
         f'{path!r} does not exist: pass a run\'s workdir, a '
         f'{SAFETENSORS_SUFFIX} file written by rotnet_jax.export, or an '
@@ -165,7 +164,7 @@ def _read_workdir(path: str, step: int) -> Weights:
   normalisation = dict(
       mean_rgb=tuple(config.get('mean_rgb', config_schema.CIFAR_MEAN_RGB)),
       std_rgb=tuple(config.get('std_rgb', config_schema.CIFAR_STD_RGB)))
-  origin = {'pretrained': os.path.abspath(os.path.expanduser(path)),
+  origin = {'pretrained': run_files.absolute(path),
             'pretrained_format': WORKDIR, 'pretrained_step': step}
   if 'head' not in network:
     return Weights(network['backbone'], model, origin, **normalisation)
