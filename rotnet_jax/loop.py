@@ -1,7 +1,10 @@
 """The epoch loop shared by every run (pretext, supervised, evaluation).
 
-Reads top to bottom: resume from the latest checkpoint, then for every
-epoch run the compiled train step over the source, log, evaluate, save.
+Reads top to bottom: resume from the latest checkpoint (possibly in the
+middle of an epoch), then for every epoch run the compiled train step over
+the source, log, evaluate, save. On SIGTERM (``preemption.py``) the run
+saves the step it is at and stops; re-running the same command resumes
+there and ends with the parameters an uninterrupted run has.
 What is trained is decided by the caller (``train.train_and_evaluate``),
 which passes the initial state and the compiled steps
 (``steps.CompiledSteps``): both return, per head, weighted metric sums
@@ -10,8 +13,9 @@ state and each head's final and best test accuracy; it does not know what
 a results file contains.
 """
 
+import collections
 import contextlib
-import os
+import json
 import shutil
 import sys
 import time
@@ -21,18 +25,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import optim
 from rotnet_jax import parallel
+from rotnet_jax import preemption
 from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.errors import first_line
 from rotnet_jax.steps import CompiledSteps
 from rotnet_jax.steps import TrainState
+
+
+# Train steps the host may dispatch ahead of the devices. JAX dispatches
+# asynchronously: unbounded, the loop can run a whole epoch ahead, and a
+# SIGTERM would then wait for all of it before the save. Two queued steps
+# keep an accelerator busy (dispatching one takes milliseconds).
+_MAX_STEPS_AHEAD = 2
 
 
 def evaluate(steps: CompiledSteps, state: TrainState, source
@@ -105,9 +118,47 @@ def progress_bar(total_steps: int, step: int):
                         dynamic_ncols=True)
 
 
+def _rates(table, steps_per_epoch: int, steps: int) -> np.ndarray:
+  """The learning rate of each of the first `steps` optimiser steps under
+  `table` (as ``optim.epoch_table_schedule`` gives it)."""
+  rates = np.array([float(lr) for _, lr in table])
+  boundaries = [int(round(float(end) * steps_per_epoch))
+                for end, _ in table[:-1]]
+  return rates[np.searchsorted(boundaries, np.arange(steps), side='right')]
+
+
+def _config_changes(saved: dict[str, Any], current: dict[str, Any],
+                    step: int, steps_per_epoch: int) -> list[str]:
+  """The trajectory keys whose change makes the checkpoint one this config
+  would not have written.
+
+  A learning-rate table counts as changed only if it gives another rate
+  to one of the `step` steps already taken: extending a schedule (more
+  epochs, a new entry after them) resumes one consistent run.
+  """
+  changed = config_schema.trajectory_changes(saved, current)
+  if 'learning_rate_table' in changed:
+    try:
+      same_past = np.array_equal(
+          _rates(saved['learning_rate_table'], steps_per_epoch, step),
+          _rates(current['learning_rate_table'], steps_per_epoch, step))
+    except (TypeError, ValueError, IndexError):
+      same_past = False  # Not a table this code wrote: a difference.
+    if same_past:
+      changed.remove('learning_rate_table')
+  return changed
+
+
 def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
-                     config_dict: dict[str, Any], directory: str) -> None:
-  """Errors on a different network; warns on a changed trajectory."""
+                     config_dict: dict[str, Any], directory: str,
+                     steps_per_epoch: int) -> None:
+  """Refuses a different network, and a changed trajectory unless the
+  config allows it (``allow_config_change``: then it warns).
+
+  Raises:
+    InputError: naming every difference (key, checkpoint value, config
+      value).
+  """
   saved = meta.get('network', {})
   if saved != network:
     keys = sorted(set(saved) | set(network))
@@ -117,14 +168,34 @@ def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
     raise InputError(
         f'{directory} holds checkpoints of a different network ({details}). '
         'Use a new --workdir, or the same settings to resume.')
+  if meta.get('epoch', 0) >= config_dict.get('num_epochs', 0):
+    return  # Nothing will be trained: no config change can matter.
   saved_config = meta.get('config', {})
-  for key in config_schema.trajectory_changes(saved_config, config_dict):
-    logging.warning('Resuming with %s=%r, but the checkpoints were trained '
-                    'with %r.', key, config_dict.get(key), saved_config[key])
+  changed = _config_changes(saved_config, config_dict, meta.get('step', 0),
+                            steps_per_epoch)
+  if not changed:
+    return
+  details = '; '.join(f'{key}: checkpoint {saved_config[key]!r}, config '
+                      f'{config_dict.get(key)!r}' for key in changed)
+  if not config_dict.get('allow_config_change'):
+    # A silent change would give a model that no single config describes,
+    # and the config.json of the workdir would claim otherwise.
+    raise InputError(
+        f'{directory} holds checkpoints trained with another config '
+        f'({details}). Rerun with the values of the checkpoint to resume, '
+        'pass --config.allow_config_change=True to go on with the new ones '
+        '(the result is then not one consistent run), or use a new '
+        '--workdir. (A larger num_epochs is always allowed.)')
+  logging.warning('Resuming with a changed config (allow_config_change): '
+                  '%s. The result is not one consistent run.', details)
 
 
-def _newest_readable(workdir: str, network, config_dict, state):
+def _newest_readable(workdir: str, network, config_dict, state,
+                     steps_per_epoch: int):
   """Restores the newest readable checkpoint of `workdir`; reads only.
+
+  Saves that never completed (Orbax's temporary folders) are never
+  candidates: Orbax does not list them.
 
   Returns:
     ``(restored, damaged)``: the restored items (None for a new run) and
@@ -132,10 +203,11 @@ def _newest_readable(workdir: str, network, config_dict, state):
     while they were written, a file deleted by hand), newest first.
 
   Raises:
-    InputError: the checkpoints are of a different network, or there are
-      checkpoints and none of them can be read.
+    InputError: the checkpoints are of a different network or, unless
+      allowed, of another config; or there are checkpoints and none of
+      them can be read.
   """
-  if not os.path.isdir(checkpoint_lib.checkpoint_dir(workdir)):
+  if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
     return None, []
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   damaged = []
@@ -146,7 +218,8 @@ def _newest_readable(workdir: str, network, config_dict, state):
       except Exception as e:  # pylint: disable=broad-except
         damaged.append((step, e))
         continue
-      _check_resumable(meta, network, config_dict, checkpoints.directory)
+      _check_resumable(meta, network, config_dict, checkpoints.directory,
+                       steps_per_epoch)
       try:
         return checkpoints.restore(step, model={
             'params': state.params, 'batch_stats': state.batch_stats},
@@ -164,9 +237,10 @@ def _newest_readable(workdir: str, network, config_dict, state):
   return None, []
 
 
-def _set_aside(workdir: str, damaged, resumed_step: int) -> None:
-  """Moves unreadable checkpoints to ``damaged_checkpoints/`` (process 0;
-  the others wait), so that new saves can take their steps."""
+def _set_aside(workdir: str, damaged, partial, resumed_step: int) -> None:
+  """Moves unreadable checkpoints and unfinished saves to
+  ``damaged_checkpoints/`` (process 0; the others wait), so that new saves
+  can take their steps and nothing is deleted."""
   if jax.process_index() == 0:
     for step, error in damaged:
       moved = checkpoint_lib.set_aside(workdir, step)
@@ -174,6 +248,13 @@ def _set_aside(workdir: str, damaged, resumed_step: int) -> None:
           'Checkpoint step %d cannot be read (%s: %s); moved it to %s and '
           'resumed from step %d instead.', step, type(error).__name__,
           first_line(error), moved, resumed_step)
+    for step, name in partial:
+      moved = checkpoint_lib.set_aside_partial(workdir, name)
+      logging.warning(
+          'Checkpoint step %d was being written when the run stopped: '
+          'skipped it (its unfinished folder moved to %s) and resumed from '
+          '%s.', step, moved,
+          f'step {resumed_step}' if resumed_step else 'the start')
   parallel.barrier('rotnet_set_aside_damaged_checkpoints')
 
 
@@ -192,6 +273,8 @@ def check_disk_space(workdir: str, state: TrainState) -> None:
   Checked before training and before every save: a save that runs out of
   space fails in Orbax's background threads, long after the cause.
   """
+  if '://' in str(workdir):
+    return  # Cloud Storage and the like: no disk of ours to fill.
   needed = _checkpoint_bytes(state)
   # A new workdir: the disk of the folder it will be made in.
   free = shutil.disk_usage(run_files.nearest_existing(workdir)).free
@@ -240,20 +323,32 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   # after the last check.
   metrics_lib.check_metrics_file(workdir)
   config_dict = run_files.resolved_config(config)
-  restored, damaged = _newest_readable(workdir, network, config_dict, state)
+  steps_per_epoch = train_source.steps_per_epoch
+  restored, damaged = _newest_readable(workdir, network, config_dict, state,
+                                       steps_per_epoch)
+  partial = checkpoint_lib.partial_saves(workdir)
   # Every process has read the workdir before any of them writes to it:
   # otherwise one could find the checkpoints folder another just created,
   # and their Orbax calls (which synchronise) would no longer match.
   parallel.barrier('rotnet_workdir_read')
-  start_epoch, step, best = 0, 0, {}
+  # `epoch_step`: steps already taken of epoch `start_epoch` (a mid-epoch
+  # checkpoint); `pending`: the per-step metric sums of the steps not yet
+  # in a log line, so that the next line covers the same steps as in an
+  # uninterrupted run.
+  start_epoch, epoch_step, step, best, pending = 0, 0, 0, {}, []
   if restored is not None:
     state = TrainState(restored['model']['params'],
                        restored['model']['batch_stats'],
                        restored['opt_state'])
     meta = restored['meta']
     start_epoch, step, best = meta['epoch'], meta['step'], meta['best']
-    logging.info('Resumed from %s at step %d (epoch %d).',
-                 checkpoint_lib.checkpoint_dir(workdir), step, start_epoch)
+    # Checkpoints written before mid-epoch saves existed have neither.
+    epoch_step = meta.get('epoch_step', 0)
+    pending = list(meta.get('train_sums', []))
+    logging.info('Resumed from %s at step %d (epoch %d%s).',
+                 checkpoint_lib.checkpoint_dir(workdir), step, start_epoch,
+                 f', {epoch_step} steps into epoch {start_epoch + 1}'
+                 if epoch_step else '')
   if start_epoch >= config.num_epochs:
     # A no-op run writes nothing: the workdir stays as it was.
     logging.info('Nothing to train: %s already holds epoch %d of %d.',
@@ -262,9 +357,9 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   check_disk_space(workdir, state)
 
   # One run per workdir: from here on this run writes to it.
-  with run_files.lock(workdir):
-    if damaged:
-      _set_aside(workdir, damaged, step)
+  with run_files.lock(workdir), preemption.Watcher() as watcher:
+    if damaged or partial:
+      _set_aside(workdir, damaged, partial, step)
     checkpoints = checkpoint_lib.Checkpointer(
         workdir, max_to_keep=config.keep_checkpoints)
     # Events after the checkpoint we resume from are dropped: they are redone.
@@ -273,7 +368,6 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
                                       wandb_project=config.wandb_project)
     run_files.write_config(workdir, config, network)
 
-    steps_per_epoch = train_source.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     learning_rate = optim.epoch_table_schedule(config.learning_rate_table,
                                                steps_per_epoch)
@@ -285,7 +379,6 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
                  train_source.num_examples,
                  metrics_lib.parameter_overview(state.params))
     bar = progress_bar(total_steps, step)
-    pending = []
 
     # Of replicated variables: one replicated boolean, the same verdict on
     # every process.
@@ -306,6 +399,17 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
                 f'keeps its last good checkpoint ({workdir}). Lower the '
                 'learning rate (config.learning_rate_table) or try another '
                 'seed, then rerun.')
+
+    def check_parameters(epoch_text):
+      # The last update is in no loss yet: check its result before it is
+      # tested or saved.
+      if not bool(all_finite(state.params, state.batch_stats)):
+        raise TrainingDiverged(
+            f'the parameters hold NaN or infinite values after step '
+            f'{step} (epoch {epoch_text}): training diverged. Nothing of it '
+            f'was saved; the workdir keeps its last good checkpoint '
+            f'({workdir}). Lower the learning rate '
+            '(config.learning_rate_table) or try another seed, then rerun.')
 
     def log_train(epoch):
       nonlocal pending
@@ -331,29 +435,70 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
         logging.debug(line)
       pending = []
 
+    def save(epochs_done: int, steps_into_next: int) -> None:
+      """Starts the save of `step`: `epochs_done` whole epochs, and
+      `steps_into_next` steps of the next one."""
+      check_disk_space(workdir, state)
+      # Through JSON now: the save is written in the background, while the
+      # loop goes on changing `best` and `pending`.
+      meta = json.loads(json.dumps({
+          'epoch': epochs_done, 'epoch_step': steps_into_next, 'step': step,
+          'network': network, 'config': config_dict, 'best': best,
+          'train_sums': _host_sums(pending)}))
+      checkpoints.save(step, model={'params': state.params,
+                                    'batch_stats': state.batch_stats},
+                       opt_state=state.opt_state, meta=meta)
+
+    def stop(epochs_done: int, steps_into_next: int):
+      """Waits for the checkpoint of `step` to be on disk; stops the run."""
+      checkpoints.wait()
+      seconds = watcher.seconds()
+      logging.warning(
+          'SIGTERM: saved step %d (epoch %d/%d, %d of its %d steps done) to '
+          '%s, on disk %.1f s after the signal; stopping. Rerun the same '
+          'command to resume from it.', step,
+          min(epochs_done + 1, config.num_epochs), config.num_epochs,
+          steps_into_next, steps_per_epoch,
+          checkpoint_lib.checkpoint_dir(workdir), seconds)
+      raise preemption.Preempted(step, epochs_done, seconds)
+
+    def every_steps_due() -> bool:
+      every = config.checkpoint_every_steps
+      return bool(every) and step % every == 0
+
+    in_flight = collections.deque()
     try:
       for epoch in range(start_epoch, config.num_epochs):
-        for inputs in train_source.epoch(epoch):
+        first = epoch_step if epoch == start_epoch else 0
+        epoch_step, preempted = first, False
+        for inputs in train_source.epoch(epoch, start_step=first):
           state, sums = steps.train(state, inputs, step)
           if steps.sync_every_step:
             jax.block_until_ready(sums)
           pending.append(sums)
+          in_flight.append(sums)
+          if len(in_flight) > _MAX_STEPS_AHEAD:
+            jax.block_until_ready(in_flight.popleft())
           step += 1
+          epoch_step += 1
           if bar is not None:
             bar.update(1)
           if step % config.log_every_steps == 0:
             log_train(epoch)
+          # Asked every step, on every process (the sync point needs it).
+          preempted = watcher.reached(step)
+          # At the epoch's last step, the epoch's end saves instead (after
+          # its test pass, which the resumed run would otherwise skip).
+          if epoch_step < steps_per_epoch and (preempted or every_steps_due()):
+            check_finite()
+            check_parameters(f'{step / steps_per_epoch:.2f}')
+            save(epoch, epoch_step)
+            if preempted:
+              stop(epoch, epoch_step)
         done = epoch + 1
         last = done == config.num_epochs
         check_finite()  # The steps not logged yet, before testing or saving.
-        # The last update of the epoch is in no loss yet: check its result.
-        if not bool(all_finite(state.params, state.batch_stats)):
-          raise TrainingDiverged(
-              f'the parameters hold NaN or infinite values after step '
-              f'{step} (epoch {done}): training diverged. Nothing of it was '
-              f'saved; the workdir keeps its last good checkpoint '
-              f'({workdir}). Lower the learning rate '
-              '(config.learning_rate_table) or try another seed, then rerun.')
+        check_parameters(str(done))
         if last and pending:
           log_train(epoch)  # The tail of the last epoch.
         if done % config.eval_every_epochs == 0 or last:
@@ -369,14 +514,11 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
           logging.info('epoch %d/%d | test %s (%d test samples)', done,
                        config.num_epochs, _describe(summaries),
                        next(iter(summaries.values()))['count'])
-        if done % config.checkpoint_every_epochs == 0 or last:
-          check_disk_space(workdir, state)
-          checkpoints.save(step, model={'params': state.params,
-                                        'batch_stats': state.batch_stats},
-                           opt_state=state.opt_state,
-                           meta={'epoch': done, 'step': step,
-                                 'network': network, 'config': config_dict,
-                                 'best': best})
+        if (done % config.checkpoint_every_epochs == 0 or last or preempted or
+            every_steps_due()):
+          save(done, 0)
+        if preempted and not last:
+          stop(done, 0)
     finally:
       # Also on errors: finish the asynchronous save in flight.
       try:
@@ -386,3 +528,11 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
         if bar is not None:
           bar.close()
     return state, best
+
+
+def _host_sums(pending) -> list[dict[str, dict[str, float]]]:
+  """Per-step metric sums as JSON numbers (float32 values are exact as
+  floats: summed again after a resume, they give the same log line)."""
+  return [{head: {key: float(np.asarray(value)) for key, value in
+                  head_sums.items()} for head, head_sums in sums.items()}
+          for sums in jax.device_get(pending)]

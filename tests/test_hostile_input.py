@@ -104,7 +104,8 @@ def test_every_key_has_a_rule():
   assert set(config_schema.RULES) == keys
   free = {k for k, rule in config_schema.RULES.items() if not rule.invalid}
   # Only bools and free text accept every value of their type.
-  assert free == {'experiment', 'nesterov', 'finetune', 'half_precision'}
+  assert free == {'experiment', 'nesterov', 'finetune', 'half_precision',
+                  'float64', 'allow_config_change'}
 
 
 def _config_cases():

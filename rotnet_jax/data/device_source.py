@@ -55,8 +55,14 @@ class DeviceSource:
     self.resident = parallel.replicate(
         mesh, {'image': data.images, 'label': data.labels})
 
-  def epoch(self, epoch: int):
-    """Yields the per-step inputs of `epoch` for :meth:`materialize`."""
+  def epoch(self, epoch: int, start_step: int = 0):
+    """Yields the per-step inputs of `epoch`, from `start_step` on, for
+    :meth:`materialize`.
+
+    The order of the whole epoch is computed (a permutation: cheap) and
+    sent once; resuming mid-epoch just starts the loop later. Each step's
+    augmentation key depends on (seed, epoch, step) alone.
+    """
     steps, batch = self.steps_per_epoch, self.batch_size
     if self.train:
       order = shuffle.epoch_order(self.num_examples, self.seed, epoch,
@@ -71,7 +77,7 @@ class DeviceSource:
                              PartitionSpec(None, parallel.DATA_AXIS))
     indices = _global(order.astype(np.int32).reshape(steps, batch), sharding)
     mask = _global(mask.reshape(steps, batch), sharding)
-    for step in range(steps):
+    for step in range(start_step, steps):
       yield {'indices': indices, 'mask': mask, 'epoch': np.int32(epoch),
              'step': np.int32(step)}
 

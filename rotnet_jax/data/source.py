@@ -33,8 +33,15 @@ class Source(Protocol):
   steps_per_epoch: int
   resident: Any
 
-  def epoch(self, epoch: int) -> Iterator[Any]:
-    """Yields the inputs of each step of `epoch`."""
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Any]:
+    """Yields the inputs of steps ``start_step, ..., steps_per_epoch - 1``
+    of `epoch`.
+
+    A run resumed from a mid-epoch checkpoint passes the steps it already
+    took as `start_step`: the steps yielded are exactly the ones an
+    uninterrupted epoch yields from there (same examples, same
+    augmentation), and the skipped ones cost (almost) nothing.
+    """
 
   def materialize(self, resident: Any, inputs: Any) -> dict[str, Any]:
     """Builds the batch from `inputs`; pure, traced inside jit."""
