@@ -149,7 +149,7 @@ def _pooled_features(config, backbone: restore.RestoredBackbone, blocks,
   spec = backbone.spec
   order = models.block_names(spec)
   deepest = max(blocks, key=order.index)
-  dtype = models.compute_dtype(config.half_precision)
+  dtype = models.compute_dtype(config.half_precision, config.float64)
   graphdef = models.backbone_graphdef(spec, dtype)
   mean_rgb, std_rgb = tuple(config.mean_rgb), tuple(config.std_rgb)
 

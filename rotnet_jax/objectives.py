@@ -108,13 +108,14 @@ class _WholeNetwork(Objective):
                                      num_classes=num_classes)
     self.network = {'backbone': self.spec}
     self._config = config
-    dtype = models.compute_dtype(config.half_precision)
+    dtype = models.compute_dtype(config.half_precision, config.float64)
     self.graphdef = models.backbone_graphdef(self.spec, dtype)
 
   def init(self, seed, constants):
     del constants
     variables = models.init_variables(
-        self.spec, seed, bn_scale_init=self._config.model.bn_scale_init)
+        self.spec, seed, bn_scale_init=self._config.model.bn_scale_init,
+        dtype=models.param_dtype(self._config.float64))
     return variables['params'], variables['batch_stats']
 
   @abc.abstractmethod
@@ -213,7 +214,8 @@ class HeadsOnBackbone(Objective):
     self.network = {'backbone': spec, 'head': config.head,
                     'blocks': list(self.blocks), 'finetune': self.finetune,
                     **backbone.origin, 'num_classes': num_classes}
-    dtype = models.compute_dtype(config.half_precision)
+    dtype = models.compute_dtype(config.half_precision, config.float64)
+    self._param_dtype = models.param_dtype(config.float64)
     self._backbone_graphdef = models.backbone_graphdef(spec, dtype)
     feature_shapes = models.feature_shapes(spec)
     options = models.head_options(
@@ -222,7 +224,7 @@ class HeadsOnBackbone(Objective):
     def make_heads(rngs):
       return {block: models.heads.make_head(
           config.head, feature_shapes[block], num_classes, options,
-          dtype=dtype, rngs=rngs) for block in self.blocks}
+          block=block, dtype=dtype, rngs=rngs) for block in self.blocks}
 
     self._make_heads = make_heads
     self.head_graphdefs = {
@@ -237,7 +239,10 @@ class HeadsOnBackbone(Objective):
     if self.finetune:
       params['backbone'] = constants['params']
       batch_stats['backbone'] = constants['batch_stats']
-    return params, batch_stats
+    # Heads (and a restored backbone) are built in float32; config.float64
+    # trains them in float64.
+    return (models.cast_variables(params, self._param_dtype),
+            models.cast_variables(batch_stats, self._param_dtype))
 
   def features(self, params, batch_stats, constants, images, *, train):
     """The backbone's features up to the deepest head, and new statistics."""

@@ -8,6 +8,9 @@ global batch, with no explicit collectives in the model code.
 """
 
 import os
+import socket
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -16,6 +19,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rotnet_jax.errors import InputError
 
 DATA_AXIS = 'data'
+
+# Seconds jax.distributed.initialize waits for every process to join
+# (JAX's own default).
+DEFAULT_INIT_TIMEOUT_S = 300
+# XLA aborts the process when its own initialisation timeout passes; ours
+# fires this much earlier, so the user reads why instead of a stack trace.
+_ABORT_GRACE_S = 5
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -116,3 +126,88 @@ def multihost_environment() -> bool:
     if int(env.get(size_var, '1') or 1) > 1:
       return True
   return ',' in env.get('TPU_WORKER_HOSTNAMES', '')
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None, *,
+                           timeout_s: int = DEFAULT_INIT_TIMEOUT_S) -> None:
+  """``jax.distributed.initialize`` that fails clearly instead of hanging.
+
+  Arguments left None come from the environment, as for
+  ``jax.distributed.initialize()`` (``JAX_COORDINATOR_ADDRESS``, SLURM,
+  Open MPI, TPU pods).
+
+  If the processes have not all joined after `timeout_s` seconds (the
+  coordinator never answers, or some process never started), the process
+  prints one line naming the coordinator address, the timeout and what to
+  check, and exits with status 2. XLA itself would abort with a stack
+  trace after its initialisation timeout; the failure happens inside C++
+  and cannot be caught in Python, hence a watchdog thread that exits first.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0's coordinator.
+    num_processes: how many processes take part.
+    process_id: this process's index.
+    timeout_s: how long to wait for every process to join.
+  """
+  done = threading.Event()
+
+  def watchdog():
+    if not done.wait(timeout_s):
+      print('error: ' + _init_timeout_message(coordinator_address,
+                                              num_processes, process_id,
+                                              timeout_s),
+            file=sys.stderr, flush=True)
+      os._exit(2)  # pylint: disable=protected-access
+
+  thread = threading.Thread(target=watchdog, name='distributed-init-watchdog',
+                            daemon=True)
+  thread.start()
+  try:
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        initialization_timeout=timeout_s + _ABORT_GRACE_S)
+  finally:
+    done.set()
+
+
+def _init_timeout_message(coordinator_address, num_processes, process_id,
+                          timeout_s) -> str:
+  """Why the processes did not all join, as far as this process can tell."""
+  # jax.distributed records what it resolved (from the arguments or the
+  # environment) before it connects.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  state = distributed.global_state
+  address = (state.coordinator_address or coordinator_address or
+             os.environ.get('JAX_COORDINATOR_ADDRESS') or '(none found)')
+  process = state.process_id if process_id is None else process_id
+  count = state.num_processes if num_processes is None else num_processes
+  where = (f'process {process} of {count}' if count is not None
+           else 'this process')
+  prefix = (f'jax.distributed.initialize: {where} waited {timeout_s} s '
+            f'for all processes to join through the coordinator at '
+            f'{address}, without success. ')
+  if _answers(address):
+    return prefix + (
+        f'The coordinator answers, so check that all {count} processes '
+        'were started, with the same coordinator address and number of '
+        'processes and each with its own process id, and that none of them '
+        'failed at start-up (see their logs).')
+  return prefix + (
+      'Nothing answers there: check that process 0 is running (it hosts '
+      'the coordinator), that the host name and port are right and the '
+      'port is reachable from this host (firewall, proxy variables), then '
+      'start every process again.')
+
+
+def _answers(address: str) -> bool:
+  """Whether something accepts TCP connections at ``host:port``."""
+  host, _, port = address.rpartition(':')
+  host = host.strip('[]')
+  try:
+    with socket.create_connection((host or 'localhost', int(port)),
+                                  timeout=2):
+      return True
+  except (OSError, ValueError):
+    return False

@@ -165,7 +165,8 @@ def compile_steps(config, objective: Objective,
   """Jits the train and eval steps of `objective` over `mesh`.
 
   Args:
-    config: ``mean_rgb``, ``std_rgb`` and ``half_precision``.
+    config: ``mean_rgb``, ``std_rgb``, ``half_precision`` and
+      ``float64``.
     objective: what is trained.
     tx: the optimiser.
     mesh: the data mesh; the outputs are replicated over it.
@@ -173,7 +174,8 @@ def compile_steps(config, objective: Objective,
       steps.
   """
   normalization = (tuple(config.mean_rgb), tuple(config.std_rgb),
-                   models.compute_dtype(config.half_precision))
+                   models.compute_dtype(config.half_precision,
+                                        config.float64))
 
   def train_fn(state, constants, inputs, step):
     batch = train_source.materialize(constants.train_data, inputs)

@@ -22,6 +22,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from rotnet_jax import parallel  # pylint: disable=wrong-import-position
@@ -50,3 +51,35 @@ def one_device_mesh():
 def eight_device_mesh():
   assert jax.device_count() == NUM_FAKE_DEVICES
   return parallel.make_mesh()
+
+
+@pytest.fixture
+def enable_x64():
+  """64-bit JAX (``config.float64`` runs) for one test.
+
+  ``jax_enable_x64`` is process-wide, so it is restored afterwards: the
+  other tests keep running in 32 bits. Float32 runs on different device
+  counts drift apart by up to tens of percent per array in 10 steps
+  (summation order, amplified by BatchNorm); float64 runs agree to about
+  1e-15, so comparisons across device counts run in float64 and demand
+  1e-6.
+  """
+  previous = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_x64', previous)
+
+
+def max_relative_difference(tree_a, tree_b) -> float:
+  """The largest ``|a - b| / |b|`` (Euclidean norms) over matching arrays."""
+  leaves_a, leaves_b = jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)
+  assert len(leaves_a) == len(leaves_b)
+  worst = 0.0
+  for a, b in zip(leaves_a, leaves_b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    scale = np.linalg.norm(b)
+    worst = max(worst, np.linalg.norm(a - b) / (scale if scale else 1.0))
+  return float(worst)

@@ -15,7 +15,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The two-process test's run: a small learning rate keeps float rounding
 # (all-reduce order) from growing into visible differences in 5 steps.
-MULTIHOST_OVERRIDES = {'batch_size': 100, 'learning_rate_table': ((1, 0.01),)}
 
 
 def tiny_config(**overrides):

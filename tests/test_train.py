@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import max_relative_difference
 from helpers import tiny_config
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import metrics as metrics_lib
@@ -134,7 +135,8 @@ def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
 def _final_params(workdir, config, mesh):
   """Parameters of the latest checkpoint in `workdir`."""
   target = models.abstract_variables(_spec(config),
-                                     parallel.replicated(mesh))
+                                     parallel.replicated(mesh),
+                                     models.param_dtype(config.float64))
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   restored = checkpoints.restore(checkpoints.latest_step(), model=target)
   return jax.device_get(restored['model']), restored['meta']
@@ -180,10 +182,36 @@ def test_a_crash_after_the_last_checkpoint_logs_each_event_once(
   assert steps == [('train', 5), ('test', 5), ('train', 10), ('test', 10)]
 
 
+def _variables(state):
+  return jax.device_get((state.params, state.batch_stats, state.opt_state))
+
+
+def test_eight_devices_train_the_model_one_device_trains(
+    tmp_path, one_device_mesh, eight_device_mesh, enable_x64):
+  # 10 steps in float64: the runs differ only by summation order, about
+  # 1e-15 (measured; float32 drifts by up to 30% per array, mostly in
+  # small bias vectors).
+  del enable_x64
+  config = tiny_config(num_epochs=2, float64=True)
+  one = train.train_and_evaluate(config, str(tmp_path / 'one'),
+                                 mesh=one_device_mesh)
+  eight = train.train_and_evaluate(config, str(tmp_path / 'eight'),
+                                   mesh=eight_device_mesh)
+  assert {x.dtype for x in jax.tree.leaves(_variables(one))} == {
+      np.dtype('float64'), np.dtype('int32')}  # The optimiser's step count.
+  assert max_relative_difference(_variables(eight), _variables(one)) < 1e-6
+  # The model moved: the bound is not met by two untrained networks.
+  _, init = _init(config, one_device_mesh)
+  assert max_relative_difference(one.params, init.params) > 1e-2
+
+
 def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
-                                            eight_device_mesh):
-  config = tiny_config(num_epochs=2)
-  workdir = str(tmp_path)
+                                            eight_device_mesh, enable_x64):
+  del enable_x64  # Float64: see the test above.
+  config = tiny_config(num_epochs=2, float64=True)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'),
+                                      mesh=one_device_mesh)
+  workdir = str(tmp_path / 'resumed')
   first_half = config.copy_and_resolve_references()
   first_half.num_epochs = 1
   saved = jax.device_get(train.train_and_evaluate(
@@ -193,13 +221,16 @@ def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
   assert meta['epoch'] == 1
   for a, b in zip(jax.tree.leaves(saved.params),
                   jax.tree.leaves(restored['params'])):
+    assert a.dtype == b.dtype == np.float64
     np.testing.assert_array_equal(a, b)
-  # ...and training goes on there.
+  # ...and training goes on there, to what one device trains throughout.
   final = train.train_and_evaluate(config, workdir, mesh=one_device_mesh)
   assert _final_params(workdir, config, one_device_mesh)[1]['epoch'] == 2
   assert final.params['classifier']['kernel'].sharding.num_devices == 1
   assert not np.array_equal(saved.params['classifier']['kernel'],
                             final.params['classifier']['kernel'])
+  assert max_relative_difference(_variables(final),
+                                 _variables(straight)) < 1e-6
 
 
 def test_supervised_mode_trains_a_classifier(tmp_path, one_device_mesh):
