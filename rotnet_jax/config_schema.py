@@ -160,6 +160,9 @@ HEAD_SCHEDULES = {
     # the non-linear head's schedule.
     'linear': dict(num_epochs=50, learning_rate_table=(
         (20, 0.1), (40, 0.02), (45, 0.004), (50, 0.0008))),
+    # The official ImageNet non-linear classifiers on AlexNet conv4/conv5.
+    'alexnet_nonlinear': dict(num_epochs=40, learning_rate_table=(
+        (10, 0.01), (20, 0.002), (30, 0.0004), (40, 0.00008))),
 }
 
 

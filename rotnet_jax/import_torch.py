@@ -7,7 +7,8 @@
         [--block=conv2]
 
 A backbone file of FeatureLearningRotNet (``NetworkInNetwork``, any number
-of blocks) becomes a workdir like a pretext run's: an Orbax checkpoint
+of blocks, or the ``AlexNet`` of ``ImageNet_RotNet_AlexNet``; the AlexNet's
+image size is 224 unless ``--image_size`` says otherwise) becomes a workdir like a pretext run's: an Orbax checkpoint
 (``model``, a fresh ``opt_state``, ``meta`` with the file's epoch) and
 ``config.json``, so ``--config.pretrained=OUT`` evaluates it, and
 ``rotnet_jax.weights.read(OUT)`` loads it. A classifier file (``MultLayer``
@@ -21,6 +22,7 @@ is refused unless ``--overwrite``. Bad input is one ``error:`` line and exit
 status 2.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -33,6 +35,7 @@ from absl import flags
 from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import cli
 from rotnet_jax import config_schema
+from rotnet_jax import models
 from rotnet_jax import optim
 from rotnet_jax import run_files
 from rotnet_jax import torch_import
@@ -53,6 +56,10 @@ def _define_flags() -> None:
   flags.DEFINE_string('block', None,
                       'For a classifier file: the block it reads (default: '
                       'from its input shape; conv2 when several fit).')
+  flags.DEFINE_integer('image_size', None,
+                       'For an AlexNet file: the image size it was trained '
+                       'on (default 224, or the smallest its fc layer '
+                       'fits).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --workdir.')
   flags.mark_flags_as_required(['workdir'])
 
@@ -61,10 +68,21 @@ def _define_flags() -> None:
 # file's epoch in CIFAR-10 steps (50,000 // 128 per epoch), so that a
 # resumed run continues the learning-rate table where the file stopped.
 CIFAR10_TRAIN_EXAMPLES = 50_000
+# The AlexNet's: ImageNet's training images (ILSVRC 2012).
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def _steps_per_epoch(config) -> int:
-  return max(1, CIFAR10_TRAIN_EXAMPLES // config.batch_size)
+  examples = (IMAGENET_TRAIN_EXAMPLES if config.model.name == 'alexnet'
+              else CIFAR10_TRAIN_EXAMPLES)
+  return max(1, examples // config.batch_size)
+
+
+def _describe(spec) -> str:
+  if spec['name'] == 'alexnet':
+    return (f"AlexNet (width {spec['width']:g}, {spec['image_size']}-pixel "
+            'images')
+  return f"NIN-{spec['num_blocks']} (width {spec['width']:g}"
 
 
 def _set_shape(config, spec) -> None:
@@ -73,10 +91,26 @@ def _set_shape(config, spec) -> None:
       'model.width': float(spec['width']), 'image_size': spec['image_size']})
 
 
+def _imagenet_recipe(config) -> None:
+  """The official ImageNet_RotNet_AlexNet recipe (as
+  configs/imagenet_rotnet_alexnet.py)."""
+  config.update_from_flattened_dict({
+      'dataset': 'imagenet2012', 'pipeline': 'tfdata',
+      'augmentation': 'imagenet', 'test_split': 'validation',
+      'mean_rgb': torch_import.IMAGENET_MEAN_RGB,
+      'std_rgb': torch_import.IMAGENET_STD_RGB, 'batch_size': 192,
+      'num_epochs': 50, 'learning_rate_table': (
+          (15, 0.01), (30, 0.001), (45, 0.0001), (50, 0.00001)),
+      'eval_every_epochs': 1, 'checkpoint_every_epochs': 1})
+
+
 def backbone_config(spec):
-  """The config of the run that would have trained `spec` (the defaults:
-  the official CIFAR-10 recipe, with its shape and task)."""
+  """The config of the run that would have trained `spec` (the official
+  recipe, CIFAR-10's for a NIN and ImageNet's for an AlexNet, with its
+  shape and task)."""
   config = config_schema.defaults()
+  if spec['name'] == 'alexnet':
+    _imagenet_recipe(config)
   _set_shape(config, spec)
   classes = spec['num_classes']
   if classes == 8:
@@ -89,15 +123,51 @@ def backbone_config(spec):
   return config
 
 
-def evaluation_config(spec, head_type: str, block: str, pretrained: str,
-                      pretrained_step):
-  """The config of an evaluation run of `head_type` on `block` of `spec`."""
+# The official ImageNet classifier schedules on the AlexNet (configs/
+# imagenet_linear_probes.py, imagenet_nonlinear_conv4.py).
+_ALEXNET_HEAD_SCHEDULES = {
+    'linear': dict(num_epochs=35, learning_rate_table=(
+        (5, 0.01), (15, 0.002), (25, 0.0004), (35, 0.00008))),
+    'alexnet_nonlinear': dict(num_epochs=40, learning_rate_table=(
+        (10, 0.01), (20, 0.002), (30, 0.0004), (40, 0.00008))),
+}
+
+
+def evaluation_config(spec, head_type: str, block, pretrained: str,
+                      pretrained_step, linear_pool_size: int = 6):
+  """The config of an evaluation run of `head_type` on `block` of `spec`.
+
+  Args:
+    block: a block name, or several.
+    linear_pool_size: the ``linear`` heads' side (0: the backbone's own).
+  """
   config = config_schema.evaluation_defaults(head_type)
+  if spec['name'] == 'alexnet':
+    _imagenet_recipe(config)
+    config.update(_ALEXNET_HEAD_SCHEDULES.get(head_type, {}))
   _set_shape(config, spec)
-  config.blocks = (block,)
+  config.blocks = (block,) if isinstance(block, str) else tuple(block)
+  config.linear_pool_size = linear_pool_size
   config.pretrained = pretrained
   config.pretrained_step = pretrained_step or 0
   return config
+
+
+def _linear_pool_size(heads, spec) -> int:
+  """``config.linear_pool_size`` of imported heads (6 unless linear)."""
+  if heads.head_type != 'linear':
+    return 6
+  shapes = models.feature_shapes(spec)
+  sides = {b: math.isqrt(heads.variables['params'][b]['output']['kernel']
+                         .shape[0] // shapes[b][-1]) for b in heads.blocks}
+  own = models.get_backbone(spec['name']).linear_pool_sizes(spec) or {}
+  if all(own.get(b) == side for b, side in sides.items()):
+    return 0
+  if len(set(sides.values())) == 1:
+    return next(iter(sides.values()))
+  raise InputError(f'the linear classifiers pool to {sides}: neither one '
+                   "side nor the backbone's own sides, which a config "
+                   'cannot say')
 
 
 def _opt_state(config, params, step: int):
@@ -158,7 +228,8 @@ def _publish(tmp: str, full: str) -> None:
 
 
 def import_file(path: str, workdir: str, *, backbone: str | None = None,
-                block: str | None = None, overwrite: bool = False) -> str:
+                block: str | None = None, image_size: int | None = None,
+                overwrite: bool = False) -> str:
   """Writes the workdir of an official file; returns a one-line summary.
 
   Args:
@@ -167,6 +238,8 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
     backbone: for a classifier file, its backbone (official file or
       workdir).
     block: for a classifier file, the block it reads (default: inferred).
+    image_size: for an AlexNet backbone file, its image size (default:
+      224, or the smallest its fc layer fits).
     overwrite: replace an existing non-empty `workdir`.
 
   Raises:
@@ -186,14 +259,16 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
     if backbone or block:
       raise InputError(f'{source} is a backbone: --backbone and --block are '
                        'only for a classifier file')
-    imported = torch_import.read_official(path)
+    imported = torch_import.read_official(path, image_size=image_size)
     spec = imported.spec
     config = backbone_config(spec)
     model = imported.variables
     network = {'backbone': spec}
-    what = (f"official NIN-{spec['num_blocks']} (width {spec['width']:g}, "
-            f"{spec['num_classes']} classes)")
+    what = f"official {_describe(spec)}, {spec['num_classes']} classes)"
   else:
+    if image_size is not None:
+      raise InputError(f'{source} is a classifier: --image_size is only for '
+                       'an AlexNet backbone file')
     if not backbone:
       raise InputError(
           f'{source} is an official {kind} classifier: pass the backbone it '
@@ -205,20 +280,25 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
           f"{base.origin.get('pretrained')!r}): pass that backbone instead")
     spec = base.spec
     heads = torch_import.read_official_heads(path, spec, block)
-    (block,) = heads.blocks
+    blocks = heads.blocks
     pretrained = base.origin['pretrained']
     pretrained_step = base.origin.get('pretrained_step')
-    config = evaluation_config(spec, kind, block, pretrained,
-                               pretrained_step)
+    config = evaluation_config(spec, kind, blocks, pretrained,
+                               pretrained_step,
+                               linear_pool_size=_linear_pool_size(heads,
+                                                                  spec))
+    config.mean_rgb = tuple(base.mean_rgb)
+    config.std_rgb = tuple(base.std_rgb)
     model = {'params': {'heads': heads.variables['params']},
              'batch_stats': {'heads': heads.variables['batch_stats']}}
     # What objectives.HeadsOnBackbone saves for a frozen evaluation.
-    network = {'backbone': spec, 'head': kind, 'blocks': [block],
+    network = {'backbone': spec, 'head': kind, 'blocks': list(blocks),
                'finetune': False, 'pretrained': pretrained,
                'pretrained_step': pretrained_step,
                'num_classes': heads.num_classes}
-    what = (f'official {kind} classifier on {block} ({heads.num_classes} '
-            f"classes) of the NIN-{spec['num_blocks']} {pretrained}")
+    what = (f"official {kind} classifier on {', '.join(blocks)} "
+            f'({heads.num_classes} classes) of the {_describe(spec)}) '
+            f'{pretrained}')
   epoch = epoch or 0
   step = epoch * _steps_per_epoch(config)
   config_dict = run_files.resolved_config(config)
@@ -260,7 +340,8 @@ def main(argv):
   cli.quiet_library_logs()
   try:
     summary = import_file(argv[1], FLAGS.workdir, backbone=FLAGS.backbone,
-                          block=FLAGS.block, overwrite=FLAGS.overwrite)
+                          block=FLAGS.block, image_size=FLAGS.image_size,
+                          overwrite=FLAGS.overwrite)
   except InputError as e:
     cli.fail(e)
   print(summary)

@@ -199,7 +199,7 @@ class Model:
       graphdefs[block] = nnx.graphdef(nnx.eval_shape(
           lambda b=block, o=options: models.heads.make_head(
               self.heads.head_type, shapes[b], self.heads.num_classes, o,
-              dtype=self._dtype, rngs=nnx.Rngs(0))))
+              block=b, dtype=self._dtype, rngs=nnx.Rngs(0))))
     return graphdefs
 
   def _program(self, outputs: tuple[str, ...], heads: tuple[str, ...],

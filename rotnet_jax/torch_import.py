@@ -9,11 +9,17 @@ the legacy pickle format of PyTorch 0.2 / Python 2, or a bare state dict)
 into this package's trees:
 
 * :func:`read_official`: a ``NetworkInNetwork`` backbone (NIN-3, 4, 5... any
-  number of blocks >= 3) as a :class:`weights.Weights`, its variables in
-  exactly the tree of ``models.init_variables(spec)``;
+  number of blocks >= 3) or an ``AlexNet`` backbone (the released
+  ``ImageNet_RotNet_AlexNet`` model; told apart by its keys) as a
+  :class:`weights.Weights`, its variables in exactly the tree of
+  ``models.init_variables(spec)``;
 * :func:`read_official_heads`: a ``NonLinearClassifier`` of type
   ``MultLayer`` (our ``multlayer`` head) or ``NIN_ConvBlock3`` (our
-  ``conv_block`` head) as a :class:`weights.Heads`.
+  ``conv_block`` head) as a :class:`weights.Heads`; or, on an AlexNet, the
+  ImageNet classifier files: ``MultipleLinearClassifiers`` (our ``linear``
+  heads, one per block, each with its own pool side) and
+  ``MultipleNonLinearClassifiers`` of type ``Alexnet_conv4`` /
+  ``Alexnet_conv5`` (our ``alexnet_nonlinear`` heads).
 
 The layouts differ only in conventions: PyTorch convolutions are OIHW
 (ours HWIO), linear weights ``[out, in]`` (ours ``[in, out]``), BatchNorm
@@ -38,6 +44,7 @@ PyTorch is an optional dependency (``pip install -e '.[torch]'``); only
 this module imports it, and only when a file is read.
 """
 
+import math
 import os
 import pickle
 import re
@@ -49,19 +56,29 @@ from flax import nnx
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
+from rotnet_jax import run_files
 from rotnet_jax import weights
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.errors import first_line
+from rotnet_jax.models import alexnet
 from rotnet_jax.models import nin
 
 # What read_official_file says a file holds.
 BACKBONE = 'backbone'
 MULTLAYER = 'multlayer'
 CONV_BLOCK = 'conv_block'
+LINEAR = 'linear'
+ALEXNET_NONLINEAR = 'alexnet_nonlinear'
 
 # Images of the official CIFAR-10 networks.
 IMAGE_SIZE = 32
+# Images of the official ImageNet / Places205 AlexNet.
+ALEXNET_IMAGE_SIZE = 224
+# The released AlexNet expects RGB in [0, 1] normalised with these (its
+# README); on this package's 0..255 scale.
+IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
 # The block a classifier reads when its input shape fits several (the
 # official CIFAR-10 classifiers all read conv2).
 DEFAULT_BLOCK = 'conv2'
@@ -71,6 +88,12 @@ _LISTED = 6
 _BACKBONE_PREFIX = '_feature_blocks.'
 _HEAD_PREFIX = 'classifier.'
 _BLOCK_CLASSIFIER = re.compile(r'^_feature_blocks\.(\d+)\.Classifier\.weight$')
+# The official Multiple*Classifiers: classifier i under classifiers.i.; a
+# single classifier file under classifier.
+_MULTI_HEAD = re.compile(r'^classifiers\.(\d+)\.classifier\.')
+# Layer names of the ImageNet classifiers (sic, as the official code).
+_LINEAR_OUTPUT = 'LiniearClassifier.'
+_ALEXNET_OUTPUT = 'LinearF.'
 # BatchNorm's batch counter (PyTorch >= 0.4.1): not a weight, and absent
 # from the official files (PyTorch 0.2); accepted and ignored.
 _IGNORED_SUFFIX = '.num_batches_tracked'
@@ -101,18 +124,20 @@ def _describe_keys(keys) -> str:
 
 def _load(path: str) -> tuple[dict[str, np.ndarray], int | None, str]:
   """``(state dict as float32 numpy, epoch or None, absolute path)``."""
-  full = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(full):
+  full = run_files.absolute(os.path.expanduser(path))
+  if not run_files.exists(full):
     raise MissingInputError(f'{path!r} does not exist: pass an official '
                             'FeatureLearningRotNet file (e.g. '
                             'model_net_epoch200)')
-  if os.path.isdir(full):
+  if run_files.isdir(full):
     raise InputError(f'{full} is a folder, not an official PyTorch file')
   torch = _import_torch()
   try:
     # weights_only: tensors, dicts and numbers only; any other class in the
-    # pickle (code that would run while loading) is refused.
-    obj = torch.load(full, map_location='cpu', weights_only=True)
+    # pickle (code that would run while loading) is refused. A gs:// file
+    # is read from a local copy (torch reads local files only).
+    with run_files.local_copy(full) as local:
+      obj = torch.load(local, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     if 'weights_only' in str(e) or 'Unsupported global' in str(e):
       raise InputError(
@@ -167,16 +192,32 @@ def _file_kind(state: dict[str, np.ndarray], path: str) -> str:
     return MULTLAYER
   if any(k.startswith(_HEAD_PREFIX + 'Block3_ConvB1.') for k in keys):
     return CONV_BLOCK
+  for prefix in _head_prefixes(keys):
+    if any(k.startswith(prefix + _LINEAR_OUTPUT) for k in keys):
+      return LINEAR
+    if any(k.startswith(prefix + _ALEXNET_OUTPUT) for k in keys):
+      return ALEXNET_NONLINEAR
   if any(k.startswith('classifiers.') for k in keys):
     raise InputError(
-        f'{path} holds several classifiers (MultipleNonLinearClassifiers, '
-        'keys classifiers.N.*): only a single NonLinearClassifier file '
-        '(MultLayer or NIN_ConvBlock3) can be imported')
+        f'{path} holds several CIFAR-10 classifiers '
+        '(MultipleNonLinearClassifiers, keys classifiers.N.*): only a single '
+        'NonLinearClassifier file (MultLayer or NIN_ConvBlock3), or the '
+        'ImageNet AlexNet classifiers (LiniearClassifier, Alexnet_conv4/5), '
+        'can be imported')
   raise InputError(
-      f'{path} is not an official FeatureLearningRotNet NIN or classifier: '
-      f'its keys ({_describe_keys(keys)}) have none of '
+      f'{path} is not an official FeatureLearningRotNet NIN, AlexNet or '
+      f'classifier: its keys ({_describe_keys(keys)}) have none of '
       f'{_BACKBONE_PREFIX}*, {_HEAD_PREFIX}Liniear_1.*, '
-      f'{_HEAD_PREFIX}Block3_ConvB1.*')
+      f'{_HEAD_PREFIX}Block3_ConvB1.*, classifiers.N.classifier.'
+      f'{_LINEAR_OUTPUT}* or classifiers.N.classifier.{_ALEXNET_OUTPUT}*')
+
+
+def _head_prefixes(keys) -> list[str]:
+  """``classifiers.0.classifier.``, ... (in order), or ``classifier.``."""
+  indices = sorted({int(m.group(1)) for m in map(_MULTI_HEAD.match, keys)
+                    if m})
+  return ([f'classifiers.{i}.classifier.' for i in indices] if indices
+          else [_HEAD_PREFIX])
 
 
 def read_official_file(path: str) -> tuple[str, int | None]:
@@ -322,14 +363,111 @@ def _fill(target, state: dict[str, np.ndarray], entries: list[tuple],
       lambda p, _: values[_path_key(p)], target)
 
 
-def _backbone_spec(num_blocks: int, width: float, num_classes: int
+def _backbone_spec(num_blocks: int, width: float, num_classes: int,
+                   name: str = 'nin', image_size: int = IMAGE_SIZE
                    ) -> dict[str, Any]:
   config = config_schema.defaults()
   with config.unlocked():
+    config.model.name = name
     config.model.num_blocks = num_blocks
     config.model.width = width
-  return models.backbone_spec(config.model, image_size=IMAGE_SIZE,
+  return models.backbone_spec(config.model, image_size=image_size,
                               num_classes=num_classes)
+
+
+# The official AlexNet's ``_feature_blocks`` list: conv1, pool1, conv2,
+# pool2, conv3, conv4, conv5, pool5, fc_block, classifier. Only these
+# indices hold weights.
+_ALEXNET_CONV_INDEX = {'conv1': 0, 'conv2': 2, 'conv3': 4, 'conv4': 5,
+                       'conv5': 6}
+_ALEXNET_FC_INDEX = 8
+_ALEXNET_CLASSIFIER_INDEX = 9
+# Inside the fc block (Flatten, Linear, BN, ReLU, Linear, BN, ReLU).
+_ALEXNET_FC_LAYERS = {'linear1': 1, 'norm1': 2, 'linear2': 4, 'norm2': 5}
+_ALEXNET_FIRST = f'{_BACKBONE_PREFIX}0.0.weight'
+_ALEXNET_CLASSIFIER = (f'{_BACKBONE_PREFIX}{_ALEXNET_CLASSIFIER_INDEX}.0.'
+                       'weight')
+_ALEXNET_FC1 = (f'{_BACKBONE_PREFIX}{_ALEXNET_FC_INDEX}.'
+                f"{_ALEXNET_FC_LAYERS['linear1']}.weight")
+
+
+def _is_alexnet(state: dict[str, np.ndarray]) -> bool:
+  return _ALEXNET_FIRST in state
+
+
+def _alexnet_entries() -> list[tuple]:
+  """``(torch key, our path, conversion)`` of every tensor of an AlexNet."""
+  entries = []
+  for name, index in _ALEXNET_CONV_INDEX.items():
+    prefix = f'{_BACKBONE_PREFIX}{index}.'
+    entries += [
+        (f'{prefix}0.weight', ('params', name, 'conv', 'kernel'), _CONV),
+        (f'{prefix}0.bias', ('params', name, 'conv', 'bias'), _COPY),
+    ] + _batch_norm_entries(f'{prefix}1.', (name, 'norm'))
+  fc = f'{_BACKBONE_PREFIX}{_ALEXNET_FC_INDEX}.'
+  layers = _ALEXNET_FC_LAYERS
+  entries += [
+      (f"{fc}{layers['linear1']}.weight",
+       ('params', 'fc_block', 'linear1', 'kernel'), _LINEAR_CHW),
+      (f"{fc}{layers['linear2']}.weight",
+       ('params', 'fc_block', 'linear2', 'kernel'), _LINEAR),
+  ] + _batch_norm_entries(f"{fc}{layers['norm1']}.", ('fc_block', 'norm1')
+                          ) + _batch_norm_entries(f"{fc}{layers['norm2']}.",
+                                                  ('fc_block', 'norm2'))
+  return entries + _linear_entries(
+      f'{_BACKBONE_PREFIX}{_ALEXNET_CLASSIFIER_INDEX}.0.', 'classifier')
+
+
+def _pool5_shape(spec) -> tuple[int, int, int]:
+  """``(H, W, C)`` of pool5, the input of the first fc layer."""
+  side = alexnet.feature_sides(spec['image_size'])['pool5']
+  return (side, side, models.feature_shapes(spec)['conv5'][-1])
+
+
+def _infer_alexnet_spec(state: dict[str, np.ndarray], path: str,
+                        image_size: int | None) -> dict[str, Any]:
+  """The spec of the official AlexNet in `state`, from its shapes.
+
+  The image size is not in the file; the first fc layer's inputs (pool5's
+  H x W x C) say which sizes fit: `image_size` if given, else 224 when it
+  fits (the official size), else the smallest that fits.
+  """
+  for key, ndim in ((_ALEXNET_FIRST, 4), (_ALEXNET_CLASSIFIER, 2),
+                    (_ALEXNET_FC1, 2)):
+    if key not in state or state[key].ndim != ndim:
+      raise InputError(
+          f'{path} does not hold an official AlexNet: {key} (a {ndim}-D '
+          'weight) is ' + ('missing' if key not in state else
+                           f'of shape {state[key].shape}'))
+  channels = state[_ALEXNET_FIRST].shape[0]
+  base = alexnet.CONV_LAYERS[0][1]
+  width = channels / base
+  if nin.scaled_channels(base, width) != channels:
+    raise InputError(f'{path}: {_ALEXNET_FIRST} has {channels} output '
+                     f"channels, not a width of AlexNet's {base}")
+  num_classes = state[_ALEXNET_CLASSIFIER].shape[0]
+  fc_inputs = state[_ALEXNET_FC1].shape[1]
+  conv5 = nin.scaled_channels(alexnet.CONV_LAYERS[-1][1], width)
+
+  def fits(size):
+    side = alexnet.feature_sides(size)['pool5']
+    return side >= 1 and side * side * conv5 == fc_inputs
+
+  if image_size is None:
+    candidates = [ALEXNET_IMAGE_SIZE] + list(
+        range(alexnet.MIN_IMAGE_SIZE, 4097))
+    image_size = next((s for s in candidates if fits(s)), None)
+    if image_size is None:
+      raise InputError(f'{path}: its first fc layer takes {fc_inputs} '
+                       f'inputs, which no image size gives ({conv5} '
+                       'channels at conv5)')
+  elif image_size < alexnet.MIN_IMAGE_SIZE or not fits(image_size):
+    raise InputError(
+        f'{path}: image size {image_size} does not fit its first fc layer '
+        f'({fc_inputs} inputs = pool5 H x W x {conv5})')
+  return _backbone_spec(alexnet.NUM_CONV_BLOCKS, width, num_classes,
+                        name=alexnet.AlexNetBackbone.name,
+                        image_size=image_size)
 
 
 def _infer_backbone_spec(state: dict[str, np.ndarray], path: str
@@ -362,18 +500,24 @@ def _infer_backbone_spec(state: dict[str, np.ndarray], path: str
   return _backbone_spec(num_blocks, width, num_classes)
 
 
-def read_official(path: str) -> weights.Weights:
-  """An official NIN backbone file as :class:`weights.Weights`.
+def read_official(path: str, *, image_size: int | None = None
+                  ) -> weights.Weights:
+  """An official NIN or AlexNet backbone file as :class:`weights.Weights`.
 
   Args:
     path: a file the official code saved (``model_net_epochN``), or a bare
-      state dict of its ``NetworkInNetwork``.
+      state dict of its ``NetworkInNetwork`` or ``AlexNet``.
+    image_size: AlexNet only: the image size it was trained on (default
+      224, or the smallest size its fc layer fits; see
+      :func:`_infer_alexnet_spec`).
 
   Returns:
     The weights: spec ``{'name': 'nin', 'num_classes', 'num_blocks',
-    'width', 'image_size': 32}`` inferred from the keys and shapes,
-    variables in the tree of ``models.init_variables(spec)``, the CIFAR-10
-    normalisation the official code used.
+    'width', 'image_size': 32}`` (NIN) or ``{'name': 'alexnet', ...,
+    'num_blocks': 5, 'image_size': 224}`` inferred from the keys and
+    shapes, variables in the tree of ``models.init_variables(spec)``, the
+    normalisation the official code used (CIFAR-10's; ImageNet's for
+    AlexNet).
 
   Raises:
     MissingInputError: no such file.
@@ -389,15 +533,29 @@ def read_official(path: str) -> weights.Weights:
         f'{full} holds an official {kind} classifier, not a backbone: '
         f'import it with python -m rotnet_jax.import_torch {full} '
         '--backbone=BACKBONE_FILE_OR_WORKDIR --workdir=OUT')
+  del epoch  # Read by the command through read_official_file.
+  origin = {'pretrained': full, 'pretrained_format': weights.TORCH,
+            'pretrained_step': None}
+  if _is_alexnet(state):
+    spec = _infer_alexnet_spec(state, full, image_size)
+    variables = _fill(
+        models.abstract_variables(spec), state, _alexnet_entries(), full,
+        f"an official AlexNet (width {spec['width']}, "
+        f"{spec['num_classes']} classes, {spec['image_size']}-pixel images)",
+        feature_shape=_pool5_shape(spec))
+    return weights.Weights(spec, variables, origin,
+                           mean_rgb=IMAGENET_MEAN_RGB,
+                           std_rgb=IMAGENET_STD_RGB)
+  if image_size is not None and image_size != IMAGE_SIZE:
+    raise InputError(f'{full} holds a NIN, whose images are '
+                     f'{IMAGE_SIZE} pixels: image size {image_size} is only '
+                     'for an AlexNet')
   spec = _infer_backbone_spec(state, full)
   target = models.abstract_variables(spec)
   variables = _fill(target, state, _backbone_entries(spec['num_blocks']),
                     full, f"an official NIN-{spec['num_blocks']} (width "
                     f"{spec['width']}, {spec['num_classes']} classes)")
-  del epoch  # Read by the command through read_official_file.
-  return weights.Weights(spec, variables, {
-      'pretrained': full, 'pretrained_format': weights.TORCH,
-      'pretrained_step': None})
+  return weights.Weights(spec, variables, origin)
 
 
 def _head_block(head_type: str, state, spec, path: str, block: str | None
@@ -461,6 +619,12 @@ def read_official_heads(path: str, backbone_spec: dict[str, Any],
   if head_type == BACKBONE:
     raise InputError(f'{full} holds an official backbone, not a classifier: '
                      'pass it as --backbone (or import it alone)')
+  if head_type in (LINEAR, ALEXNET_NONLINEAR):
+    return _read_alexnet_heads(state, full, head_type, backbone_spec, block)
+  if backbone_spec['name'] != 'nin':
+    raise InputError(f'{full} holds an official {head_type} classifier of '
+                     f"the CIFAR-10 NIN, but the backbone is a "
+                     f"{backbone_spec['name']}")
   output = f'{_HEAD_PREFIX}Liniear_F.weight'
   if output not in state or state[output].ndim != 2:
     raise InputError(f'{full} does not hold an official {head_type} '
@@ -482,3 +646,132 @@ def read_official_heads(path: str, backbone_spec: dict[str, Any],
   return weights.Heads(head_type, (block,), num_classes,
                        {'params': {block: variables['params']},
                         'batch_stats': {block: variables['batch_stats']}})
+
+
+def _linear_head_entries(prefix: str) -> list[tuple]:
+  """An official ``LinearClassifier`` (its BatchNorm has no affine)."""
+  return [
+      (f'{prefix}BatchNorm.running_mean', ('batch_stats', 'norm', 'mean'),
+       _COPY),
+      (f'{prefix}BatchNorm.running_var', ('batch_stats', 'norm', 'var'),
+       _COPY),
+      (f'{prefix}{_LINEAR_OUTPUT}weight', ('params', 'output', 'kernel'),
+       _LINEAR_CHW),
+      (f'{prefix}{_LINEAR_OUTPUT}bias', ('params', 'output', 'bias'), _COPY),
+  ]
+
+
+def _alexnet_head_entries(prefix: str, conv: bool) -> list[tuple]:
+  """An official ``Alexnet_conv4`` (`conv`) or ``Alexnet_conv5`` head."""
+  entries = []
+  if conv:
+    entries += [
+        (f'{prefix}ConvB5.0.weight', ('params', 'block', 'conv', 'kernel'),
+         _CONV),
+        (f'{prefix}ConvB5.0.bias', ('params', 'block', 'conv', 'bias'),
+         _COPY),
+    ] + _batch_norm_entries(f'{prefix}ConvB5.1.', ('block', 'norm'))
+  return entries + [
+      (f'{prefix}Linear1.weight', ('params', 'linear1', 'kernel'),
+       _LINEAR_CHW),
+      (f'{prefix}Liniear2.weight', ('params', 'linear2', 'kernel'), _LINEAR),
+  ] + _batch_norm_entries(f'{prefix}BatchNorm1.', ('norm1',)) + (
+      _batch_norm_entries(f'{prefix}BatchNorm2.', ('norm2',))) + (
+          _linear_entries(f'{prefix}{_ALEXNET_OUTPUT}', 'output'))
+
+
+def _tensor(state, key: str, path: str, what: str) -> np.ndarray:
+  if key not in state or state[key].ndim < 1:
+    raise InputError(f'{path} does not hold {what}: {key} is missing')
+  return state[key]
+
+
+def _read_alexnet_heads(state, path: str, head_type: str, spec,
+                        block: str | None) -> weights.Heads:
+  """The official ImageNet classifiers of an AlexNet file, as our heads.
+
+  A ``MultipleLinearClassifiers`` file's classifiers read conv1..conv5 in
+  order (the official ``out_feat_keys``): classifier i goes to the next
+  block, in network order, with its input channels; its pool side comes
+  from its linear layer's inputs. A ``MultipleNonLinearClassifiers`` file's
+  ``Alexnet_conv4`` classifier (with ``ConvB5``) reads conv4, its
+  ``Alexnet_conv5`` classifier conv5. `block` names the block of a file
+  with a single classifier.
+  """
+  what = f'official AlexNet {head_type} classifiers'
+  if spec['name'] != alexnet.AlexNetBackbone.name:
+    raise InputError(f'{path} holds {what}: pass the AlexNet backbone they '
+                     f"were trained on, not a {spec['name']}")
+  keys = [k for k in state if not k.endswith(_IGNORED_SUFFIX)]
+  prefixes = _head_prefixes(keys)
+  if block is not None and len(prefixes) != 1:
+    raise InputError(f'--block={block}: {path} holds {len(prefixes)} '
+                     'classifiers, whose blocks are fixed by their order')
+  shapes = models.feature_shapes(spec)
+  names = models.block_names(spec)
+  if block is not None and block not in shapes:
+    raise InputError(f'--block={block}: the backbone has the blocks '
+                     f'{list(shapes)}')
+  plan, start, num_classes = [], 0, set()
+  for prefix in prefixes:
+    if head_type == LINEAR:
+      mean = _tensor(state, f'{prefix}BatchNorm.running_mean', path, what)
+      weight = _tensor(state, f'{prefix}{_LINEAR_OUTPUT}weight', path, what)
+      channels, inputs = mean.shape[0], weight.shape[-1]
+      side = math.isqrt(inputs // channels)
+      if side < 1 or side * side * channels != inputs:
+        raise InputError(f'{path}: {prefix}{_LINEAR_OUTPUT}weight takes '
+                         f'{inputs} inputs, not a square pool of its '
+                         f'{channels} channels')
+      fits = [b for b in names[start:] if shapes[b][-1] == channels]
+      chosen = block or (fits[0] if fits else None)
+      if chosen is None or shapes[chosen][-1] != channels:
+        raise InputError(
+            f'{path}: classifier {prefix} reads {channels} channels, which '
+            f'no block of the backbone (after those already taken) has: '
+            + ', '.join(f'{b} {"x".join(map(str, s))}'
+                        for b, s in shapes.items()))
+      start = names.index(chosen) + 1
+    else:
+      weight = _tensor(state, f'{prefix}{_ALEXNET_OUTPUT}weight', path, what)
+      side = 6  # Not used by this head.
+      chosen = ('conv4' if any(k.startswith(f'{prefix}ConvB5.') for k in keys)
+                else 'conv5')
+      if block is not None and block != chosen:
+        raise InputError(f'{path}: its classifier is the official '
+                         f'Alexnet_{chosen} one, not one on {block}')
+    num_classes.add(weight.shape[0])
+    plan.append((prefix, chosen, side))
+  if len(num_classes) != 1:
+    raise InputError(f'{path}: its classifiers have different numbers of '
+                     f'classes {sorted(num_classes)}')
+  (classes,) = num_classes
+  chosen_blocks = [b for _, b, _ in plan]
+  if len(set(chosen_blocks)) != len(chosen_blocks):
+    raise InputError(f'{path}: two classifiers read the same block '
+                     f'({chosen_blocks})')
+  params, batch_stats = {}, {}
+  for prefix, chosen, side in plan:
+    head = nnx.eval_shape(lambda b=chosen, s=side: models.heads.make_head(
+        head_type, shapes[b], classes,
+        models.head_options(spec, linear_pool_size=s), block=b,
+        rngs=nnx.Rngs(0)))
+    if head_type == LINEAR:
+      entries = _linear_head_entries(prefix)
+      flat_shape = (side, side, shapes[chosen][-1])
+    else:
+      conv = chosen == 'conv4'
+      entries = _alexnet_head_entries(prefix, conv)
+      height = shapes[chosen][0]
+      pooled = (height - 3) // 2 + 1
+      flat_shape = (pooled, pooled, head.linear1.kernel.shape[0] //
+                    (pooled * pooled))
+    substate = {k: v for k, v in state.items() if k.startswith(prefix)}
+    variables = _fill(models.variables(head), substate, entries, path,
+                      f'{what} ({prefix} on {chosen} '
+                      f'{"x".join(map(str, shapes[chosen]))}, {classes} '
+                      'classes)', feature_shape=flat_shape)
+    params[chosen] = variables['params']
+    batch_stats[chosen] = variables['batch_stats']
+  return weights.Heads(head_type, tuple(chosen_blocks), classes,
+                       {'params': params, 'batch_stats': batch_stats})

@@ -112,7 +112,7 @@ def test_registry_checks_name_blocks_and_the_backbones_own_rules(
     two_stages, tmp_path, one_device_mesh):
   del two_stages
   with pytest.raises(ConfigError, match=r"model.name='resnet': no such "
-                     r"backbone; valid: \('nin', 'two_stages'\)"):
+                     r"backbone; valid: \('nin', 'alexnet', 'two_stages'\)"):
     train.train_and_evaluate(_config(**{'model.name': 'resnet'}),
                              str(tmp_path), mesh=one_device_mesh)
   with pytest.raises(ConfigError, match=r"no \['conv2'\]; valid blocks: "

@@ -15,6 +15,7 @@ from flax import nnx
 
 from rotnet_jax import config_schema
 from rotnet_jax.errors import ConfigError
+from rotnet_jax.models import alexnet
 from rotnet_jax.models import heads
 from rotnet_jax.models import nin
 from rotnet_jax.models.backbone import Backbone
@@ -22,6 +23,7 @@ from rotnet_jax.models.backbone import Backbone
 # The registry: config.model.name -> definition. One line per backbone.
 BACKBONES: dict[str, Backbone] = {
     nin.NINBackbone.name: nin.NINBackbone(),
+    alexnet.AlexNetBackbone.name: alexnet.AlexNetBackbone(),
 }
 
 
@@ -42,7 +44,9 @@ def check_config(config) -> None:
 
   Raises:
     ConfigError: an unknown backbone or head, a shape the backbone
-      rejects, or a block the backbone does not have.
+      rejects (e.g. an image too small for it), a block the backbone does
+      not have, a head on blocks it cannot read, or a linear pool side
+      the features cannot give.
   """
   backbone = get_backbone(config.model.name)
   backbone.check_config(config.model)
@@ -50,8 +54,9 @@ def check_config(config) -> None:
       config.head not in config_schema.TRAINING_FREE_HEADS):
     raise ConfigError(f'config.head={config.head!r}: must be one of '
                       f'{heads.HEAD_TYPES + config_schema.TRAINING_FREE_HEADS}')
-  names = backbone.block_names(backbone_spec(
-      config.model, image_size=config.image_size, num_classes=1))
+  spec = backbone_spec(config.model, image_size=config.image_size,
+                      num_classes=1)
+  names = backbone.block_names(spec)
   unknown = [b for b in config.blocks if b not in names]
   if unknown:
     raise ConfigError(f'config.blocks={tuple(config.blocks)}: the backbone '
@@ -61,9 +66,26 @@ def check_config(config) -> None:
   if config.finetune and len(config.blocks) != 1:
     raise ConfigError('config.finetune=True trains the backbone with one '
                       f'head: set config.blocks to one of {list(names)}')
-  if config.head == 'linear':
-    shapes = backbone.feature_shapes(backbone_spec(
-        config.model, image_size=config.image_size, num_classes=1))
+  if config.head == 'alexnet_nonlinear':
+    valid = tuple(heads.ALEXNET_NONLINEAR_BLOCKS)
+    if spec['name'] != alexnet.AlexNetBackbone.name:
+      raise ConfigError(
+          f"config.head='alexnet_nonlinear' is AlexNet's non-linear "
+          f"classifier, but config.model.name={spec['name']!r}: use "
+          "head='multlayer' or 'conv_block' for it")
+    if not config.blocks or any(b not in valid for b in config.blocks):
+      raise ConfigError(
+          f"config.blocks={tuple(config.blocks)}: head='alexnet_nonlinear' "
+          f'reads {valid} only (the official classifiers): set '
+          "config.blocks to ('conv4',), ('conv5',) or both")
+  if config.head == 'linear' and config.linear_pool_size == 0:
+    if backbone.linear_pool_sizes(spec) is None:
+      raise ConfigError(
+          f'config.linear_pool_size=0 selects the backbone\'s own pool side '
+          f"for each block, and the {spec['name']} backbone has none: set a "
+          'side, e.g. --config.linear_pool_size=6')
+  elif config.head == 'linear':
+    shapes = backbone.feature_shapes(spec)
     side = min(min(shapes[b][:2]) for b in config.blocks or names)
     if config.linear_pool_size > side:
       raise ConfigError(
@@ -103,11 +125,20 @@ def feature_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def head_options(spec: dict[str, Any], *, linear_pool_size: int
                  ) -> heads.HeadOptions:
-  """What heads on the network of `spec` need from it."""
+  """What heads on the network of `spec` need from it.
+
+  ``linear_pool_size=0`` selects the backbone's own side for each block
+  (``Backbone.linear_pool_sizes``); the head finds its block as
+  ``heads.HeadOptions`` says.
+  """
+  backbone = get_backbone(spec['name'])
+  sizes = backbone.linear_pool_sizes(spec) or {}
   return heads.HeadOptions(
-      make_block=functools.partial(get_backbone(spec['name']).head_block,
-                                   spec),
-      linear_pool_size=linear_pool_size)
+      make_block=functools.partial(backbone.head_block, spec),
+      linear_pool_size=linear_pool_size,
+      linear_pool_sizes=tuple(sizes.items()),
+      feature_shapes=tuple(backbone.feature_shapes(spec).items()),
+      backbone=spec['name'], width=float(spec.get('width', 1.0)))
 
 
 def variables(module: nnx.Module) -> dict[str, Any]:
@@ -118,7 +149,8 @@ def variables(module: nnx.Module) -> dict[str, Any]:
 
 
 def init_variables(spec: dict[str, Any], seed: int, *,
-                   bn_scale_init: str = 'ones') -> dict[str, Any]:
+                   bn_scale_init: str = 'ones',
+                   dtype=jnp.float32) -> dict[str, Any]:
   """Freshly initialised ``{'params', 'batch_stats'}`` of `spec`'s network.
 
   Pure: call it under ``jax.jit`` with replicated output shardings, so
@@ -130,6 +162,9 @@ def init_variables(spec: dict[str, Any], seed: int, *,
     bn_scale_init: ``'ones'``, or ``'uniform'``: every BatchNorm scale
       drawn from U(0, 1), as PyTorch 0.2's ``BatchNorm2d`` started in the
       official RotNet runs (config ``model.bn_scale_init``).
+    dtype: of every variable (:func:`param_dtype`). The draws are always
+      float32 and then cast, so a float64 network starts from exactly the
+      float32 network's values.
   """
   module = build_backbone(spec, rngs=nnx.Rngs(seed))
   if bn_scale_init == 'uniform':
@@ -137,7 +172,14 @@ def init_variables(spec: dict[str, Any], seed: int, *,
   elif bn_scale_init != 'ones':
     raise ValueError(f'bn_scale_init={bn_scale_init!r}; valid: '
                      "'uniform', 'ones'")
-  return variables(module)
+  return cast_variables(variables(module), dtype)
+
+
+def cast_variables(tree, dtype=jnp.float32):
+  """`tree` with every floating-point array in `dtype` (others unchanged)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, tree)
 
 
 def _uniform_batch_norm_scales(module: nnx.Module, key: jax.Array) -> None:
@@ -151,22 +193,52 @@ def _uniform_batch_norm_scales(module: nnx.Module, key: jax.Array) -> None:
                                          scale.shape, scale.dtype)
 
 
-def abstract_variables(spec: dict[str, Any], sharding=None
-                       ) -> dict[str, Any]:
+def abstract_variables(spec: dict[str, Any], sharding=None,
+                       dtype=jnp.float32) -> dict[str, Any]:
   """Shapes and dtypes of :func:`init_variables`, nothing computed."""
   abstract = variables(nnx.eval_shape(
       lambda: build_backbone(spec, rngs=nnx.Rngs(0))))
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating)
+          else x.dtype, sharding=sharding),
       abstract)
 
 
-def compute_dtype(half_precision: bool) -> jnp.dtype:
-  """bfloat16 activations for ``half_precision``; parameters stay float32."""
+def compute_dtype(half_precision: bool, float64: bool = False) -> jnp.dtype:
+  """The dtype of activations (and of the normalised images).
+
+  bfloat16 for ``half_precision`` (parameters stay float32), float64 for
+  ``float64`` (parameters too, see :func:`param_dtype`), float32 otherwise.
+
+  Raises:
+    ConfigError: both set, or ``float64`` without ``jax_enable_x64`` (JAX
+      would then silently compute in float32).
+  """
+  if float64 and half_precision:
+    raise ConfigError('config.float64=True and config.half_precision=True '
+                      'ask for float64 and bfloat16 compute at once: set at '
+                      'most one of them')
+  if float64:
+    if not jax.config.jax_enable_x64:
+      raise ConfigError(
+          'config.float64=True needs 64-bit JAX, which is off: set the '
+          'environment variable JAX_ENABLE_X64=1 or call '
+          "jax.config.update('jax_enable_x64', True) before the run")
+    return jnp.float64
   return jnp.bfloat16 if half_precision else jnp.float32
 
 
+def param_dtype(float64: bool = False) -> jnp.dtype:
+  """The dtype of parameters, BatchNorm statistics and optimiser state.
+
+  float32 unless ``config.float64`` (checked by :func:`compute_dtype`,
+  which every run calls first).
+  """
+  return jnp.float64 if float64 else jnp.float32
+
+
 __all__ = ['BACKBONES', 'Backbone', 'abstract_variables', 'backbone_graphdef',
-           'backbone_spec', 'block_names', 'build_backbone', 'check_config',
-           'compute_dtype', 'feature_shapes', 'get_backbone', 'head_options',
-           'init_variables', 'variables']
+           'backbone_spec', 'block_names', 'build_backbone', 'cast_variables',
+           'check_config', 'compute_dtype', 'feature_shapes', 'get_backbone',
+           'head_options', 'init_variables', 'param_dtype', 'variables']

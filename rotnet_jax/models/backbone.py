@@ -7,7 +7,7 @@ restores). Its :class:`Backbone` definition turns the config into a spec,
 checks the config's model keys, names the blocks whose features heads can
 read, builds the network, and builds one more block of its own kind for
 the ``conv_block`` head (the paper's "conv" classifier is the next NIN
-block).
+block), and optionally the ``linear`` head's pool side for each block.
 
 The network it builds is an ``nnx.Module`` called as
 ``module(images, train=..., up_to=None)`` that returns
@@ -67,6 +67,17 @@ class Backbone(abc.ABC):
     ``conv_block`` head stacks it on the features it reads. Its width
     follows the spec's width.
     """
+
+  def linear_pool_sizes(self, spec: dict[str, Any]
+                        ) -> dict[str, int] | None:
+    """The ``linear`` head's max-pool side for each block, or None.
+
+    What ``config.linear_pool_size=0`` selects: a backbone with a protocol
+    of its own (AlexNet's ImageNet probes) says it here; None (the
+    default) means it has none, and ``linear_pool_size=0`` is refused.
+    """
+    del spec
+    return None
 
   def feature_shapes(self, spec: dict[str, Any]
                      ) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,61 @@
+"""Linear probes on frozen RotNet AlexNet features: ImageNet (paper Table 4).
+
+    python main.py --config=configs/imagenet_linear_probes.py \
+        --workdir=/data/rotnet/imagenet_linear_probes \
+        --config.pretrained=/data/rotnet/imagenet_rotnet_alexnet \
+        --config.data_dir=~/tensorflow_datasets
+
+``pretrained`` is the pretext run of ``imagenet_rotnet_alexnet.py``, or the
+released official model imported with ``python -m rotnet_jax.import_torch
+model_net_epoch50 --workdir=OUT`` (or the file itself). One linear probe
+per block conv1..conv5, all fed by one forward pass of the frozen network:
+adaptive max-pool to the official sides (``linear_pool_size=0``: 12, 7,
+5, 6, 6; about 9,200 features each), BatchNorm without scale or shift,
+a linear layer to the 1,000 classes.
+
+The official config (``config/ImageNet_LinearClassifiers_ImageNet_RotNet_
+AlexNet_Features.py``): 35 epochs of 192 images, SGD with Nesterov momentum
+0.9 and weight decay 5e-4, learning rate 0.01 / 0.002 / 0.0004 / 0.00008
+with steps after epochs 5, 15 and 25. ``dataset=imagenet2012`` needs the
+ILSVRC 2012 tars in ``<data_dir>/downloads/manual/`` (see
+``imagenet_rotnet_alexnet.py``).
+
+Known difference: the official probes train on a random 224 crop of the
+image resized to 256 (no random-sized crop); ``augmentation='imagenet'``
+here is the random-sized crop of the pretext task. Testing is the same
+(central 224 crop of the image resized to 256).
+
+Paper, Table 4 (ImageNet top-1, RotNet AlexNet, linear): conv1 18.8,
+conv2 31.7, conv3 38.7, conv4 38.2, conv5 36.5. UNVERIFIED: quoted from
+memory by the project, not yet checked against the paper's PDF.
+"""
+
+from rotnet_jax import config_schema
+
+IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
+
+
+def get_config():
+  config = config_schema.evaluation_defaults('linear')
+  config.dataset = 'imagenet2012'
+  config.pipeline = 'tfdata'
+  # Encoded JPEGs of ~110 KB: 10,000 of them hold about 1.1 GB per process
+  # (the 50,000 default would hold 5.5 GB).
+  config.shuffle_buffer_size = 10_000
+  config.augmentation = 'imagenet'
+  config.train_split = 'train'
+  config.test_split = 'validation'
+  config.mean_rgb = IMAGENET_MEAN_RGB
+  config.std_rgb = IMAGENET_STD_RGB
+  config.blocks = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+  config.linear_pool_size = 0  # The backbone's own side per block.
+  config.batch_size = 192
+  config.num_epochs = 35
+  config.learning_rate_table = ((5, 0.01), (15, 0.002), (25, 0.0004),
+                                (35, 0.00008))
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4
+  config.checkpoint_every_epochs = 1
+  return config

@@ -1,0 +1,59 @@
+"""Non-linear classifier on frozen RotNet AlexNet conv5 features: ImageNet.
+
+    python main.py --config=configs/imagenet_nonlinear_conv5.py \
+        --workdir=/data/rotnet/imagenet_nonlinear_conv5 \
+        --config.pretrained=/data/rotnet/imagenet_rotnet_alexnet \
+        --config.data_dir=~/tensorflow_datasets
+
+Head ``alexnet_nonlinear``: the rest of AlexNet, freshly initialised and
+trained on the frozen features: max-pool 3/2, Linear 4096 (no bias), BN,
+ReLU, Linear 4096 (no bias), BN, ReLU, Linear to the 1,000 classes.
+On conv5 the head is max-pool and the fc layers, as the official
+``Alexnet_conv5`` classifier; on conv4 (``imagenet_nonlinear_conv4.py``)
+it starts with one more conv5-like layer.
+
+The official config (``config/ImageNet_NonLinearClassifiers_ImageNet_
+RotNet_AlexNet_Features.py``, which trains the conv4 and conv5 heads in
+one run; ``--config.blocks="('conv4', 'conv5')"`` does the same here):
+40 epochs of 192 images, SGD with Nesterov momentum 0.9 and weight decay
+5e-4, learning rate 0.01 / 0.002 / 0.0004 / 0.00008 with steps after epochs
+10, 20 and 30. ``dataset=imagenet2012`` needs the ILSVRC 2012 tars in
+``<data_dir>/downloads/manual/`` (see ``imagenet_rotnet_alexnet.py``).
+
+Known difference: the official classifiers train on a random 224 crop of
+the image resized to 256 (no random-sized crop); ``augmentation=
+'imagenet'`` here is the random-sized crop. Testing is the same.
+
+Paper (ImageNet top-1, RotNet AlexNet, non-linear classifier): conv5 43.0.
+UNVERIFIED: quoted from memory by the project, not checked against the
+paper's PDF; the table and the exact value may differ.
+"""
+
+from rotnet_jax import config_schema
+
+IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
+
+
+def get_config():
+  config = config_schema.evaluation_defaults('alexnet_nonlinear')
+  config.dataset = 'imagenet2012'
+  config.pipeline = 'tfdata'
+  # Encoded JPEGs of ~110 KB: 10,000 of them hold about 1.1 GB per process
+  # (the 50,000 default would hold 5.5 GB).
+  config.shuffle_buffer_size = 10_000
+  config.augmentation = 'imagenet'
+  config.train_split = 'train'
+  config.test_split = 'validation'
+  config.mean_rgb = IMAGENET_MEAN_RGB
+  config.std_rgb = IMAGENET_STD_RGB
+  config.blocks = ('conv5',)
+  config.batch_size = 192
+  config.num_epochs = 40
+  config.learning_rate_table = ((10, 0.01), (20, 0.002), (30, 0.0004),
+                                (40, 0.00008))
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4
+  config.checkpoint_every_epochs = 1
+  return config

@@ -1,0 +1,61 @@
+"""Linear probes on frozen RotNet AlexNet features: Places (paper Table 5).
+
+    python main.py --config=configs/places_linear_probes.py \
+        --workdir=/data/rotnet/places_linear_probes \
+        --config.pretrained=/data/rotnet/imagenet_rotnet_alexnet \
+        --config.data_dir=~/tensorflow_datasets
+
+The same probes and schedule as ``imagenet_linear_probes.py`` (the official
+``config/Places205_LinearClassifiers_ImageNet_RotNet_AlexNet_Features.py``:
+features of the ImageNet-trained RotNet, 35 epochs of 192 images, learning
+rate 0.01 / 0.002 / 0.0004 / 0.00008 after epochs 5, 15, 25), on scenes.
+
+Dataset: the paper uses Places205 (205 classes, 2.4 M training images),
+which is NOT in TensorFlow Datasets. By default this config reads TFDS's
+``places365_small`` (Places365-Standard at 256x256, 365 classes, 1.8 M
+training images, test on its ``validation`` split): a different dataset,
+so its numbers are not the paper's. For Places205 itself, download it from
+the MIT Places site and lay it out as an image folder, one folder per
+class, using the official ``trainvalsplit_places205/{train,val}_places205
+.csv`` lists: ``<root>/train/<class>/*.jpg`` and ``<root>/val/<class>/
+*.jpg``, then pass ``--config.dataset=<root> --config.test_split=val``.
+
+Known difference: the official probes train on a random 224 crop of the
+256x256 image (no random-sized crop); ``augmentation='imagenet'`` here is
+the random-sized crop. Testing is the same (central 224 crop).
+
+Paper, Table 5 (Places205 top-1, RotNet AlexNet trained on ImageNet,
+linear): conv1 21.5, conv2 31.0, conv3 35.1, conv4 34.6, conv5 33.7.
+UNVERIFIED: quoted from memory by the project, not yet checked against
+the paper's PDF.
+"""
+
+from rotnet_jax import config_schema
+
+IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
+
+
+def get_config():
+  config = config_schema.evaluation_defaults('linear')
+  config.dataset = 'places365_small'
+  config.pipeline = 'tfdata'
+  # Encoded JPEGs of ~110 KB: 10,000 of them hold about 1.1 GB per process
+  # (the 50,000 default would hold 5.5 GB).
+  config.shuffle_buffer_size = 10_000
+  config.augmentation = 'imagenet'
+  config.train_split = 'train'
+  config.test_split = 'validation'
+  config.mean_rgb = IMAGENET_MEAN_RGB
+  config.std_rgb = IMAGENET_STD_RGB
+  config.blocks = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+  config.linear_pool_size = 0  # The backbone's own side per block.
+  config.batch_size = 192
+  config.num_epochs = 35
+  config.learning_rate_table = ((5, 0.01), (15, 0.002), (25, 0.0004),
+                                (35, 0.00008))
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4
+  config.checkpoint_every_epochs = 1
+  return config
