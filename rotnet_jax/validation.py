@@ -17,6 +17,7 @@ from rotnet_jax import restore
 from rotnet_jax import run_files
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
+from rotnet_jax.errors import ConfigError
 from rotnet_jax.errors import InputError
 
 
@@ -39,10 +40,42 @@ def check_config(config, *, pretrained_must_exist: bool = False
       `pretrained_must_exist`).
   """
   config = config_schema.validate(config)
-  if restore.fill_shape_from_pretrained(
-      config, must_exist=pretrained_must_exist):
+  filled = restore.fill_shape_from_pretrained(
+      config, must_exist=pretrained_must_exist)
+  _check_augmentation(config)
+  # float64 needs jax_enable_x64 and excludes half_precision: said before
+  # any data is opened.
+  models.compute_dtype(config.half_precision, config.float64)
+  if filled:
     models.check_config(config)
   return config
+
+
+def _check_augmentation(config) -> None:
+  """Raises ConfigError unless the pipeline can give the augmentation.
+
+  ``augmentation='imagenet'`` reads images of any size, which the device
+  pipeline (one resident array of same-size images) cannot hold; and its
+  evaluation crop must fit in the resized image.
+  """
+  if config.augmentation != 'imagenet':
+    return
+  if config.pipeline == 'device':
+    raise ConfigError(
+        "config.augmentation='imagenet' needs config.pipeline='tfdata' (it "
+        'decodes images of any size and crops them on the host); the '
+        "device pipeline keeps same-size images on the devices: use "
+        "augmentation='cifar' with it")
+  if config.image_size is None:
+    return  # An evaluation's, from pretrained weights not yet written.
+  resize = datasets.eval_resize_size(config)
+  if resize < config.image_size:
+    raise ConfigError(
+        f'config.eval_resize_size={config.eval_resize_size}: the shorter '
+        f'side is resized to {resize}, smaller than the central '
+        f'{config.image_size}x{config.image_size} crop '
+        f'(config.image_size); use 0 (image_size * 8 / 7) or at least '
+        f'{config.image_size}')
 
 
 def check_run(config, workdir: str) -> config_dict.ConfigDict:
@@ -66,6 +99,13 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   if config.cache_dir is not None or (
       config.pipeline == 'device' and
       datasets.dataset_kind(config.dataset) != 'digits'):
+    if config.cache_dir is not None and run_files.is_remote(config.cache_dir):
+      # The cache holds decoded images read back with np.load on every
+      # run: it must be on this machine's disk (data_dir may be remote).
+      raise InputError(
+          f'config.cache_dir={config.cache_dir!r} must be a local folder (the '
+          'decoded-image cache is read from local disk); data_dir and '
+          '--workdir may be gs:// URLs')
     run_files.check_writable_folder(
         config.cache_dir or arrays.DEFAULT_CACHE_DIR, 'config.cache_dir')
   return config

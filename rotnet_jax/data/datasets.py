@@ -54,7 +54,8 @@ class Split:
     dataset: ``config.dataset``.
     name: the split's name.
     kind: one of :data:`KINDS`.
-    image_size: side of every image (checked).
+    image_size: side of every image (checked), or with ``augmentation``
+      ``imagenet`` of every augmented image (the files have any size).
     num_classes: classes of the dataset's labels.
     class_names: names of the classes (labels index into them): the class
       folders of an image folder, the digits of digits; empty for TFDS.
@@ -68,6 +69,10 @@ class Split:
       for digits; else None.
     paths: the used image files of an image folder opened for tf.data.
     builder: the prepared TFDS builder of a TFDS split opened for tf.data.
+    augmentation: ``config.augmentation`` (how tf.data decodes and
+      augments).
+    eval_resize_size: ``augmentation='imagenet'``: the evaluation resize
+      of the shorter side, resolved (see :func:`eval_resize_size`).
   """
   dataset: str
   name: str
@@ -81,11 +86,26 @@ class Split:
   images: np.ndarray | None = None
   paths: np.ndarray | None = None
   builder: Any = None
+  augmentation: str = 'cifar'
+  eval_resize_size: int = 0
 
   @property
   def num_examples(self) -> int:
     """Examples used: the training subset's, or the whole split's."""
     return self.num_total if self.keep is None else len(self.keep)
+
+
+def any_size(config) -> bool:
+  """Whether images of any size are accepted (``augmentation='imagenet'``:
+  every image is cropped and resized to ``image_size``)."""
+  return config.get('augmentation', 'cifar') == 'imagenet'
+
+
+def eval_resize_size(config) -> int:
+  """``config.eval_resize_size``, resolved: 0 means ``round(S * 8 / 7)``,
+  256 for 224 (the official ``Scale(256)``, ``CenterCrop(224)``)."""
+  return (config.get('eval_resize_size', 0) or
+          round(config.image_size * 8 / 7))
 
 
 def training_subset(labels: np.ndarray, *, num_examples: int = 0,
@@ -163,6 +183,9 @@ def open_split(config, split: str, *, train: bool, decoded: bool) -> Split:
   opener = {'digits': _open_digits, 'folder': _open_folder,
             'tfds': _open_tfds}[kind]
   opened = opener(config, split, decoded=decoded)
+  if any_size(config):
+    opened = dataclasses.replace(opened, augmentation='imagenet',
+                                 eval_resize_size=eval_resize_size(config))
   if not (train and (config.num_train_examples or config.examples_per_class)):
     return opened
   labels = opened.labels
@@ -194,7 +217,8 @@ def _open_digits(config, split, *, decoded):
   del decoded  # In memory either way.
   images, labels = digits.load(split)
   image_check.check_shape(f'each image of dataset {config.dataset!r}',
-                          images.shape, config.image_size)
+                          images.shape, config.image_size,
+                          any_size=any_size(config))
   return Split(config.dataset, split, 'digits', config.image_size,
                digits.NUM_CLASSES,
                tuple(str(c) for c in range(digits.NUM_CLASSES)),
@@ -209,7 +233,12 @@ def _open_folder(config, split, *, decoded):
     images, paths = arrays.folder_images(index, config.image_size,
                                          config.cache_dir), None
   else:
-    folder.check_images(index, config.image_size)
+    if any_size(config):
+      # Decoding every file up front would take hours on ImageNet: empty
+      # files are named now (free), other bad files when they are met.
+      folder.check_sizes(index)
+    else:
+      folder.check_images(index, config.image_size)
     images, paths = None, np.asarray(index.paths)
   return Split(config.dataset, split, 'folder', config.image_size,
                len(index.class_names), index.class_names, len(index.labels),
@@ -260,7 +289,7 @@ def _open_tfds(config, split, *, decoded):
   builder = tfds_util.prepared_builder(config.dataset, config.data_dir)
   tfds_util.check_split(builder, split)
   image_check.check_shape(what, tfds_util.image_shape(builder),
-                          config.image_size)
+                          config.image_size, any_size=any_size(config))
   return Split(config.dataset, split, 'tfds', config.image_size,
                tfds_util.num_classes(builder), (),
                builder.info.splits[split].num_examples, builder=builder)

@@ -7,7 +7,11 @@ order (``2.jpg`` before ``10.jpg``), which is the dataset order used for
 
 This module lists and decodes files with PIL only (no TensorFlow): the
 device-resident source decodes every file here, the tf.data pipeline takes
-the file list and checks every file here once before training.
+the file list and checks every file here once before training -- except
+with ``augmentation='imagenet'`` (images of any size, ImageNet's 1.28
+million files), where only empty files are refused up front (their sizes
+come with the listing) and a file that fails to decode is named when the
+pipeline meets it (:func:`describe_bad_file` says why).
 """
 
 import concurrent.futures
@@ -40,6 +44,7 @@ class FolderIndex:
     class_names: sorted class folder names; ``labels`` index into it.
     fingerprint: hash of the relative paths, sizes and modification times,
       to tell whether a cache of the decoded images is still valid.
+    sizes: the size in bytes of every path.
   """
   root: str
   split: str
@@ -47,6 +52,7 @@ class FolderIndex:
   labels: np.ndarray
   class_names: tuple[str, ...]
   fingerprint: str
+  sizes: tuple[int, ...] = ()
 
 
 def _natural_key(name: str):
@@ -114,7 +120,7 @@ def scan(root: str, split: str) -> FolderIndex:
 
 def _scan(root: str, split: str, split_dir: str) -> FolderIndex:
   class_names = list_classes(root, split)
-  paths, labels, stats = [], [], []
+  paths, labels, stats, sizes = [], [], [], []
   for label, class_name in enumerate(class_names):
     class_dir = os.path.join(split_dir, class_name)
     entries = sorted(
@@ -129,12 +135,14 @@ def _scan(root: str, split: str, split_dir: str) -> FolderIndex:
       stat = entry.stat()
       paths.append(entry.path)
       labels.append(label)
+      sizes.append(stat.st_size)
       stats.append(f'{class_name}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns}')
   fingerprint = hashlib.sha256('\n'.join(stats).encode()).hexdigest()[:16]
   return FolderIndex(root=os.path.dirname(split_dir), split=split,
                      paths=tuple(paths),
                      labels=np.asarray(labels, dtype=np.int32),
-                     class_names=class_names, fingerprint=fingerprint)
+                     class_names=class_names, fingerprint=fingerprint,
+                     sizes=tuple(sizes))
 
 
 def _read(path: str, image_size: int) -> np.ndarray:
@@ -149,6 +157,45 @@ def _read(path: str, image_size: int) -> np.ndarray:
     raise
   except Exception as e:  # PIL raises several types for unreadable files.
     raise InputError(f'cannot read image file {path}: {e}') from e
+
+
+def describe_bad_file(path: str) -> str:
+  """Why `path` cannot be used as an image, as a predicate for a message
+  (``is empty (0 bytes)``, ``cannot be decoded: ...``).
+
+  Called once, for a file the tf.data pipeline failed on (TensorFlow's
+  error does not say why in terms of the file).
+  """
+  try:
+    size = os.path.getsize(path)
+    if not size:
+      return 'is empty (0 bytes)'
+    with Image.open(path) as img:
+      if img.format not in image_check.SUPPORTED_FORMATS:
+        return (f'is {img.format}, expected one of '
+                f'{image_check.SUPPORTED_FORMATS}')
+      img.load()
+  except OSError as e:
+    if isinstance(e, FileNotFoundError) or not os.path.exists(path):
+      return 'cannot be read: it no longer exists'
+    return f'cannot be decoded as JPEG or PNG ({e})'
+  except Exception as e:  # pylint: disable=broad-except
+    return f'cannot be decoded as JPEG or PNG ({e})'
+  return 'cannot be decoded by TensorFlow (PIL reads it)'
+
+
+def check_sizes(index: FolderIndex) -> None:
+  """Raises InputError naming the first empty (0-byte) file of `index`.
+
+  Free: the sizes were read when the folder was listed. The check for
+  any-size images (``augmentation='imagenet'``), where decoding every file
+  up front would take hours on ImageNet; other bad files are named when
+  the pipeline meets them.
+  """
+  for path, size in zip(index.paths, index.sizes):
+    if not size:
+      raise InputError(f'image file {path} is empty (0 bytes): replace or '
+                       'remove it')
 
 
 def check_images(index: FolderIndex, image_size: int) -> None:

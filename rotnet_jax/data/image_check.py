@@ -7,6 +7,9 @@ so every message has one form, naming the file or dataset, the actual size
 (width x height) and ``config.image_size``::
 
   image file /d/train/cat/7.png is 36x40, expected 32x32 (config.image_size=32)
+
+With ``augmentation='imagenet'`` (``any_size``) every size is accepted:
+each image is cropped and resized to ``config.image_size``.
 """
 
 from collections.abc import Sequence
@@ -19,7 +22,7 @@ SUPPORTED_FORMATS = ('JPEG', 'PNG')
 
 def check(what: str, image_size: int, *, height: int | None,
           width: int | None, channels: int | None = 3,
-          file_format: str | None = None) -> None:
+          file_format: str | None = None, any_size: bool = False) -> None:
   """Raises InputError unless an image is an `image_size` square RGB image.
 
   Args:
@@ -30,6 +33,8 @@ def check(what: str, image_size: int, *, height: int | None,
     width: image width; None when it varies between images.
     channels: colour channels (a decoded file is converted to RGB: 3).
     file_format: PIL's format name of a file; None for decoded images.
+    any_size: accept any height and width (``augmentation='imagenet'``
+      crops and resizes every image to `image_size`).
 
   Raises:
     InputError: a file format other than JPEG or PNG, another size, or not
@@ -38,7 +43,7 @@ def check(what: str, image_size: int, *, height: int | None,
   if file_format is not None and file_format not in SUPPORTED_FORMATS:
     raise InputError(f'{what} is {file_format}, expected one of '
                      f'{SUPPORTED_FORMATS}')
-  if (height, width) != (image_size, image_size):
+  if not any_size and (height, width) != (image_size, image_size):
     size = (f'{width}x{height}' if height and width else
             f'of varying size ({width or "?"}x{height or "?"})')
     raise InputError(f'{what} is {size}, expected {image_size}x{image_size} '
@@ -49,10 +54,11 @@ def check(what: str, image_size: int, *, height: int | None,
 
 
 def check_shape(what: str, shape: Sequence[int | None],
-                image_size: int) -> None:
+                image_size: int, *, any_size: bool = False) -> None:
   """:func:`check` for a ``[..., height, width, channels]`` shape."""
   if len(shape) < 3:
     raise InputError(f'{what} has shape {tuple(shape)}, expected '
                      f'(..., {image_size}, {image_size}, 3)')
   height, width, channels = shape[-3:]
-  check(what, image_size, height=height, width=width, channels=channels)
+  check(what, image_size, height=height, width=width, channels=channels,
+        any_size=any_size)

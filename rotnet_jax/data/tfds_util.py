@@ -12,8 +12,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rotnet_jax import parallel
+from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+
+# The archives a dataset's manual download folder must hold, by TFDS name,
+# as its builder looks for them (ImageNet cannot be downloaded by TFDS). At
+# least these are needed: the train and validation splits of a run.
+MANUAL_FILES = {
+    'imagenet2012': ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
+}
 
 # The accelerators belong to JAX: keep TensorFlow (used only for input
 # pipelines) off the GPUs so it does not reserve their memory.
@@ -39,21 +47,56 @@ def get_builder(name: str, data_dir: str | None):
   return builder
 
 
+def manual_dir(builder) -> str:
+  """Where a dataset TFDS cannot download (``imagenet2012``) is read from.
+
+  TFDS's own default, ``<data_dir>/downloads/manual`` (``data_dir``: the
+  config's, else TFDS's, ``~/tensorflow_datasets``): put the archives
+  there, or prepare the dataset once with ``tfds build
+  --manual_dir=...`` into ``data_dir``.
+  """
+  # A URL (gs://) stays one: run_files joins both kinds.
+  return run_files.join(str(builder.data_dir_root), 'downloads', 'manual')
+
+
+def _check_manual_files(builder) -> None:
+  """Raises MissingInputError naming the archives missing from the manual
+  download folder of an unprepared dataset that needs one."""
+  needed = MANUAL_FILES.get(builder.name)
+  if not needed or builder.is_prepared():
+    return
+  folder = manual_dir(builder)
+  missing = [f for f in needed
+             if not run_files.isfile(run_files.join(folder, f))]
+  if missing:
+    raise MissingInputError(
+        f'TFDS dataset {builder.name!r} is not prepared in '
+        f'{builder.data_dir} and must be downloaded by hand: its manual '
+        f'download folder {folder} lacks {", ".join(missing)} (it needs '
+        f'{", ".join(needed)}). Put them there (data_dir=... sets the '
+        f'folder: <data_dir>/downloads/manual), pass data_dir= where the '
+        'dataset is prepared, or pass an image folder as dataset=.')
+
+
 def prepared_builder(name: str, data_dir: str | None):
   """Returns the TFDS builder of `name`, downloading the data if missing.
 
   In a multi-host run, process 0 prepares the data first and the others
-  follow, so a shared ``data_dir`` is written once.
+  follow, so a shared ``data_dir`` is written once. A dataset TFDS cannot
+  download is prepared from the archives in :func:`manual_dir`.
 
   Raises:
     InputError: `name` is not a TFDS dataset (with close matches).
     MissingInputError: the data is not in `data_dir` and could not be
-      downloaded.
+      downloaded, or the archives of a manual download are missing.
   """
   builder = get_builder(name, data_dir)
+  _check_manual_files(builder)
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir(builder))
   try:
-    parallel.first_process_then_others(builder.download_and_prepare,
-                                       f'tfds_prepare_{name}')
+    parallel.first_process_then_others(
+        lambda: builder.download_and_prepare(download_config=config),
+        f'tfds_prepare_{name}')
   except Exception as e:
     raise MissingInputError(
         f'TFDS dataset {name!r} is not prepared in {builder.data_dir} and '
@@ -142,11 +185,12 @@ def original_order(builder, split: str) -> np.ndarray | None:
 
 
 def process_examples(builder, split: str, *, process: int, processes: int,
-                     drop_remainder: bool, keep: np.ndarray | None = None
-                     ) -> tuple[tf.data.Dataset, int]:
+                     drop_remainder: bool, keep: np.ndarray | None = None,
+                     encoded: bool = False) -> tuple[tf.data.Dataset, int]:
   """This process's share of `split` as ``{'image', 'label'}`` examples.
 
-  The examples are cached in memory after the first pass, in stored order.
+  Decoded examples are cached in memory after the first pass, in stored
+  order; encoded ones are read from disk each pass (ImageNet's do not fit).
 
   Args:
     builder: a prepared builder.
@@ -158,6 +202,8 @@ def process_examples(builder, split: str, *, process: int, processes: int,
       more (evaluation: every example is seen).
     keep: increasing indices of the examples of `split` to read (a training
       subset); None: all.
+    encoded: leave ``image`` as the encoded bytes (decoded and augmented
+      together by ``imagenet_preprocess``) and do not cache.
 
   Returns:
     ``(dataset, number of its examples)``.
@@ -167,10 +213,14 @@ def process_examples(builder, split: str, *, process: int, processes: int,
     local_split = tfds.split_for_jax_process(
         split, process_index=process, process_count=processes,
         drop_remainder=drop_remainder)
-    examples = builder.as_dataset(split=local_split, shuffle_files=False).map(
-        lambda x: {'image': x['image'], 'label': x['label']},
-        num_parallel_calls=tf.data.AUTOTUNE)
-    return examples.cache(), builder.info.splits[local_split].num_examples
+    decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
+    examples = builder.as_dataset(
+        split=local_split, shuffle_files=False, decoders=decoders).map(
+            lambda x: {'image': x['image'], 'label': x['label']},
+            num_parallel_calls=tf.data.AUTOTUNE)
+    if not encoded:
+      examples = examples.cache()
+    return examples, builder.info.splits[local_split].num_examples
   # A subset is dealt out by rank, the r-th kept example to process
   # r % processes, not by contiguous shards: kept examples may cluster in
   # one part of the split (the first K of each class of a split in mixed
@@ -183,9 +233,9 @@ def process_examples(builder, split: str, *, process: int, processes: int,
   mine = np.zeros(builder.info.splits[split].num_examples, bool)
   mine[share] = True
   image_feature = builder.info.features['image']
+  decode = (lambda image: image) if encoded else image_feature.decode_example
   examples = _undecoded(builder, split).enumerate().filter(
       lambda i, x: tf.gather(mine, i)).map(
-          lambda i, x: {'image': image_feature.decode_example(x['image']),
-                        'label': x['label']},
+          lambda i, x: {'image': decode(x['image']), 'label': x['label']},
           num_parallel_calls=tf.data.AUTOTUNE)
-  return examples.cache(), len(share)
+  return (examples if encoded else examples.cache()), len(share)
