@@ -265,7 +265,7 @@ def _settings(keys) -> str:
 def _protocol(key) -> bool:
   """Whether a group ran the paper's protocol (as the report decides)."""
   experiment, _, dataset, width, epochs, _ = key
-  return (paper.comparable(dataset) and width == 1.0 and
+  return (paper.comparable(dataset, experiment) and width == 1.0 and
           epochs == paper.protocol_epochs(experiment))
 
 

@@ -7,12 +7,15 @@ training and evaluation). Rows are (experiment, block); runs of several
 seeds are averaged (mean ± standard deviation). "Ours" is the test accuracy
 after the last epoch; the best epoch's accuracy is shown apart, labelled as
 selected on the test set (what the official code reported). Only runs of
-the paper's protocol (CIFAR-10, full width, the protocol's epochs) get a
-difference to the paper; others say why not.
+the paper's protocol (the paper's dataset, full width, the protocol's
+epochs) get a difference to the paper; others say why not. The dataset
+check is per row (``paper.comparable``): CIFAR-10 rows accept anything but
+the bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places
+rows only a folder (Places205; TFDS ``places365_small`` is another
+dataset).
 """
 
 import collections
-import os
 import sys
 
 import numpy as np
@@ -58,13 +61,14 @@ def collect(root: str, skipped: list[tuple[str, str]] | None = None
       files are left out, the others reported.
   """
   rows = []
-  for folder, _, files in sorted(os.walk(root)):
+  for folder, _, files in sorted(run_files.walk(root)):
     if run_files.RESULTS_FILE not in files:
       continue
-    path = os.path.join(folder, run_files.RESULTS_FILE)
+    path = run_files.join(folder, run_files.RESULTS_FILE)
     try:
       results = run_files.read_results(folder)
-      experiment = results.get('experiment') or os.path.relpath(folder, root)
+      experiment = results.get('experiment') or run_files.relative(folder,
+                                                                   root)
       rows.extend(_rows(results, experiment))
     except InputError:
       if skipped is not None:
@@ -96,7 +100,7 @@ def _difference(experiment, runs, finals, reference) -> str:
   if reference is None:
     return '—'
   run = runs[0]  # A group's runs share data, width and epochs.
-  if not paper.comparable(run['dataset']):
+  if not paper.comparable(run['dataset'], experiment):
     return f"n/a ({run['dataset']})"
   if run['width'] != 1.0 or run['epochs'] != paper.protocol_epochs(
       experiment):
@@ -161,7 +165,7 @@ def main(argv) -> int:
           f'RESULTS_DIR (got {argv[1:]})', file=sys.stderr)
     return 2
   root = argv[1]
-  if not os.path.isdir(root):
+  if not run_files.isdir(root):
     print(f'error: {root} is not a folder: pass the --root of '
           'rotnet_jax.reproduce (or any folder holding results.json files)',
           file=sys.stderr)

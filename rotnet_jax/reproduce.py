@@ -1,7 +1,11 @@
-"""Runs every job of one of the paper's CIFAR-10 tables, in order, resumably.
+"""Runs every job of one of the paper's tables, in order, resumably.
 
     python -m rotnet_jax.reproduce table3 --root=/tmp/rotnet_repro
     python -m rotnet_jax.reproduce table3 --root=/tmp/quick --quick
+    python -m rotnet_jax.reproduce table4 --root=/data/rotnet \
+        --data_dir=~/tensorflow_datasets
+    python -m rotnet_jax.reproduce table4 --root=/tmp/q --quick \
+        --dataset=/data/imagenet_small
     python -m rotnet_jax.report /tmp/rotnet_repro
 
 Tables: ``table1`` (non-linear heads on every block of NIN-3/4/5 RotNets),
@@ -9,8 +13,21 @@ Tables: ``table1`` (non-linear heads on every block of NIN-3/4/5 RotNets),
 RotNet + heads, fine-tuned), ``semi`` (K labels per class), ``variants``
 (one random rotation per image), and ``smoke``: a 3-epoch RotNet and
 linear probes on its conv2 features and on a random NIN's, a few minutes
-on a CPU, which shows the features were learned. Pretext runs are shared
-between tables.
+on a CPU, which shows the features were learned.
+
+ImageNet and Places (AlexNet): ``table4`` (the RotNet AlexNet pretext run
+on ImageNet, linear probes on conv1..conv5, and the non-linear classifiers
+on conv4 and on conv5, all on ImageNet) and ``table5`` (linear probes on
+conv1..conv5 on Places, on the same ImageNet-trained AlexNet). ``--dataset``
+sets the ImageNet data (every job of table4, the pretext run of table5);
+``--places_dataset`` sets the Places probes' (default: the config's TFDS
+``places365_small``, not the paper's Places205; an image folder of
+Places205 is comparable with the paper). For an image folder whose test
+split is not the config's (``validation``), its own ``val`` or ``test``
+folder is used.
+
+Pretext runs are shared between tables: table4 and table5 in one root train
+the AlexNet once.
 
 Each job is an ordinary run of a ``configs/`` file with a few overrides, in
 ``ROOT/seed<S>/<job>``; the command line of each is logged, so any job can
@@ -19,7 +36,11 @@ skipped; an interrupted one resumes from its checkpoint. ``--epochs_scale``
 shortens every schedule (epochs and learning-rate steps) for a quick check;
 ``--quick`` is a CPU-sized smoke run (scale 0.03, 1/16 width, at most 2,000
 training images, the bundled digits unless ``--dataset`` is given). Scaled
-runs are not the paper's protocol: the report lists their epochs.
+runs are not the paper's protocol: the report lists their epochs. The
+quick ImageNet and Places tables need ``--dataset=<image folder>`` (the
+digits are 32 pixels; AlexNet needs at least 63): they train at 64 pixels
+in batches of 16 images, and without ``--places_dataset`` table5's probes
+read the same folder (this checks the pipeline, not scene recognition).
 """
 
 import dataclasses
@@ -37,6 +58,7 @@ from rotnet_jax import cli
 from rotnet_jax import run_files
 from rotnet_jax import train
 from rotnet_jax import validation
+from rotnet_jax.data import datasets
 from rotnet_jax.errors import InputError
 
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
@@ -62,7 +84,13 @@ def _define_flags() -> None:
   flags.DEFINE_float('epochs_scale', 1.0,
                      'Multiplies every epoch count (schedules included).')
   flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
-  flags.DEFINE_string('dataset', None, 'Override config.dataset.')
+  flags.DEFINE_string('dataset', None,
+                      'Override config.dataset (table5: of its pretext run '
+                      'only; see --places_dataset).')
+  flags.DEFINE_string('places_dataset', None,
+                      'table5: the Places probes\' dataset (default '
+                      'places365_small; a Places205 image folder for the '
+                      'paper\'s); with --quick, --dataset\'s.')
   flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
   flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
   flags.DEFINE_float('width', None, 'Override config.model.width.')
@@ -90,6 +118,14 @@ QUICK_SCALE = 0.03
 QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,
                    'batch_size': 32}
 QUICK_DATASET = 'digits'
+# Tables of the AlexNet on ImageNet-sized images.
+ALEXNET_TABLES = ('table4', 'table5')
+# --quick for them: AlexNet's smallest input is 63 pixels (64 keeps conv5
+# at 3x3, which the non-linear heads' 3x3 max-pool needs), and batches of
+# 16 images (64 rotated) fit small test folders.
+QUICK_ALEXNET_OVERRIDES = {'image_size': 64, 'batch_size': 16}
+# Test-split folders an image folder may have instead of the config's.
+FOLDER_TEST_SPLITS = ('validation', 'val', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +140,8 @@ class Job:
     pretrained: name of the pretext job whose workdir is the backbone.
     scalable: whether ``--epochs_scale``/``--quick`` shorten it (not the
       smoke jobs, which have their own short schedule).
+    places: trains on Places: ``--places_dataset``, not ``--dataset``,
+      sets its dataset.
   """
   name: str
   config_file: str
@@ -111,6 +149,7 @@ class Job:
   overrides: tuple[tuple[str, Any], ...] = ()
   pretrained: str | None = None
   scalable: bool = True
+  places: bool = False
 
 
 def _pretext(name: str, config_file: str, *overrides) -> Job:
@@ -127,6 +166,8 @@ PRETEXT = {
     'rot2_90_270': _pretext('rot2_90_270', 'cifar_rot2_90_270.py'),
     'random_rotation': _pretext('random_rotation',
                                 'cifar_random_rotation.py'),
+    'imagenet_alexnet': _pretext('imagenet_alexnet',
+                                 'imagenet_rotnet_alexnet.py'),
 }
 _CONV2 = (('blocks', ('conv2',)),)
 
@@ -209,8 +250,31 @@ def _smoke():
   ]
 
 
+def _table4():
+  # One results row per block: the probes' (conv1..conv5) in one run, the
+  # non-linear heads' (conv4, conv5) in two, under one experiment name.
+  pretext = PRETEXT['imagenet_alexnet']
+  return [
+      pretext,
+      Job('table4/linear', 'imagenet_linear_probes.py',
+          'table4/rotnet_alexnet/linear', pretrained=pretext.name),
+      Job('table4/nonlinear_conv4', 'imagenet_nonlinear_conv4.py',
+          'table4/rotnet_alexnet/nonlinear', pretrained=pretext.name),
+      Job('table4/nonlinear_conv5', 'imagenet_nonlinear_conv5.py',
+          'table4/rotnet_alexnet/nonlinear', pretrained=pretext.name),
+  ]
+
+
+def _table5():
+  pretext = PRETEXT['imagenet_alexnet']
+  return [pretext, Job('table5/places_linear', 'places_linear_probes.py',
+                       'table5/rotnet_alexnet/places_linear',
+                       pretrained=pretext.name, places=True)]
+
+
 _TABLE_BUILDERS = {'table1': _table1, 'table2': _table2, 'table3': _table3,
-                   'semi': _semi, 'variants': _variants, 'smoke': _smoke}
+                   'table4': _table4, 'table5': _table5, 'semi': _semi,
+                   'variants': _variants, 'smoke': _smoke}
 TABLES = tuple(_TABLE_BUILDERS)
 
 
@@ -260,11 +324,27 @@ def scale_schedule(config, scale: float) -> None:
 
 
 def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
-               overrides: dict[str, Any] | None = None):
-  """The config of `job` for `seed` under `root`, with user overrides."""
+               overrides: dict[str, Any] | None = None,
+               places_dataset: str | None = None):
+  """The config of `job` for `seed` under `root`, with user overrides.
+
+  Args:
+    job: the job.
+    root: the table's root folder.
+    seed: ``config.seed``.
+    scale: multiplies the epochs of a scalable job.
+    overrides: config settings for every job; a ``dataset`` one does not
+      apply to Places jobs (``job.places``).
+    places_dataset: the dataset of Places jobs (None: the config's).
+  """
   config = load_config_file(job.config_file)
   config.update_from_flattened_dict(dict(job.overrides))
-  for key, value in (overrides or {}).items():
+  overrides = dict(overrides or {})
+  if job.places:
+    overrides.pop('dataset', None)  # That is the ImageNet data.
+    if places_dataset:
+      overrides['dataset'] = places_dataset
+  for key, value in overrides.items():
     if key == 'num_train_examples' and config.examples_per_class:
       continue  # A K-per-class run already picks its subset.
     config.update_from_flattened_dict({key: value})
@@ -273,8 +353,53 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
   config.seed = seed
   config.experiment = job.experiment
   if job.pretrained:
-    config.pretrained = os.path.join(root, f'seed{seed}', job.pretrained)
+    config.pretrained = run_files.join(root, f'seed{seed}', job.pretrained)
+  _use_folder_test_split(config)
   return config
+
+
+def _use_folder_test_split(config) -> None:
+  """Points ``test_split`` of an image-folder dataset at the folder's own
+  test split when the config's is missing there.
+
+  The ImageNet configs test on TFDS's ``validation``; ImageNet-style
+  folders often name it ``val`` (Places205's lists, too). Only one of
+  :data:`FOLDER_TEST_SPLITS` present is used; otherwise the config stays
+  as it is and opening the data says what is missing.
+  """
+  if datasets.dataset_kind(config.dataset) != 'folder':
+    return
+  root = os.path.expanduser(config.dataset)
+  if not os.path.isdir(root) or os.path.isdir(
+      os.path.join(root, config.test_split)):
+    return
+  present = [s for s in FOLDER_TEST_SPLITS
+             if s != config.train_split and os.path.isdir(os.path.join(
+                 root, s))]
+  if len(present) == 1:
+    logging.info('%s has no %s folder: testing on %s.', root,
+                 config.test_split, present[0])
+    config.test_split = present[0]
+
+
+def quick_overrides(table: str, dataset: str | None) -> dict[str, Any]:
+  """The config overrides of ``--quick`` for `table` and ``--dataset``.
+
+  Raises:
+    InputError: an ImageNet or Places table without an image folder.
+  """
+  overrides = dict(QUICK_OVERRIDES)
+  if table in ALEXNET_TABLES:
+    if not dataset or dataset == QUICK_DATASET:
+      raise InputError(
+          f'{table} --quick needs --dataset=<image folder>, ImageNet-style '
+          '(<root>/train/<class>/*.JPEG and <root>/val/<class>/...): the '
+          'bundled digits are 32 pixels, too small for AlexNet (at least '
+          '63). Any small folder of photos works, e.g. a few classes of '
+          'ILSVRC 2012.')
+    overrides.update(QUICK_ALEXNET_OVERRIDES)
+  overrides['dataset'] = dataset or QUICK_DATASET
+  return overrides
 
 
 def command_line(job: Job, config, workdir: str) -> str:
@@ -340,24 +465,29 @@ def finished(workdir: str, config) -> bool:
 
 def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
               overrides: dict[str, Any] | None = None, ks=None,
+              places_dataset: str | None = None,
               dry_run: bool = False) -> list[str]:
   """Runs (or lists) the jobs of `table` under `root`.
+
+  Arguments other than `table` and `root` are those of :func:`job_config`
+  (`ks`: the semi table's K); `dry_run` prints each job's command line
+  instead of running it.
 
   Returns:
     The workdirs of the table's jobs, in order.
   """
   run_files.check_writable_folder(root, '--root')
-  root = os.path.abspath(os.path.expanduser(root))
+  root = run_files.absolute(root)  # A gs:// root stays a URL.
   # Every job's config and workdir is checked before the first one runs:
   # a bad setting stops the table at once, not hours in.
   jobs = {}
   for seed in seeds:
     for job in table_jobs(table, ks or DEFAULT_KS):
-      workdir = os.path.join(root, f'seed{seed}', job.name)
+      workdir = run_files.join(root, f'seed{seed}', job.name)
       if workdir in jobs:
         continue
       config = job_config(job, root=root, seed=seed, scale=scale,
-                          overrides=overrides)
+                          overrides=overrides, places_dataset=places_dataset)
       config = validation.check_config(config)
       run_files.check_workdir(workdir)
       jobs[workdir] = (job, config, not dry_run and finished(workdir, config))
@@ -379,11 +509,16 @@ def main(argv):
              f'{{{",".join(TABLES)}}} --root=DIR [--quick] '
              f'[--epochs_scale=F] (got {argv[1:]})')
   table = argv[1]
-  overrides = dict(QUICK_OVERRIDES) if FLAGS.quick else {}
+  overrides = {}
   if FLAGS.quick:
-    overrides['dataset'] = FLAGS.dataset or QUICK_DATASET
+    overrides = cli.run_or_fail(quick_overrides, table, FLAGS.dataset)
   elif FLAGS.dataset:
     overrides['dataset'] = FLAGS.dataset
+  places_dataset = FLAGS.places_dataset
+  if places_dataset and not any(j.places for j in table_jobs(table)):
+    cli.fail(f'--places_dataset: {table} has no Places jobs (table5 has)')
+  if FLAGS.quick and not places_dataset and table in ALEXNET_TABLES:
+    places_dataset = FLAGS.dataset
   for key, value in (('data_dir', FLAGS.data_dir),
                      ('pipeline', FLAGS.pipeline),
                      ('model.width', FLAGS.width)):
@@ -399,7 +534,8 @@ def main(argv):
   cli.quiet_library_logs()
   cli.run_or_fail(reproduce, table, FLAGS.root,
                   seeds=[int(s) for s in FLAGS.seeds], scale=scale,
-                  overrides=overrides, ks=ks, dry_run=FLAGS.dry_run)
+                  overrides=overrides, ks=ks, places_dataset=places_dataset,
+                  dry_run=FLAGS.dry_run)
 
 
 def run() -> None:

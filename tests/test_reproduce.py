@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
+from helpers import REPO_ROOT
 from helpers import write_results as _write_results
 from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import paper
@@ -151,10 +154,173 @@ def test_jobs_chain_pretext_and_evaluation(tmp_path):
 
 def test_every_job_config_is_valid(tmp_path):
   from rotnet_jax import config_schema  # pylint: disable=g-import-not-at-top
+  folder = str(tmp_path / 'images')  # --quick's ImageNet folder.
   for table in reproduce.TABLES:
     for job in reproduce.table_jobs(table):
-      config = reproduce.job_config(job, root=str(tmp_path), seed=0,
-                                    scale=reproduce.QUICK_SCALE,
-                                    overrides=reproduce.QUICK_OVERRIDES)
-      config_schema.validate(config)
+      for overrides in ({}, reproduce.quick_overrides(table, folder)):
+        config = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                                      scale=reproduce.QUICK_SCALE,
+                                      overrides=overrides)
+        config_schema.validate(config)
 
+
+def test_imagenet_tables_share_one_pretext_run(tmp_path, capsys):
+  root = str(tmp_path)
+  table4 = reproduce.reproduce('table4', root, dry_run=True)
+  table5 = reproduce.reproduce('table5', root, dry_run=True)
+  pretext = os.path.join(root, 'seed0', 'pretext', 'imagenet_alexnet')
+  assert table4 == [pretext] + [
+      os.path.join(root, 'seed0', 'table4', name)
+      for name in ('linear', 'nonlinear_conv4', 'nonlinear_conv5')]
+  assert table5 == [pretext, os.path.join(root, 'seed0', 'table5',
+                                          'places_linear')]
+  assert os.listdir(root) == []  # A dry run writes nothing.
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 6 and lines[0] == lines[4]  # The same pretext job.
+  assert lines[0] == (
+      'python main.py --config=configs/imagenet_rotnet_alexnet.py '
+      f'--workdir={pretext} --config.experiment=pretext/imagenet_alexnet')
+  for line, config_file in zip(lines[1:4] + lines[5:], (
+      'imagenet_linear_probes', 'imagenet_nonlinear_conv4',
+      'imagenet_nonlinear_conv5', 'places_linear_probes')):
+    assert line.startswith(f'python main.py --config=configs/{config_file}'
+                           '.py --workdir='), line
+    assert line.endswith(f' --config.pretrained={pretext}'), line
+  # Both non-linear heads are rows of one experiment; every evaluation's
+  # experiment has the paper's numbers.
+  jobs = reproduce.table_jobs('table4') + reproduce.table_jobs('table5')
+  experiments = [j.experiment for j in jobs if j.pretrained]
+  assert experiments == [
+      'table4/rotnet_alexnet/linear', 'table4/rotnet_alexnet/nonlinear',
+      'table4/rotnet_alexnet/nonlinear',
+      'table5/rotnet_alexnet/places_linear']
+  for experiment in experiments:
+    assert paper.protocol_epochs(experiment) in (35, 40)
+    assert any(key[0] == experiment for key in paper.PAPER)
+    assert experiment in paper.DESCRIPTIONS
+  # The protocol epochs are the configs' own.
+  for job in jobs:
+    if job.pretrained:
+      config = reproduce.load_config_file(job.config_file)
+      assert config.num_epochs == paper.protocol_epochs(job.experiment)
+
+
+def test_quick_alexnet_tables_need_an_image_folder(tmp_path):
+  for table in reproduce.ALEXNET_TABLES:
+    for dataset in (None, 'digits'):
+      with pytest.raises(reproduce.InputError, match='--dataset=<image '):
+        reproduce.quick_overrides(table, dataset)
+  overrides = reproduce.quick_overrides('table4', '/data/in')
+  assert overrides == dict(reproduce.QUICK_OVERRIDES, dataset='/data/in',
+                           image_size=64, batch_size=16)
+  # The CIFAR tables' quick run is unchanged: the digits by default.
+  assert reproduce.quick_overrides('table3', None) == dict(
+      reproduce.QUICK_OVERRIDES, dataset='digits')
+  job = reproduce.table_jobs('table4')[0]
+  config = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                                scale=reproduce.QUICK_SCALE,
+                                overrides=overrides)
+  # 50 epochs x 0.03, each of the four learning rates keeping one epoch.
+  assert config.num_epochs == 4 and config.image_size == 64
+  assert config.model.width == 1 / 16
+
+
+def test_places_probes_take_their_own_dataset(tmp_path):
+  pretext, places = reproduce.table_jobs('table5')
+  overrides = {'dataset': '/data/imagenet', 'model.width': 0.5}
+
+  def dataset(job, **kwargs):
+    config = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                                  overrides=overrides, **kwargs)
+    assert config.model.width == 0.5  # Other overrides apply to all.
+    return config.dataset
+
+  assert dataset(pretext) == '/data/imagenet'
+  assert dataset(places) == 'places365_small'  # The config's.
+  assert dataset(places, places_dataset='/data/places205') == (
+      '/data/places205')
+  assert dataset(pretext, places_dataset='/data/places205') == (
+      '/data/imagenet')
+
+
+def test_image_folders_test_on_their_own_split(tmp_path):
+  job = reproduce.table_jobs('table4')[1]
+
+  def test_split(*folders):
+    root = tmp_path / '_'.join(folders)
+    for folder in folders:
+      (root / folder).mkdir(parents=True)
+    return reproduce.job_config(
+        job, root=str(tmp_path), seed=0,
+        overrides={'dataset': str(root)}).test_split
+
+  assert test_split('train', 'val') == 'val'
+  assert test_split('train', 'test') == 'test'
+  assert test_split('train', 'validation', 'val') == 'validation'
+  # Two candidates: none is guessed; opening the data names the missing one.
+  assert test_split('train', 'val', 'test') == 'validation'
+  config = reproduce.job_config(job, root=str(tmp_path), seed=0)
+  assert config.test_split == 'validation'  # TFDS imagenet2012.
+
+
+def test_report_compares_imagenet_rows_run_by_the_protocol(tmp_path):
+  linear = {b: 0.3 for b in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')}
+  _write_results(tmp_path / 'linear', 'table4/rotnet_alexnet/linear', linear,
+                 dataset='imagenet2012', num_epochs=35)
+  _write_results(tmp_path / 'conv4', 'table4/rotnet_alexnet/nonlinear',
+                 {'conv4': 0.4}, dataset='imagenet2012', num_epochs=40)
+  _write_results(tmp_path / 'conv5', 'table4/rotnet_alexnet/nonlinear',
+                 {'conv5': 0.4}, dataset='imagenet2012', num_epochs=40)
+  _write_results(tmp_path / 'places', 'table5/rotnet_alexnet/places_linear',
+                 linear, dataset='places365_small', num_epochs=35)
+  _write_results(tmp_path / 'places205',
+                 'table5/rotnet_alexnet/places_linear', {'conv1': 0.2},
+                 dataset='/data/places205', num_epochs=35)
+  _write_results(tmp_path / 'short', 'table4/rotnet_alexnet/linear',
+                 {'conv1': 0.1}, dataset='imagenet2012', num_epochs=4)
+  table = report.markdown_table(report.collect(str(tmp_path)))
+  lines = table.splitlines()
+
+  def row(start):
+    (line,) = [l for l in lines if l.startswith(start)]
+    return line
+
+  linear_name = '| ImageNet: RotNet AlexNet + linear |'
+  assert '| conv1 | 18.80* | 30.00 | +11.20 |' in row(
+      f'{linear_name} conv1 | 18.80* | 30.00 ')
+  assert '| 36.50* | 30.00 | -6.50 |' in row(f'{linear_name} conv5 |')
+  assert '| 18.80* | 10.00 | n/a (not the protocol) |' in row(
+      f'{linear_name} conv1 | 18.80* | 10.00 ')
+  nonlinear = '| ImageNet: RotNet AlexNet + non-linear |'
+  assert '| 43.80* | 40.00 | -3.80 |' in row(f'{nonlinear} conv4 |')
+  assert '| — | 40.00 | — |' in row(f'{nonlinear} conv5 |')
+  places = '| Places: RotNet AlexNet (ImageNet) + linear |'
+  # TFDS places365_small is not the paper's Places205; a folder may be.
+  assert '| 21.50* | 30.00 | n/a (places365_small) |' in row(
+      f'{places} conv1 | 21.50* | 30.00 ')
+  assert '| 21.50* | 20.00 | -1.50 |' in row(
+      f'{places} conv1 | 21.50* | 20.00 ')
+  # ImageNet rows after CIFAR-10's in the paper's order, linear first.
+  assert lines.index(row(f'{linear_name} conv5 |')) < lines.index(
+      row(f'{nonlinear} conv4 |')) < lines.index(row(f'{places} conv2 |'))
+  assert lines[-1] == report.UNVERIFIED_NOTE
+
+
+
+@pytest.mark.parametrize('args,names', [
+    (['table4', '--quick'], ('table4 --quick needs --dataset=<image folder>',
+                             'too small for AlexNet')),
+    (['table5', '--quick', '--dataset=digits'], ('table5 --quick needs',)),
+    (['table4', '--places_dataset=/data/places205'],
+     ('--places_dataset', 'table4 has no Places jobs')),
+], ids=['no-folder', 'digits', 'places-in-table4'])
+def test_imagenet_table_command_line_errors(args, names, tmp_path):
+  root = tmp_path / 'root'
+  result = subprocess.run(
+      [sys.executable, '-m', 'rotnet_jax.reproduce', *args, f'--root={root}'],
+      cwd=REPO_ROOT, check=False, capture_output=True, text=True)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and all(n in errors[0] for n in names), (
+      result.stderr[-2000:])
+  assert not root.exists()
