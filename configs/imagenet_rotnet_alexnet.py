@@ -29,10 +29,6 @@ the official config above is what the released model was trained with.
 
 from rotnet_jax import config_schema
 
-# ImageNet's per-channel statistics (the official code's, 0..1 scale) on
-# this package's 0..255 scale.
-IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
 VARIANTS = ('official', 'paper')
 
 
@@ -41,21 +37,11 @@ def get_config(variant: str = 'official'):
   if variant not in VARIANTS:
     raise ValueError(f'variant {variant!r}: one of {VARIANTS}')
   config = config_schema.defaults()
-  config.dataset = 'imagenet2012'
-  config.pipeline = 'tfdata'
-  # Encoded JPEGs of ~110 KB: 10,000 of them hold about 1.1 GB per process
-  # (the 50,000 default would hold 5.5 GB).
-  config.shuffle_buffer_size = 10_000
-  config.augmentation = 'imagenet'
+  config_schema.use_imagenet_input(config)
   config.image_size = 224
-  config.train_split = 'train'
-  config.test_split = 'validation'
-  config.mean_rgb = IMAGENET_MEAN_RGB
-  config.std_rgb = IMAGENET_STD_RGB
   config.model.name = 'alexnet'
   config.model.num_blocks = 5  # AlexNet's conv1..conv5: fixed.
   config.model.width = 1.0
-  config.batch_size = 192
   config.num_epochs = 50
   config.learning_rate_table = ((15, 0.01), (30, 0.001), (45, 0.0001),
                                 (50, 0.00001))
@@ -64,7 +50,6 @@ def get_config(variant: str = 'official'):
   config.weight_decay = 5e-4
   # An ImageNet epoch is long: test and save every epoch, and mid-epoch.
   config.eval_every_epochs = 1
-  config.checkpoint_every_epochs = 1
   config.checkpoint_every_steps = 1000
   if variant == 'paper':
     config.num_epochs = 30

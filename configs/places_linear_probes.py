@@ -32,30 +32,16 @@ the paper's PDF.
 
 from rotnet_jax import config_schema
 
-IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
-
 
 def get_config():
   config = config_schema.evaluation_defaults('linear')
-  config.dataset = 'places365_small'
-  config.pipeline = 'tfdata'
-  # Encoded JPEGs of ~110 KB: 10,000 of them hold about 1.1 GB per process
-  # (the 50,000 default would hold 5.5 GB).
-  config.shuffle_buffer_size = 10_000
-  config.augmentation = 'imagenet'
-  config.train_split = 'train'
-  config.test_split = 'validation'
-  config.mean_rgb = IMAGENET_MEAN_RGB
-  config.std_rgb = IMAGENET_STD_RGB
+  config_schema.use_imagenet_input(config, 'places365_small')
   config.blocks = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
   config.linear_pool_size = 0  # The backbone's own side per block.
-  config.batch_size = 192
   config.num_epochs = 35
   config.learning_rate_table = ((5, 0.01), (15, 0.002), (25, 0.0004),
                                 (35, 0.00008))
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 5e-4
-  config.checkpoint_every_epochs = 1
   return config

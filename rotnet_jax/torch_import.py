@@ -77,8 +77,8 @@ IMAGE_SIZE = 32
 ALEXNET_IMAGE_SIZE = 224
 # The released AlexNet expects RGB in [0, 1] normalised with these (its
 # README); on this package's 0..255 scale.
-IMAGENET_MEAN_RGB = tuple(255 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD_RGB = tuple(255 * s for s in (0.229, 0.224, 0.225))
+IMAGENET_MEAN_RGB = config_schema.IMAGENET_MEAN_RGB
+IMAGENET_STD_RGB = config_schema.IMAGENET_STD_RGB
 # The block a classifier reads when its input shape fits several (the
 # official CIFAR-10 classifiers all read conv2).
 DEFAULT_BLOCK = 'conv2'
