@@ -16,7 +16,6 @@ a results file contains.
 import collections
 import contextlib
 import json
-import shutil
 import sys
 import time
 from typing import Any
@@ -273,11 +272,12 @@ def check_disk_space(workdir: str, state: TrainState) -> None:
   Checked before training and before every save: a save that runs out of
   space fails in Orbax's background threads, long after the cause.
   """
-  if '://' in str(workdir):
-    return  # Cloud Storage and the like: no disk of ours to fill.
+  # A new workdir: the disk of the folder it will be made in. None: Cloud
+  # Storage and the like, no disk of ours to fill.
+  free = run_files.free_bytes(workdir)
+  if free is None:
+    return
   needed = _checkpoint_bytes(state)
-  # A new workdir: the disk of the folder it will be made in.
-  free = shutil.disk_usage(run_files.nearest_existing(workdir)).free
   if free < needed:
     raise InputError(
         f'no space left on the device of --workdir={workdir}: '
