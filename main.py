@@ -1,4 +1,4 @@
-"""Runs a rotnet-jax experiment (see ``rotnet_jax/main.py``).
+"""Runs a rotnet-jax experiment (see ``rotnet_jax/commands/train.py``).
 
     python main.py --config=configs/cifar.py --workdir=/tmp/rotnet_cifar
     python main.py --config=configs/eval_multlayer.py --workdir=/tmp/eval \
@@ -9,7 +9,7 @@ overridden, e.g. ``--config.num_epochs=10``; re-running the same command
 resumes from the workdir's latest checkpoint.
 """
 
-from rotnet_jax import main
+from rotnet_jax.commands import train
 
 if __name__ == '__main__':
-  main.run()
+  train.run()

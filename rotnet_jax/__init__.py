@@ -1,7 +1,7 @@
 """rotnet-jax: RotNet (Gidaris, Singh, Komodakis, ICLR 2018) in JAX/Flax.
 
 ``rotnet_jax.load(path)`` gives a trained network as functions of uint8
-images (see ``rotnet_jax.inference``). It is imported on first use, so
+images (see ``rotnet_jax.inference.model``). It is imported on first use, so
 ``import rotnet_jax`` stays light (no JAX, no Flax).
 """
 

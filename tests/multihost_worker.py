@@ -35,7 +35,7 @@ _TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_TESTS), _TESTS]
 from helpers import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rotnet_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rotnet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rotnet_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():

@@ -22,9 +22,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from helpers import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rotnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rotnet_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rotnet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rotnet_jax.commands import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rotnet_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():

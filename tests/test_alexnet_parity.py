@@ -29,13 +29,13 @@ torch = pytest.importorskip('torch')
 from torch import nn
 
 from rotnet_jax import config_schema
-from rotnet_jax import import_torch
 from rotnet_jax import models
-from rotnet_jax import restore
 from rotnet_jax import parallel
-from rotnet_jax import torch_import
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import import_official as import_torch
+from rotnet_jax.weights import restore
+from rotnet_jax.weights import torch_import
 
 torch.set_num_threads(2)
 

@@ -15,10 +15,10 @@ from flax import nnx
 
 from helpers import tiny_config
 from rotnet_jax import models
-from rotnet_jax import train
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.models.backbone import Backbone
 from rotnet_jax.models.layers import ConvBNReLU
+from rotnet_jax.training import train
 
 
 class _TwoStages(nnx.Module):

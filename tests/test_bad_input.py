@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, write_image_folder
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import models
 from rotnet_jax import parallel
-from rotnet_jax import train
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import train
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
 
 PIPELINES = ('device', 'tfdata')
 

@@ -41,13 +41,15 @@ from etils.epath import gpath
 from etils.epath import testing as epath_testing
 
 from helpers import tiny_config
-from rotnet_jax import export
-from rotnet_jax import plots
-from rotnet_jax import report
-from rotnet_jax import run_files
-from rotnet_jax import train
 from rotnet_jax import weights as weights_lib
+from rotnet_jax.commands import report
 from rotnet_jax.errors import InputError
+from rotnet_jax.experiments import plots
+from rotnet_jax.training import train
+from rotnet_jax.weights import export
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
+from rotnet_jax.workdir import run_files
 
 BUCKET = 'gs://test-bucket'
 
@@ -222,30 +224,30 @@ def gcs(tmp_path):
   """A mocked bucket ``gs://test-bucket``; yields its backing folder's
   ``local(url)``. Locks use GcsLockStore on a FakeGcsClient."""
   with mock_gcs(tmp_path / 'gcs') as local:
-    run_files.set_lock_store('gs', run_files.GcsLockStore(
+    workdir_lock.set_lock_store('gs', workdir_lock.GcsLockStore(
         FakeGcsClient(local)))
     try:
       yield local
     finally:
-      run_files.set_lock_store('gs', None)
+      workdir_lock.set_lock_store('gs', None)
 
 
 def test_urls_stay_urls():
-  assert run_files.absolute('gs://b/w/') == 'gs://b/w'
+  assert filesystem.absolute('gs://b/w/') == 'gs://b/w'
   assert run_files.path('gs://b/w', run_files.CONFIG_FILE) == (
       'gs://b/w/config.json')
-  assert run_files.join('gs://b/r', 'seed0', 'pretext/nin4') == (
+  assert filesystem.join('gs://b/r', 'seed0', 'pretext/nin4') == (
       'gs://b/r/seed0/pretext/nin4')
-  assert run_files.parent('gs://b/w/config.json') == 'gs://b/w'
-  assert run_files.relative('gs://b/r/seed0/x', 'gs://b/r/') == 'seed0/x'
-  assert run_files.free_bytes('gs://b/w') is None
-  assert run_files.is_remote('gs://b') and not run_files.is_remote('/gs/b')
+  assert filesystem.parent('gs://b/w/config.json') == 'gs://b/w'
+  assert filesystem.relative('gs://b/r/seed0/x', 'gs://b/r/') == 'seed0/x'
+  assert filesystem.free_bytes('gs://b/w') is None
+  assert filesystem.is_remote('gs://b') and not filesystem.is_remote('/gs/b')
 
 
 def _events(local_or_url):
   return [{k: v for k, v in e.items() if k != 'images_per_sec'}
-          for e in map(json.loads, run_files.read_text(
-              run_files.path(local_or_url, run_files.METRICS_FILE)).split(
+          for e in map(json.loads, filesystem.resolve(
+              run_files.path(local_or_url, run_files.METRICS_FILE)).read_text().split(
                   '\n')[:-1])]
 
 
@@ -333,8 +335,8 @@ def test_the_gs_lock_is_one_atomic_create_and_takes_over_only_stale_locks(
     gcs):
   workdir = f'{BUCKET}/locked'
   lock_file = run_files.path(workdir, run_files.LOCK_FILE)
-  store = run_files.lock_store(lock_file)
-  assert isinstance(store, run_files.GcsLockStore)
+  store = workdir_lock.lock_store(lock_file)
+  assert isinstance(store, workdir_lock.GcsLockStore)
 
   # Of many runs creating the lock at once, exactly one gets it.
   results = []
@@ -348,7 +350,7 @@ def test_the_gs_lock_is_one_atomic_create_and_takes_over_only_stale_locks(
   assert sorted(results) == [False] * 15 + [True]
   store.delete(lock_file)
 
-  with run_files.lock(workdir):
+  with workdir_lock.lock(workdir):
     holder = json.loads(open(gcs(lock_file)).read())
     assert holder['pid'] == os.getpid()
   assert not os.path.exists(gcs(lock_file))  # Released.
@@ -359,7 +361,7 @@ def test_the_gs_lock_is_one_atomic_create_and_takes_over_only_stale_locks(
   with open(gcs(lock_file), 'w') as f:
     f.write(json.dumps(live))
   with pytest.raises(InputError, match='in use by another run'):
-    with run_files.lock(workdir):
+    with workdir_lock.lock(workdir):
       pass
   assert json.loads(open(gcs(lock_file)).read()) == live
 
@@ -367,21 +369,21 @@ def test_the_gs_lock_is_one_atomic_create_and_takes_over_only_stale_locks(
   dead = dict(live, pid=2**22 + 12345)  # Above Linux's largest pid.
   with open(gcs(lock_file), 'w') as f:
     f.write(json.dumps(dead))
-  run_files.check_not_locked(workdir)
-  with run_files.lock(workdir):
+  workdir_lock.check_not_locked(workdir)
+  with workdir_lock.lock(workdir):
     assert json.loads(open(gcs(lock_file)).read())['pid'] == os.getpid()
   # ... another host's is not, and the message says how to remove it.
   with open(gcs(lock_file), 'w') as f:
     f.write(json.dumps(dict(dead, host='elsewhere')))
   with pytest.raises(InputError, match=f'gcloud storage rm {lock_file}'):
-    run_files.check_not_locked(workdir)
+    workdir_lock.check_not_locked(workdir)
   with pytest.raises(InputError, match='in use by another run'):
-    with run_files.lock(workdir):
+    with workdir_lock.lock(workdir):
       pass
   # A stale lock replaced by another run after it was read stays: the
   # delete is conditional on the generation read.
   client = FakeGcsClient(gcs)
-  store = run_files.GcsLockStore(client)
+  store = workdir_lock.GcsLockStore(client)
   found = store.read(lock_file)
   client.bucket('test-bucket').blob('locked/run.lock').upload_from_string(
       'a newer lock\n')
@@ -405,11 +407,11 @@ def test_a_lock_lives_by_its_heartbeat(gcs, monkeypatch):
 
   write(dict(other, heartbeat=time.time() - 60))  # Heard from recently.
   with pytest.raises(InputError, match=r'last heard from 6\d s ago'):
-    run_files.check_not_locked(workdir)
-  write(dict(other, heartbeat=time.time() - run_files.LOCK_LEASE_S - 1))
-  run_files.check_not_locked(workdir)  # The lease ran out: stale.
+    workdir_lock.check_not_locked(workdir)
+  write(dict(other, heartbeat=time.time() - workdir_lock.LOCK_LEASE_S - 1))
+  workdir_lock.check_not_locked(workdir)  # The lease ran out: stale.
   monkeypatch.setattr(run_files, 'LOCK_HEARTBEAT_S', 0.05)
-  with run_files.lock(workdir):
+  with workdir_lock.lock(workdir):
     first = json.loads(open(gcs(lock_file)).read())
     assert first['host'] == socket.gethostname()
     time.sleep(0.5)

@@ -15,10 +15,10 @@ from helpers import REPO_ROOT, tiny_config, write_image_folder
 from helpers import evaluation_rows
 from helpers import source_batches as _batches
 from rotnet_jax import data as data_lib
+from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
 from rotnet_jax.data import digits
-from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import shuffle
 from rotnet_jax.errors import InputError
 
@@ -318,7 +318,7 @@ def test_device_source_imports_no_tensorflow(tmp_path):
       import sys
       sys.path.insert(0, {os.path.join(REPO_ROOT, 'tests')!r})
       from helpers import tiny_config
-      from rotnet_jax import train
+      from rotnet_jax.training import train
       config = tiny_config(num_epochs=1, cache_dir={str(tmp_path)!r})
       train.train_and_evaluate(config, {str(tmp_path / 'run')!r})
       loaded = [m for m in sys.modules if m.split('.')[0] in

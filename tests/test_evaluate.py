@@ -11,15 +11,15 @@ import pytest
 from flax import nnx
 
 from helpers import tiny_config
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import models
-from rotnet_jax import objectives
 from rotnet_jax import parallel
-from rotnet_jax import restore
-from rotnet_jax import train
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.models import heads
+from rotnet_jax.training import objectives
+from rotnet_jax.training import train
+from rotnet_jax.weights import restore
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
 
 
 def _options(**overrides):

@@ -20,12 +20,12 @@ from helpers import evaluation_rows
 from helpers import source_batches
 from imagenet_folder import write_imagenet_folder
 from rotnet_jax import data as data_lib
-from rotnet_jax import train
-from rotnet_jax import validation
 from rotnet_jax.data import datasets
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+from rotnet_jax.training import train
+from rotnet_jax.training import validation
 
 tf = pytest.importorskip('tensorflow')
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -329,7 +329,7 @@ def test_an_undecodable_file_is_named_where_it_is_met(damage, tmp_path,
 
 
 def test_input_benchmark_reports_both_loops(folder, one_device_mesh):
-  from rotnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.training import benchmark  # pylint: disable=g-import-not-at-top
   report = benchmark.run_input_benchmark(
       _config(folder.root), examples=16, rounds=1, mesh=one_device_mesh)
   assert report['images_per_round'] == 16 and report['cores'] >= 1

@@ -17,10 +17,11 @@ import sys
 
 from helpers import REPO_ROOT
 from imagenet_folder import write_imagenet_folder
-from rotnet_jax import metrics as metrics_lib
-from rotnet_jax import paper
-from rotnet_jax import report
-from rotnet_jax import reproduce
+from rotnet_jax.commands import report as report_command
+from rotnet_jax.experiments import paper
+from rotnet_jax.experiments import report
+from rotnet_jax.experiments import reproduce
+from rotnet_jax.training import metrics as metrics_lib
 
 BLOCKS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 TABLE4 = {'seed0/pretext/imagenet_alexnet': ('rotation',),
@@ -106,7 +107,7 @@ def test_imagenet_and_places_tables_on_an_image_folder(tmp_path, capsys,
   assert _mtimes(root) == after
 
   capsys.readouterr()
-  assert report.main(['report', root]) == 0
+  assert report_command.main(['report', root]) == 0
   table = capsys.readouterr().out
   names = {'table4/rotnet_alexnet/linear': BLOCKS,
            'table4/rotnet_alexnet/nonlinear': ('conv4', 'conv5'),

@@ -18,17 +18,17 @@ import pytest
 from flax import nnx
 
 import helpers
-import rotnet_jax
 from rotnet_jax import config_schema
-from rotnet_jax import export
-from rotnet_jax import extract
 from rotnet_jax import inference
 from rotnet_jax import models
 from rotnet_jax import parallel
-from rotnet_jax import train
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.data import digits
 from rotnet_jax.errors import InputError
+from rotnet_jax.inference import extract
+from rotnet_jax.training import train
+from rotnet_jax.weights import export
+import rotnet_jax
 
 WIDTH = 1 / 16
 

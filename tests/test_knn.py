@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import helpers
-from rotnet_jax import knn
-from rotnet_jax import train
 from rotnet_jax.errors import ConfigError
+from rotnet_jax.training import knn
+from rotnet_jax.training import train
 
 # Unit vectors at cosine 1, 0.8, 0.6 and 0 from the query [1, 0].
 BANK = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]],

@@ -17,12 +17,12 @@ import pytest
 
 from helpers import REPO_ROOT
 from helpers import tiny_config
-from rotnet_jax import loop
-from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import parallel
-from rotnet_jax import train
-from rotnet_jax import validation
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import loop
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import train
+from rotnet_jax.training import validation
 
 # Two epochs of 5 steps at two rates, a log line after each epoch's last
 # step (where the rate of the step taken and of the next one differ).

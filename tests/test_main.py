@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from helpers import REPO_ROOT, tiny_config
-from rotnet_jax import benchmark
+from rotnet_jax.training import benchmark
 
 # A quick.py run shrunk to seconds: 256 digits, 1/32 width, 1 epoch.
 _SMALL = ['--config.num_epochs=1', '--config.num_train_examples=256',

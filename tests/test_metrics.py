@@ -6,7 +6,7 @@ import os
 
 import jax.numpy as jnp
 
-from rotnet_jax import metrics
+from rotnet_jax.training import metrics
 
 
 def test_summary_is_weighted_per_sample_not_per_batch():

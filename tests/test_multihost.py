@@ -20,7 +20,7 @@ import numpy as np
 from conftest import max_relative_difference
 from helpers import REPO_ROOT, tiny_config
 from rotnet_jax import parallel
-from rotnet_jax import train
+from rotnet_jax.training import train
 
 _WORKER = os.path.join(REPO_ROOT, 'tests', 'multihost_worker.py')
 

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from rotnet_jax import config_schema
-from rotnet_jax import reproduce
-from rotnet_jax import run_files
+from rotnet_jax.experiments import reproduce
+from rotnet_jax.workdir import run_files
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rotnet_jax import config_schema
-from rotnet_jax import optim
+from rotnet_jax.training import optim
 
 
 def test_epoch_table_becomes_a_step_schedule():

@@ -13,11 +13,11 @@ from PIL import Image
 
 from helpers import tiny_config
 from helpers import write_results as _write_results
-from rotnet_jax import metrics
 from rotnet_jax import parallel
-from rotnet_jax import plots
-from rotnet_jax import train
 from rotnet_jax.errors import InputError
+from rotnet_jax.experiments import plots
+from rotnet_jax.training import metrics
+from rotnet_jax.training import train
 
 # matplotlib is optional for rotnet-jax (plots.py imports it on first use).
 BarContainer = pytest.importorskip('matplotlib.container').BarContainer

@@ -20,12 +20,12 @@ import pytest
 from absl import logging
 
 from helpers import REPO_ROOT, tiny_config
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import data as data_lib
-from rotnet_jax import metrics as metrics_lib
-from rotnet_jax import preemption
-from rotnet_jax import train
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import preemption
+from rotnet_jax.training import train
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
 
 _WORKER = os.path.join(REPO_ROOT, 'tests', 'preemption_worker.py')
 

@@ -19,15 +19,15 @@ from helpers import tiny_config
 from rotnet_jax import config_schema
 from rotnet_jax import data as data_lib
 from rotnet_jax import models
-from rotnet_jax import objectives
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import restore
-from rotnet_jax import train
-from rotnet_jax import validation
 from rotnet_jax.data import transforms
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+from rotnet_jax.training import objectives
+from rotnet_jax.training import optim
+from rotnet_jax.training import train
+from rotnet_jax.training import validation
+from rotnet_jax.weights import restore
 
 
 def _batch_norm_scales(params):

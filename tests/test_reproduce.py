@@ -9,10 +9,11 @@ import pytest
 
 from helpers import REPO_ROOT
 from helpers import write_results as _write_results
-from rotnet_jax import metrics as metrics_lib
-from rotnet_jax import paper
-from rotnet_jax import report
-from rotnet_jax import reproduce
+from rotnet_jax.commands import report as report_command
+from rotnet_jax.experiments import paper
+from rotnet_jax.experiments import report
+from rotnet_jax.experiments import reproduce
+from rotnet_jax.training import metrics as metrics_lib
 
 
 def test_smoke_table_runs_pretext_and_probes_end_to_end(tmp_path, capsys):
@@ -50,7 +51,7 @@ def test_smoke_table_runs_pretext_and_probes_end_to_end(tmp_path, capsys):
   reproduce.reproduce('smoke', root)
   assert before == {w: os.path.getmtime(os.path.join(w, 'results.json'))
                     for w in workdirs}
-  assert report.main(['report', root]) == 0
+  assert report_command.main(['report', root]) == 0
   table = capsys.readouterr().out
   assert '| Smoke: RotNet (3 epochs) + linear probe | conv2 | — |' in table
 

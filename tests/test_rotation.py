@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from rotnet_jax import config_schema
-from rotnet_jax import objectives
-from rotnet_jax import rotation
-from rotnet_jax.data import arrays
 from rotnet_jax.data import DeviceSource
+from rotnet_jax.data import arrays
+from rotnet_jax.data import rotation
 from rotnet_jax.data import transforms
+from rotnet_jax.training import objectives
 
 
 def test_rotations_match_numpy_rot90_and_labels():

@@ -21,24 +21,24 @@ import pytest
 from flax import nnx
 
 from helpers import tiny_config
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import data as data_lib
-from rotnet_jax import loop
-from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
-from rotnet_jax import objectives
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import restore
-from rotnet_jax import run_files
-from rotnet_jax import steps as steps_lib
-from rotnet_jax import train
+from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import arrays
 from rotnet_jax.data import digits
-from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import transforms
 from rotnet_jax.models.nin import NIN
-from rotnet_jax.steps import TrainState
+from rotnet_jax.training import loop
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import objectives
+from rotnet_jax.training import optim
+from rotnet_jax.training import steps as steps_lib
+from rotnet_jax.training import train
+from rotnet_jax.training.steps import TrainState
+from rotnet_jax.weights import restore
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
+from rotnet_jax.workdir import run_files
 
 NUM_TEST_IMAGES = 297  # The digits test split.
 ALL_BLOCKS = ('conv1', 'conv2', 'conv3')  # Of the tiny NIN-3.

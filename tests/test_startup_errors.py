@@ -15,8 +15,8 @@ import pytest
 
 from helpers import REPO_ROOT, tiny_config
 from rotnet_jax import models
-from rotnet_jax import train
 from rotnet_jax.errors import ConfigError
+from rotnet_jax.training import train
 
 
 def _unused_port():

@@ -32,20 +32,20 @@ torch = pytest.importorskip('torch')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from torch import nn
 
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
-from rotnet_jax import import_torch
 from rotnet_jax import models
-from rotnet_jax import objectives
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import restore
-from rotnet_jax import steps as steps_lib
-from rotnet_jax import torch_import
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.data import digits
 from rotnet_jax.data import transforms
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import import_official as import_torch
+from rotnet_jax.training import objectives
+from rotnet_jax.training import optim
+from rotnet_jax.training import steps as steps_lib
+from rotnet_jax.weights import restore
+from rotnet_jax.weights import torch_import
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
 import helpers
 
 torch.set_num_threads(2)

@@ -13,17 +13,17 @@ from flax import nnx
 
 from conftest import max_relative_difference
 from helpers import tiny_config
-from rotnet_jax import checkpoint as checkpoint_lib
-from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
-from rotnet_jax import objectives
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import steps
-from rotnet_jax import train
 from rotnet_jax.data import digits
 from rotnet_jax.data import transforms
 from rotnet_jax.errors import TrainingDiverged
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import objectives
+from rotnet_jax.training import optim
+from rotnet_jax.training import steps
+from rotnet_jax.training import train
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
 
 
 def _spec(config):

@@ -12,8 +12,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rotnet_jax import parallel
-from rotnet_jax.data import transforms
 from rotnet_jax.data import shuffle
+from rotnet_jax.data import transforms
 from rotnet_jax.data.arrays import SplitArrays
 
 # Folded into the run seed so augmentation draws never coincide with the

@@ -12,9 +12,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rotnet_jax import parallel
-from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+from rotnet_jax.workdir import filesystem
 
 # The archives a dataset's manual download folder must hold, by TFDS name,
 # as its builder looks for them (ImageNet cannot be downloaded by TFDS). At
@@ -56,7 +56,7 @@ def manual_dir(builder) -> str:
   --manual_dir=...`` into ``data_dir``.
   """
   # A URL (gs://) stays one: run_files joins both kinds.
-  return run_files.join(str(builder.data_dir_root), 'downloads', 'manual')
+  return filesystem.join(str(builder.data_dir_root), 'downloads', 'manual')
 
 
 def _check_manual_files(builder) -> None:
@@ -67,7 +67,7 @@ def _check_manual_files(builder) -> None:
     return
   folder = manual_dir(builder)
   missing = [f for f in needed
-             if not run_files.isfile(run_files.join(folder, f))]
+             if not filesystem.resolve(filesystem.join(folder, f)).is_file()]
   if missing:
     raise MissingInputError(
         f'TFDS dataset {builder.name!r} is not prepared in '

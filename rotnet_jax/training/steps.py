@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rotnet_jax import metrics as metrics_lib
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax.data import transforms
-from rotnet_jax.objectives import Objective
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training.objectives import Objective
 
 
 @struct.dataclass

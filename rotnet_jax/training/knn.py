@@ -25,15 +25,15 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from rotnet_jax import data as data_lib
 from rotnet_jax import models
 from rotnet_jax import parallel
-from rotnet_jax import restore
-from rotnet_jax import steps as steps_lib
-from rotnet_jax import data as data_lib
+from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
-from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import transforms
+from rotnet_jax.training import steps as steps_lib
+from rotnet_jax.weights import restore
 
 HEAD_TYPE = 'knn'
 # Elements of one (test chunk x memory bank) similarity matrix: 2^24

@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rotnet_jax import run_files
+from rotnet_jax.workdir import filesystem
+
 from rotnet_jax.errors import InputError
+from rotnet_jax.workdir import run_files
 
 
 def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
@@ -135,18 +137,18 @@ class MetricWriter:
     self._wandb = None
     if not self._active:
       return
-    run_files.makedirs(run_files.path(workdir, ''))
+    filesystem.resolve(run_files.path(workdir, '')).mkdir(parents=True, exist_ok=True)
     path = run_files.path(workdir, run_files.METRICS_FILE)
-    if keep_up_to_step is not None and run_files.exists(path):
+    if keep_up_to_step is not None and filesystem.resolve(path).exists():
       kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
-      run_files.write_text(path, ''.join(json.dumps(e) + '\n' for e in kept))
-    if run_files.is_remote(path):
+      filesystem.write_text(path, ''.join(json.dumps(e) + '\n' for e in kept))
+    if filesystem.is_remote(path):
       # An object store has no append (gcsfs would silently overwrite the
       # object): it is rewritten whole at every event from the text kept
       # here, as TensorFlow's GCS "append" does too. Fine for a file of a
       # few thousand short lines.
-      self._remote_jsonl = (path, [run_files.read_text(path)]
-                            if run_files.exists(path) else [])
+      self._remote_jsonl = (path, [filesystem.resolve(path).read_text()]
+                            if filesystem.resolve(path).exists() else [])
     else:
       self._jsonl = open(path, 'a')  # pylint: disable=consider-using-with
     try:
@@ -156,7 +158,7 @@ class MetricWriter:
                    '(metrics.jsonl has everything).')
     else:
       logdir = run_files.path(workdir, run_files.TENSORBOARD_DIR)
-      if run_files.is_remote(logdir):
+      if filesystem.is_remote(logdir):
         _route_tensorboard_through_epath(logdir)
       self._tensorboard = SummaryWriter(logdir)
       if run_config is not None:
@@ -168,9 +170,9 @@ class MetricWriter:
           # W&B keeps its own files in a local folder; for a remote
           # workdir they go to its default (./wandb).
           project=wandb_project,
-          dir=None if run_files.is_remote(workdir) else run_files.path(
+          dir=None if filesystem.is_remote(workdir) else run_files.path(
               workdir, ''),
-          name=run_files.basename(workdir),
+          name=filesystem.resolve(workdir).name,
           id=_wandb_run_id(workdir), resume='allow',
           config=dict(run_config or {}))
 
@@ -203,7 +205,7 @@ class MetricWriter:
     if self._remote_jsonl is not None:
       path, text = self._remote_jsonl
       text.append(line)
-      run_files.write_text(path, ''.join(text))
+      filesystem.write_text(path, ''.join(text))
     else:
       self._jsonl.write(line)
       self._jsonl.flush()
@@ -237,10 +239,10 @@ class _EpathEventFiles:
   """
 
   def open(self, path: str):
-    return run_files.open_file(path, 'wb')
+    return filesystem.resolve(path).open('wb')
 
   def directory_check(self, path: str) -> None:
-    run_files.makedirs(path)
+    filesystem.resolve(path).mkdir(parents=True, exist_ok=True)
 
 
 def _route_tensorboard_through_epath(logdir: str) -> None:
@@ -259,7 +261,7 @@ def _wandb_run_id(workdir: str) -> str:
 def check_metrics_file(workdir: str) -> None:
   """Raises InputError if ``metrics.jsonl`` exists and is damaged beyond a
   torn last line (read only: run before anything is written)."""
-  if run_files.exists(run_files.path(workdir, run_files.METRICS_FILE)):
+  if filesystem.resolve(run_files.path(workdir, run_files.METRICS_FILE)).exists():
     read_jsonl(workdir)
 
 
@@ -274,7 +276,7 @@ def read_jsonl(workdir: str) -> list[dict]:
     InputError: a line before the last is not a JSON event.
   """
   path = run_files.path(workdir, run_files.METRICS_FILE)
-  lines = [line for line in run_files.read_text(path).split('\n')
+  lines = [line for line in filesystem.resolve(path).read_text().split('\n')
            if line.strip()]
   events = []
   for number, line in enumerate(lines, 1):

@@ -56,13 +56,13 @@ from flax import nnx
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
-from rotnet_jax import run_files
 from rotnet_jax import weights
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.errors import first_line
 from rotnet_jax.models import alexnet
 from rotnet_jax.models import nin
+from rotnet_jax.workdir import filesystem
 
 # What read_official_file says a file holds.
 BACKBONE = 'backbone'
@@ -124,19 +124,19 @@ def _describe_keys(keys) -> str:
 
 def _load(path: str) -> tuple[dict[str, np.ndarray], int | None, str]:
   """``(state dict as float32 numpy, epoch or None, absolute path)``."""
-  full = run_files.absolute(os.path.expanduser(path))
-  if not run_files.exists(full):
+  full = filesystem.absolute(os.path.expanduser(path))
+  if not filesystem.resolve(full).exists():
     raise MissingInputError(f'{path!r} does not exist: pass an official '
                             'FeatureLearningRotNet file (e.g. '
                             'model_net_epoch200)')
-  if run_files.isdir(full):
+  if filesystem.resolve(full).is_dir():
     raise InputError(f'{full} is a folder, not an official PyTorch file')
   torch = _import_torch()
   try:
     # weights_only: tensors, dicts and numbers only; any other class in the
     # pickle (code that would run while loading) is refused. A gs:// file
     # is read from a local copy (torch reads local files only).
-    with run_files.local_copy(full) as local:
+    with filesystem.local_copy(full) as local:
       obj = torch.load(local, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     if 'weights_only' in str(e) or 'Unsupported global' in str(e):

@@ -1,6 +1,6 @@
 """What the notebooks in ``notebooks/`` share: the quick switch and the runtime.
 
-    from rotnet_jax import notebook_setup as nb
+    from rotnet_jax.commands import notebook_setup as nb
     nb.QUICK            # ROTNET_NOTEBOOK_QUICK=1: tiny settings (tests, CI)
     nb.runtime()        # 'gpu', 'tpu' or 'cpu': what JAX runs on
     nb.workdir('quickstart')  # where a notebook's runs go
@@ -47,7 +47,7 @@ def describe_runtime() -> str:
 def log_progress() -> None:
   """Shows the runs' progress lines (absl INFO) and hides Orbax's chatter."""
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from rotnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.commands import cli  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
   cli.quiet_library_logs()
 

@@ -13,16 +13,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from rotnet_jax import batch_stats as batch_stats_lib
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax import parallel
-from rotnet_jax import run_files
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.errors import first_line
+from rotnet_jax.weights import batch_stats as batch_stats_lib
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
+from rotnet_jax.workdir import filesystem
 
 # config.pretrained value for a randomly initialised backbone.
 RANDOM = 'random'
@@ -52,8 +52,8 @@ def pretrained_kind(pretrained: str) -> str:
   Raises:
     MissingInputError: nothing exists there.
   """
-  path = run_files.absolute(pretrained)
-  if not run_files.exists(path):
+  path = filesystem.absolute(pretrained)
+  if not filesystem.resolve(path).exists():
     raise MissingInputError(
         f'config.pretrained={pretrained!r}: {path} does not exist. Pass the '
         '--workdir of a pretext run, a .safetensors file written by '
@@ -69,12 +69,12 @@ def pretrained_checkpoint(workdir: str, step: int = 0
   Raises:
     MissingInputError: no such folder, no checkpoint, or no such step.
   """
-  path = run_files.absolute(workdir)
-  if not run_files.isdir(path):
+  path = filesystem.absolute(workdir)
+  if not filesystem.resolve(path).is_dir():
     raise MissingInputError(
         f'config.pretrained={workdir!r}: {path} does not exist. Pass the '
         f'--workdir of a pretext run (or "{RANDOM}").')
-  if not run_files.isdir(checkpoint_lib.checkpoint_dir(path)):
+  if not filesystem.resolve(checkpoint_lib.checkpoint_dir(path)).is_dir():
     raise MissingInputError(
         f'config.pretrained={workdir!r} has no checkpoints '
         f'({checkpoint_lib.checkpoint_dir(path)} is missing): train the '
@@ -176,7 +176,7 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
   finally:
     checkpoints.close()
   return RestoredBackbone(spec, variables, {
-      'pretrained': run_files.parent(checkpoints.directory),
+      'pretrained': filesystem.parent(checkpoints.directory),
       'pretrained_step': step})
 
 

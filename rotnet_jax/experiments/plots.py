@@ -31,11 +31,12 @@ import re
 import numpy as np
 from absl import logging
 
-from rotnet_jax import metrics
-from rotnet_jax import paper
-from rotnet_jax import report
-from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
+from rotnet_jax.experiments import paper
+from rotnet_jax.experiments import report
+from rotnet_jax.training import metrics
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import run_files
 
 CURVES_FILE = 'curves.png'
 PAPER_COMPARISON_FILE = 'paper_comparison.png'
@@ -89,10 +90,10 @@ def _read_events(workdir: str) -> list[dict]:
     InputError: no such file, no events in it, or a damaged line.
   """
   path = run_files.path(workdir, run_files.METRICS_FILE)
-  if not run_files.exists(path):
+  if not filesystem.resolve(path).exists():
     raise InputError(f'{path} not found: pass a run\'s workdir (the folder '
                      'of its metrics.jsonl)')
-  if not run_files.isfile(path):
+  if not filesystem.resolve(path).is_file():
     raise InputError(f'{path} is not a file: move it away')
   events = [e for e in metrics.read_jsonl(workdir)
             if e.get('split') in ('train', 'test') and 'epoch' in e]
@@ -126,7 +127,7 @@ def _title(workdir: str) -> str:
     config = {}  # The title is cosmetic: the curves need metrics.jsonl only.
   experiment = config.get('experiment') if isinstance(config, dict) else None
   name = paper.describe(experiment) if experiment else ''
-  folder = run_files.absolute(workdir)
+  folder = filesystem.absolute(workdir)
   return f'{name} ({folder})' if name else folder
 
 
@@ -208,7 +209,7 @@ def _finished_rows(root: str) -> list[dict]:
   Raises:
     InputError: `root` holds no ``results.json`` of a finished run.
   """
-  if not run_files.isdir(root):
+  if not filesystem.resolve(root).is_dir():
     raise InputError(f'{root} is not a folder: pass the --root of '
                      'rotnet_jax.reproduce')
   skipped = []
@@ -463,19 +464,19 @@ def save(fig, path: str) -> str:
   (uploaded as one object to a ``gs://`` folder), so a reader (a browser
   refreshing during a run) never sees half a file.
   """
-  path = run_files.absolute(path)
+  path = filesystem.absolute(path)
 
   def write(tmp):
     with open(tmp, 'wb') as f:
       fig.savefig(f, format='png', dpi=fig.dpi)
 
-  run_files.write_file_atomically(path, write)
+  filesystem.write_file_atomically(path, write)
   return path
 
 
 def _has_results(root: str) -> bool:
   return any(run_files.RESULTS_FILE in files
-             for _, _, files in run_files.walk(root))
+             for _, _, files in filesystem.resolve(root).walk())
 
 
 def plot_path(path: str, out_dir: str | None = None) -> list[str]:
@@ -500,12 +501,12 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
       writing).
   """
   out_dir = path if out_dir is None else out_dir
-  if not run_files.isdir(path):
+  if not filesystem.resolve(path).is_dir():
     raise InputError(f'{path} is not a folder: pass a run\'s workdir or the '
                      '--root of rotnet_jax.reproduce')
-  run_files.check_writable_folder(out_dir, '--out')
+  filesystem.check_writable_folder(out_dir, '--out')
   figures = []
-  if run_files.exists(run_files.path(path, run_files.METRICS_FILE)):
+  if filesystem.resolve(run_files.path(path, run_files.METRICS_FILE)).exists():
     figures.append((CURVES_FILE, training_curves(path)))
   elif _has_results(path):
     rows = _finished_rows(path)
@@ -518,8 +519,8 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
                      'under it: pass a run\'s workdir or the --root of '
                      'rotnet_jax.reproduce')
   try:
-    run_files.makedirs(out_dir)
-    return [save(fig, run_files.join(out_dir, name)) for name, fig in figures]
+    filesystem.resolve(out_dir).mkdir(parents=True, exist_ok=True)
+    return [save(fig, filesystem.join(out_dir, name)) for name, fig in figures]
   except OSError as e:  # What check_writable_folder cannot foresee: a full
     # disk, a folder that refuses new entries (/proc), a race.
     raise InputError(f'--out={out_dir!r} cannot be written: '

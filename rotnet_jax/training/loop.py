@@ -26,18 +26,20 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from rotnet_jax import checkpoint as checkpoint_lib
 from rotnet_jax import config_schema
-from rotnet_jax import metrics as metrics_lib
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import preemption
-from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.errors import first_line
-from rotnet_jax.steps import CompiledSteps
-from rotnet_jax.steps import TrainState
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import optim
+from rotnet_jax.training import preemption
+from rotnet_jax.training.steps import CompiledSteps
+from rotnet_jax.training.steps import TrainState
+from rotnet_jax.workdir import checkpoint as checkpoint_lib
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
+from rotnet_jax.workdir import run_files
 
 
 # Train steps the host may dispatch ahead of the devices. JAX dispatches
@@ -274,7 +276,7 @@ def check_disk_space(workdir: str, state: TrainState) -> None:
   """
   # A new workdir: the disk of the folder it will be made in. None: Cloud
   # Storage and the like, no disk of ours to fill.
-  free = run_files.free_bytes(workdir)
+  free = filesystem.free_bytes(workdir)
   if free is None:
     return
   needed = _checkpoint_bytes(state)
@@ -357,7 +359,7 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   check_disk_space(workdir, state)
 
   # One run per workdir: from here on this run writes to it.
-  with run_files.lock(workdir), preemption.Watcher() as watcher:
+  with workdir_lock.lock(workdir), preemption.Watcher() as watcher:
     if damaged or partial:
       _set_aside(workdir, damaged, partial, step)
     checkpoints = checkpoint_lib.Checkpointer(

@@ -15,17 +15,18 @@ from typing import Any
 import jax
 
 from rotnet_jax import data as data_lib
-from rotnet_jax import knn
-from rotnet_jax import loop
-from rotnet_jax import objectives
-from rotnet_jax import optim
 from rotnet_jax import parallel
-from rotnet_jax import run_files
-from rotnet_jax import steps as steps_lib
-from rotnet_jax import validation
 from rotnet_jax.data import datasets
 from rotnet_jax.errors import InputError
-from rotnet_jax.steps import TrainState
+from rotnet_jax.training import knn
+from rotnet_jax.training import loop
+from rotnet_jax.training import objectives
+from rotnet_jax.training import optim
+from rotnet_jax.training import steps as steps_lib
+from rotnet_jax.training import validation
+from rotnet_jax.training.steps import TrainState
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import run_files
 
 
 def results(config, objective: objectives.Objective,
@@ -95,7 +96,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None
     summary = dict(run_fields(config), num_epochs=0, complete=True,
                    heads=heads)
     if jax.process_index() == 0:
-      run_files.makedirs(workdir)
+      filesystem.resolve(workdir).mkdir(parents=True, exist_ok=True)
     run_files.write_config(workdir, config, network)
     run_files.write_results(workdir, summary)
     return summary

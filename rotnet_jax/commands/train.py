@@ -17,9 +17,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rotnet_jax import cli
 from rotnet_jax import parallel
-from rotnet_jax import train
+from rotnet_jax.commands import cli
+from rotnet_jax.training import train
+
 
 FLAGS = flags.FLAGS
 

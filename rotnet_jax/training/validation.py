@@ -13,12 +13,14 @@ from ml_collections import config_dict
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
-from rotnet_jax import restore
-from rotnet_jax import run_files
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.errors import InputError
+from rotnet_jax.weights import restore
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
+from rotnet_jax.workdir import run_files
 
 
 def check_config(config, *, pretrained_must_exist: bool = False
@@ -88,7 +90,7 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   """
   config = check_config(config, pretrained_must_exist=True)
   run_files.check_workdir(workdir)
-  run_files.check_not_locked(workdir)  # Early; loop.fit takes the lock.
+  workdir_lock.check_not_locked(workdir)  # Early; loop.fit takes the lock.
   if config.wandb_project and importlib.util.find_spec('wandb') is None:
     raise InputError(
         f'config.wandb_project={config.wandb_project!r}: Weights & Biases '
@@ -99,13 +101,13 @@ def check_run(config, workdir: str) -> config_dict.ConfigDict:
   if config.cache_dir is not None or (
       config.pipeline == 'device' and
       datasets.dataset_kind(config.dataset) != 'digits'):
-    if config.cache_dir is not None and run_files.is_remote(config.cache_dir):
+    if config.cache_dir is not None and filesystem.is_remote(config.cache_dir):
       # The cache holds decoded images read back with np.load on every
       # run: it must be on this machine's disk (data_dir may be remote).
       raise InputError(
           f'config.cache_dir={config.cache_dir!r} must be a local folder (the '
           'decoded-image cache is read from local disk); data_dir and '
           '--workdir may be gs:// URLs')
-    run_files.check_writable_folder(
+    filesystem.check_writable_folder(
         config.cache_dir or arrays.DEFAULT_CACHE_DIR, 'config.cache_dir')
   return config

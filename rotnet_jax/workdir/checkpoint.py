@@ -34,7 +34,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rotnet_jax import run_files
+from rotnet_jax.workdir import run_files
 
 # Orbax's temporary folder of a save in progress: ``<step>`` and this
 # suffix (then a timestamp, in some Orbax versions).

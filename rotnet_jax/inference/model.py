@@ -22,12 +22,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rotnet_jax import export
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.data import transforms
 from rotnet_jax.errors import InputError
+from rotnet_jax.weights import export
 
 DEFAULT_BATCH_SIZE = 256
 

@@ -30,8 +30,8 @@ from flax import nnx
 from flax import struct
 
 from rotnet_jax import models
-from rotnet_jax import restore
-from rotnet_jax import rotation
+from rotnet_jax.data import rotation
+from rotnet_jax.weights import restore
 
 # Folded into the run seed for the random rotations of rotation_mode='random'.
 _TASK_STREAM = 0x7461736B

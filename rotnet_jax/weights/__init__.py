@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from rotnet_jax import config_schema
-from rotnet_jax import run_files
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import run_files
 
 # The kinds of path :func:`read` accepts.
 WORKDIR = 'workdir'
@@ -82,10 +83,10 @@ def kind(path: str) -> str:
   Raises:
     MissingInputError: nothing exists at `path`.
   """
-  full = run_files.absolute(path)
-  if run_files.isdir(full):
+  full = filesystem.absolute(path)
+  if filesystem.resolve(full).is_dir():
     return WORKDIR
-  if not run_files.exists(full):
+  if not filesystem.resolve(full).exists():
     raise MissingInputError(
         f'{path!r} does not exist: pass a run\'s workdir, a '
         f'{SAFETENSORS_SUFFIX} file written by rotnet_jax.export, or an '
@@ -115,9 +116,9 @@ def read(path: str, step: int = 0) -> Weights:
   if path_kind == WORKDIR:
     return _read_workdir(path, step)
   if path_kind == SAFETENSORS:
-    from rotnet_jax import export  # pylint: disable=g-import-not-at-top
+    from rotnet_jax.weights import export  # pylint: disable=g-import-not-at-top
     return export.read_exported(path)
-  from rotnet_jax import torch_import  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.weights import torch_import  # pylint: disable=g-import-not-at-top
   return torch_import.read_official(path)
 
 
@@ -132,7 +133,7 @@ def read_spec(path: str, step: int = 0) -> dict[str, Any]:
 
 def _workdir_network(path: str, step: int):
   """``(checkpoints, step, network)`` of a workdir's checkpoint."""
-  from rotnet_jax import restore  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.weights import restore  # pylint: disable=g-import-not-at-top
   checkpoints, step = restore.pretrained_checkpoint(path, step)
   try:
     network = restore.read_checkpoint_part(
@@ -151,7 +152,7 @@ def _to_numpy(tree):
 
 
 def _read_workdir(path: str, step: int) -> Weights:
-  from rotnet_jax import restore  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.weights import restore  # pylint: disable=g-import-not-at-top
   checkpoints, step, network = _workdir_network(path, step)
   try:
     model = restore.read_checkpoint_part(
@@ -164,7 +165,7 @@ def _read_workdir(path: str, step: int) -> Weights:
   normalisation = dict(
       mean_rgb=tuple(config.get('mean_rgb', config_schema.CIFAR_MEAN_RGB)),
       std_rgb=tuple(config.get('std_rgb', config_schema.CIFAR_STD_RGB)))
-  origin = {'pretrained': run_files.absolute(path),
+  origin = {'pretrained': filesystem.absolute(path),
             'pretrained_format': WORKDIR, 'pretrained_step': step}
   if 'head' not in network:
     return Weights(network['backbone'], model, origin, **normalisation)

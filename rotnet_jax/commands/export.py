@@ -1,0 +1,55 @@
+"""``rotnet-export`` / ``python -m rotnet_jax.export``: weights to one
+safetensors file.
+
+    python -m rotnet_jax.export WORKDIR OUT.safetensors [--step=0] [--overwrite]
+
+The file's layout and metadata: ``rotnet_jax.weights.export``.
+"""
+
+import time
+
+from rotnet_jax.errors import InputError
+from rotnet_jax.weights import export
+from rotnet_jax.workdir import filesystem
+
+
+def _define_flags():
+  # Defined only when run as a command: rotnet_jax.weights imports this
+  # module to read exported files, inside programs with their own flags.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer('step', 0, 'Checkpoint step of a workdir (0: the '
+                       'latest).', lower_bound=0)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing output file.')
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.commands import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_library_logs()
+  if len(argv) != 3:
+    cli.fail(f'expected two arguments, WORKDIR OUT.safetensors (got '
+             f'{argv[1:]}): python -m rotnet_jax.export WORKDIR '
+             'OUT.safetensors [--step=N] [--overwrite]')
+  source, out = argv[1], argv[2]
+  start = time.perf_counter()
+  try:
+    full = export.export(source, out, step=flags.FLAGS.step,
+                  overwrite=flags.FLAGS.overwrite)
+  except InputError as e:
+    cli.fail(e)
+  logging.info('Wrote %s (%.1f MB) in %.1f s', full,
+               filesystem.resolve(full).stat().length / 1e6, time.perf_counter() - start)
+  print(full)
+
+
+def run() -> None:
+  """The console-script entry point (``rotnet-export``)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.commands import cli  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

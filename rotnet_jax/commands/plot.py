@@ -1,0 +1,62 @@
+"""Draws a run's training curves, or a reproduce root against the paper.
+
+    python -m rotnet_jax.plot WORKDIR --out=DIR   # DIR/curves.png
+    python -m rotnet_jax.plot ROOT --out=DIR      # DIR/paper_comparison.png
+                                                  # (+ DIR/semi_supervised.png)
+
+WORKDIR is a run's folder (it has ``metrics.jsonl``; a running job can be
+plotted at any time); ROOT a ``rotnet_jax.reproduce --root`` (any folder
+with ``results.json`` files under it). ``--out`` defaults to the folder
+plotted. Prints the files written, one per line; pictures of the same
+names are replaced. Bad input (a path that is neither, an empty
+``metrics.jsonl``, no finished run, an ``--out`` that cannot be written):
+one ``error:`` line, exit status 2, nothing written. See
+``rotnet_jax.plots`` for what each picture shows.
+"""
+
+from absl import app
+from absl import flags
+
+from rotnet_jax.commands import cli
+from rotnet_jax.errors import InputError
+from rotnet_jax.experiments import plots
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command's flags; defined when it runs, not on import, so that
+  importing this module (tests, other commands) cannot clash with another
+  command's flags of the same name."""
+  if 'out' not in FLAGS:  # run() may be called twice in one process.
+    flags.DEFINE_string('out', None, 'Folder for the pictures (created if '
+                        'need be; default: the folder plotted).')
+
+
+def main(argv) -> None:
+  """Plots ``argv[1]`` into ``--out`` and prints the files written."""
+  if len(argv) != 2:
+    cli.fail('pass one folder, a run\'s workdir or a reproduce root: python '
+             '-m rotnet_jax.plot PATH [--out=DIR] (got '
+             f'{len(argv) - 1} arguments: {argv[1:]})')
+  try:
+    written = plots.plot_path(argv[1], FLAGS.out)
+  except InputError as e:
+    cli.fail(e)
+  except ImportError as e:
+    if e.name != 'matplotlib':
+      raise  # A bug of ours: its traceback.
+    cli.fail(e)  # matplotlib is not installed: an install away.
+  for path in written:
+    print(path)
+
+
+def run() -> None:
+  """The ``rotnet-plot`` console script: flags, then :func:`main`."""
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,156 @@
+"""Prints our results next to the paper's, as a Markdown table.
+
+    python -m rotnet_jax.report /tmp/rotnet_repro
+
+Reads every ``results.json`` under the folder (one per run, written by
+training and evaluation). Rows are (experiment, block); runs of several
+seeds are averaged (mean ± standard deviation). "Ours" is the test accuracy
+after the last epoch; the best epoch's accuracy is shown apart, labelled as
+selected on the test set (what the official code reported). Only runs of
+the paper's protocol (the paper's dataset, full width, the protocol's
+epochs) get a difference to the paper; others say why not. The dataset
+check is per row (``paper.comparable``): CIFAR-10 rows accept anything but
+the bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places
+rows only a folder (Places205; TFDS ``places365_small`` is another
+dataset).
+"""
+
+import collections
+import os
+
+import numpy as np
+
+from rotnet_jax.errors import InputError
+from rotnet_jax.experiments import paper
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import run_files
+
+
+UNVERIFIED_NOTE = ('\\* not yet checked against the paper\'s PDF '
+                   '(arXiv:1803.07728); see rotnet_jax/paper.py.')
+
+
+def _rows(results: dict, experiment: str) -> list[dict]:
+  """The (run, head) rows of one ``results.json``; KeyError/TypeError/
+  ValueError if it lacks what a report needs."""
+  rows = []
+  for head in results['heads']:
+    rows.append(dict(
+        experiment=experiment, head=str(head['head']),
+        final=100 * float(head['final_test_accuracy']),
+        best=100 * float(head['best_test_accuracy_test_selected']),
+        best_epoch=int(head['best_epoch_test_selected']),
+        complete=bool(results.get('complete', False)),
+        epochs=results.get('num_epochs'),
+        data=f"{results.get('dataset')} ({results.get('pipeline')})",
+        dataset=results.get('dataset'),
+        width=float(results.get('model_width', 1.0)),
+        random_batch_stats=head.get('random_batch_stats')))
+  if not rows:
+    raise ValueError('no heads')
+  return rows
+
+
+def collect(root: str, skipped: list[tuple[str, str]] | None = None
+            ) -> list[dict]:
+  """Every (run, head) result under `root`, flattened.
+
+  Args:
+    root: the folder to search for ``results.json`` files.
+    skipped: if given, ``(path, reason)`` of every ``results.json`` that
+      cannot be read or lacks what a report needs is appended to it; such
+      files are left out, the others reported.
+  """
+  rows = []
+  for folder, _, files in sorted(
+      (os.fspath(f), d, n) for f, d, n in filesystem.resolve(root).walk()):
+    if run_files.RESULTS_FILE not in files:
+      continue
+    path = filesystem.join(folder, run_files.RESULTS_FILE)
+    try:
+      results = run_files.read_results(folder)
+      experiment = results.get('experiment') or filesystem.relative(folder,
+                                                                   root)
+      rows.extend(_rows(results, experiment))
+    except InputError:
+      if skipped is not None:
+        skipped.append((path, 'not valid JSON (cut short?)'))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      if skipped is not None:
+        skipped.append((path, f'incomplete ({type(e).__name__}: {e})'))
+  return rows
+
+
+def _mean_std(values) -> str:
+  if len(values) == 1:
+    return f'{values[0]:.2f}'
+  return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
+
+
+def _sort_key(key):
+  experiment, head = key[:2]
+  known = list(paper.DESCRIPTIONS)
+  base = experiment.rpartition('/k')[0] if '/k' in experiment else experiment
+  rank = known.index(base) if base in known else len(known)
+  k = experiment.rpartition('/k')[2]
+  return (experiment.startswith(('pretext', 'smoke/pretext')), rank, base,
+          int(k) if k.isdigit() else 0, head, str(key[2:]))
+
+
+def _difference(experiment, runs, finals, reference) -> str:
+  """Ours minus the paper, only for runs of the paper's protocol."""
+  if reference is None:
+    return '—'
+  run = runs[0]  # A group's runs share data, width and epochs.
+  if not paper.comparable(run['dataset'], experiment):
+    return f"n/a ({run['dataset']})"
+  if run['width'] != 1.0 or run['epochs'] != paper.protocol_epochs(
+      experiment):
+    return 'n/a (not the protocol)'
+  return f'{np.mean(finals) - reference:+.2f}'
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """One line per (experiment, head) and setting: paper, ours, difference.
+
+  Runs average into one line only when they share dataset, width, epochs
+  and (random backbones) BatchNorm-statistics protocol: seeds of one
+  setting.
+  """
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[(row['experiment'], row['head'], row['dataset'], row['width'],
+            row['epochs'], row['random_batch_stats'])].append(row)
+  lines = [
+      '| experiment | block | paper | ours (final epoch) | ours − paper | '
+      'best epoch (test-selected) | runs | epochs | width | data |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  footnote = False
+  for key in sorted(groups, key=_sort_key):
+    runs = groups[key]
+    finals = [r['final'] for r in runs]
+    reference = paper.paper_accuracy(key[0], key[1])
+    paper_text = '—'
+    if reference is not None:
+      unchecked = not paper.verified(key[0], key[1])
+      paper_text = f"{reference:.2f}{'*' if unchecked else ''}"
+      footnote = footnote or unchecked
+    diff = _difference(key[0], runs, finals, reference)
+    best = _mean_std([r['best'] for r in runs])
+    epochs = sorted({r['best_epoch'] for r in runs})
+    incomplete = sum(not r['complete'] for r in runs)
+    name = paper.describe(key[0])
+    protocols = sorted({r['random_batch_stats'] for r in runs
+                        if r.get('random_batch_stats')})
+    if protocols:  # A random backbone: say whose BatchNorm statistics.
+      name += ' (BN statistics: ' + ', '.join(protocols) + ')'
+    lines.append(
+        f"| {name} | {key[1]} | {paper_text} | "
+        f"{_mean_std(finals)} | {diff} | {best} (epoch "
+        f"{', '.join(map(str, epochs))}) | {len(runs)}"
+        f"{f' ({incomplete} unfinished)' if incomplete else ''} | "
+        f"{key[4]} | {key[3]:g} | "
+        f"{', '.join(sorted({r['data'] for r in runs}))} |")
+  if footnote:
+    lines += ['', UNVERIFIED_NOTE]
+  return '\n'.join(lines)

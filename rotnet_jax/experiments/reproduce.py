@@ -1,0 +1,454 @@
+"""Runs every job of one of the paper's tables, in order, resumably.
+
+    python -m rotnet_jax.reproduce table3 --root=/tmp/rotnet_repro
+    python -m rotnet_jax.reproduce table3 --root=/tmp/quick --quick
+    python -m rotnet_jax.reproduce table4 --root=/data/rotnet \
+        --data_dir=~/tensorflow_datasets
+    python -m rotnet_jax.reproduce table4 --root=/tmp/q --quick \
+        --dataset=/data/imagenet_small
+    python -m rotnet_jax.report /tmp/rotnet_repro
+
+Tables: ``table1`` (non-linear heads on every block of NIN-3/4/5 RotNets),
+``table2`` (4, 8, 2 rotations), ``table3`` (supervised, random init,
+RotNet + heads, fine-tuned), ``semi`` (K labels per class), ``variants``
+(one random rotation per image), and ``smoke``: a 3-epoch RotNet and
+linear probes on its conv2 features and on a random NIN's, a few minutes
+on a CPU, which shows the features were learned.
+
+ImageNet and Places (AlexNet): ``table4`` (the RotNet AlexNet pretext run
+on ImageNet, linear probes on conv1..conv5, and the non-linear classifiers
+on conv4 and on conv5, all on ImageNet) and ``table5`` (linear probes on
+conv1..conv5 on Places, on the same ImageNet-trained AlexNet). ``--dataset``
+sets the ImageNet data (every job of table4, the pretext run of table5);
+``--places_dataset`` sets the Places probes' (default: the config's TFDS
+``places365_small``, not the paper's Places205; an image folder of
+Places205 is comparable with the paper). For an image folder whose test
+split is not the config's (``validation``), its own ``val`` or ``test``
+folder is used.
+
+Pretext runs are shared between tables: table4 and table5 in one root train
+the AlexNet once.
+
+Each job is an ordinary run of a ``configs/`` file with a few overrides, in
+``ROOT/seed<S>/<job>``; the command line of each is logged, so any job can
+be rerun by hand. A job whose ``results.json`` says it finished is
+skipped; an interrupted one resumes from its checkpoint. ``--epochs_scale``
+shortens every schedule (epochs and learning-rate steps) for a quick check;
+``--quick`` is a CPU-sized smoke run (scale 0.03, 1/16 width, at most 2,000
+training images, the bundled digits unless ``--dataset`` is given). Scaled
+runs are not the paper's protocol: the report lists their epochs. The
+quick ImageNet and Places tables need ``--dataset=<image folder>`` (the
+digits are 32 pixels; AlexNet needs at least 63): they train at 64 pixels
+in batches of 16 images, and without ``--places_dataset`` table5's probes
+read the same folder (this checks the pipeline, not scene recognition).
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import shlex
+from typing import Any
+
+from absl import logging
+
+from rotnet_jax.data import datasets
+from rotnet_jax.errors import InputError
+from rotnet_jax.training import train
+from rotnet_jax.training import validation
+from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import run_files
+
+DEFAULT_KS = (20, 100, 400, 1000, 5000)
+
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs')
+QUICK_SCALE = 0.03
+# Small batches: more steps for the same CPU time.
+QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,
+                   'batch_size': 32}
+QUICK_DATASET = 'digits'
+# Tables of the AlexNet on ImageNet-sized images.
+ALEXNET_TABLES = ('table4', 'table5')
+# --quick for them: AlexNet's smallest input is 63 pixels (64 keeps conv5
+# at 3x3, which the non-linear heads' 3x3 max-pool needs), and batches of
+# 16 images (64 rotated) fit small test folders.
+QUICK_ALEXNET_OVERRIDES = {'image_size': 64, 'batch_size': 16}
+# Test-split folders an image folder may have instead of the config's.
+FOLDER_TEST_SPLITS = ('validation', 'val', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run: a config file, overrides, and where its backbone comes from.
+
+  Attributes:
+    name: workdir under ``ROOT/seed<S>/``.
+    config_file: file in ``configs/``.
+    experiment: row name in the report (``config.experiment``).
+    overrides: extra ``(key, value)`` config settings.
+    pretrained: name of the pretext job whose workdir is the backbone.
+    scalable: whether ``--epochs_scale``/``--quick`` shorten it (not the
+      smoke jobs, which have their own short schedule).
+    places: trains on Places: ``--places_dataset``, not ``--dataset``,
+      sets its dataset.
+  """
+  name: str
+  config_file: str
+  experiment: str
+  overrides: tuple[tuple[str, Any], ...] = ()
+  pretrained: str | None = None
+  scalable: bool = True
+  places: bool = False
+
+
+def _pretext(name: str, config_file: str, *overrides) -> Job:
+  return Job(f'pretext/{name}', config_file, f'pretext/{name}',
+             tuple(overrides))
+
+
+PRETEXT = {
+    'nin3': _pretext('nin3', 'cifar_nin3.py'),
+    'nin4': _pretext('nin4', 'cifar.py'),
+    'nin5': _pretext('nin5', 'cifar_nin5.py'),
+    'rot8': _pretext('rot8', 'cifar_rot8.py'),
+    'rot2_0_180': _pretext('rot2_0_180', 'cifar_rot2_0_180.py'),
+    'rot2_90_270': _pretext('rot2_90_270', 'cifar_rot2_90_270.py'),
+    'random_rotation': _pretext('random_rotation',
+                                'cifar_random_rotation.py'),
+    'imagenet_alexnet': _pretext('imagenet_alexnet',
+                                 'imagenet_rotnet_alexnet.py'),
+}
+_CONV2 = (('blocks', ('conv2',)),)
+
+
+def _table1():
+  jobs = []
+  for blocks in (3, 4, 5):
+    name = f'nin{blocks}'
+    jobs += [PRETEXT[name], Job(
+        f'table1/{name}_multlayer', 'eval_multlayer.py',
+        f'table1/{name}/multlayer', (('model.num_blocks', blocks),),
+        pretrained=PRETEXT[name].name)]
+  return jobs
+
+
+def _table2():
+  jobs = []
+  for name, pretext in (('rot4', 'nin4'), ('rot8', 'rot8'),
+                        ('rot2_0_180', 'rot2_0_180'),
+                        ('rot2_90_270', 'rot2_90_270')):
+    jobs += [PRETEXT[pretext], Job(
+        f'table2/{name}_multlayer', 'eval_multlayer.py',
+        f'table2/{name}/multlayer', _CONV2, pretrained=PRETEXT[pretext].name)]
+  return jobs
+
+
+def _table3():
+  nin4 = PRETEXT['nin4'].name
+  return [
+      Job('table3/supervised_nin3', 'supervised_nin3.py',
+          'table3/supervised_nin3'),
+      PRETEXT['nin4'],
+      Job('table3/random_conv', 'eval_conv_random.py', 'table3/random_conv'),
+      Job('table3/rotnet_multlayer', 'eval_multlayer.py',
+          'table3/rotnet_multlayer', _CONV2, pretrained=nin4),
+      Job('table3/rotnet_conv', 'eval_conv.py', 'table3/rotnet_conv',
+          pretrained=nin4),
+      Job('table3/rotnet_multlayer_finetune', 'eval_multlayer_finetune.py',
+          'table3/rotnet_multlayer_finetune', pretrained=nin4),
+      Job('table3/rotnet_conv_finetune', 'eval_conv_finetune.py',
+          'table3/rotnet_conv_finetune', pretrained=nin4),
+  ]
+
+
+def _semi(ks):
+  jobs = [PRETEXT['nin4']]
+  for k in ks:
+    jobs += [
+        Job(f'semi/rotnet_conv_k{k}', 'semi_conv.py',
+            f'semi/rotnet_conv/k{k}', (('examples_per_class', k),),
+            pretrained=PRETEXT['nin4'].name),
+        Job(f'semi/supervised_nin3_k{k}', 'semi_supervised_nin3.py',
+            f'semi/supervised_nin3/k{k}', (('examples_per_class', k),)),
+    ]
+  return jobs
+
+
+def _variants():
+  return [PRETEXT['random_rotation'], Job(
+      'variants/random_rotation_multlayer', 'eval_multlayer.py',
+      'variants/random_rotation/multlayer', _CONV2,
+      pretrained=PRETEXT['random_rotation'].name)]
+
+
+def _smoke():
+  # Own short schedule, small model and the bundled digits (--dataset and
+  # --width still apply): learned features must show within minutes.
+  short = (('num_epochs', 3), ('learning_rate_table', ((2, 0.1), (3, 0.02))),
+           ('eval_every_epochs', 1), ('log_every_steps', 10),
+           ('batch_size', 64), ('model.width', 1 / 16), ('dataset', 'digits'))
+  pretext = Job('smoke/pretext', 'cifar.py', 'smoke/pretext', short,
+                scalable=False)
+  probe = short + (('blocks', ('conv2',)),)
+  return [
+      pretext,
+      Job('smoke/rotnet_linear', 'eval_linear.py', 'smoke/rotnet_linear',
+          probe, pretrained=pretext.name, scalable=False),
+      Job('smoke/random_linear', 'eval_linear.py', 'smoke/random_linear',
+          probe + (('pretrained', 'random'),), scalable=False),
+  ]
+
+
+def _table4():
+  # One results row per block: the probes' (conv1..conv5) in one run, the
+  # non-linear heads' (conv4, conv5) in two, under one experiment name.
+  pretext = PRETEXT['imagenet_alexnet']
+  return [
+      pretext,
+      Job('table4/linear', 'imagenet_linear_probes.py',
+          'table4/rotnet_alexnet/linear', pretrained=pretext.name),
+      Job('table4/nonlinear_conv4', 'imagenet_nonlinear_conv4.py',
+          'table4/rotnet_alexnet/nonlinear', pretrained=pretext.name),
+      Job('table4/nonlinear_conv5', 'imagenet_nonlinear_conv5.py',
+          'table4/rotnet_alexnet/nonlinear', pretrained=pretext.name),
+  ]
+
+
+def _table5():
+  pretext = PRETEXT['imagenet_alexnet']
+  return [pretext, Job('table5/places_linear', 'places_linear_probes.py',
+                       'table5/rotnet_alexnet/places_linear',
+                       pretrained=pretext.name, places=True)]
+
+
+_TABLE_BUILDERS = {'table1': _table1, 'table2': _table2, 'table3': _table3,
+                   'table4': _table4, 'table5': _table5, 'semi': _semi,
+                   'variants': _variants, 'smoke': _smoke}
+TABLES = tuple(_TABLE_BUILDERS)
+
+
+def table_jobs(table: str, ks=DEFAULT_KS) -> list[Job]:
+  """The jobs of `table`, pretext runs first (`ks`: the semi table's K)."""
+  if table not in _TABLE_BUILDERS:
+    raise InputError(f'unknown table {table!r}; valid: {TABLES}')
+  if table == 'semi':
+    return _semi(ks)
+  return _TABLE_BUILDERS[table]()
+
+
+def load_config_file(config_file: str, configs_dir: str = CONFIGS_DIR):
+  """``get_config()`` of a file in ``configs/``."""
+  path = os.path.join(configs_dir, config_file)
+  if not os.path.exists(path):
+    raise InputError(f'config file {path} not found: run from a checkout '
+                     'of rotnet-jax (configs/ is not installed).')
+  spec = importlib.util.spec_from_file_location(
+      f'rotnet_configs.{config_file[:-3]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _round(x: float) -> int:
+  return int(math.floor(x + 0.5))
+
+
+def scale_schedule(config, scale: float) -> None:
+  """Shortens (or lengthens) every epoch count of `config` by `scale`.
+
+  Every learning rate of the table keeps at least one epoch, so a short
+  schedule still steps down through all of them. The epoch *length*
+  (``epoch_examples``) is not scaled: only the number of epochs is.
+  """
+  if scale == 1.0:
+    return
+  table, end = [], 0
+  for old_end, lr in config.learning_rate_table:
+    end = max(end + 1, _round(old_end * scale))
+    table.append((end, lr))
+  config.learning_rate_table = tuple(table)
+  config.num_epochs = max(end, _round(config.num_epochs * scale))
+  for key in ('eval_every_epochs', 'checkpoint_every_epochs'):
+    config[key] = max(1, _round(config[key] * scale))
+
+
+def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
+               overrides: dict[str, Any] | None = None,
+               places_dataset: str | None = None):
+  """The config of `job` for `seed` under `root`, with user overrides.
+
+  Args:
+    job: the job.
+    root: the table's root folder.
+    seed: ``config.seed``.
+    scale: multiplies the epochs of a scalable job.
+    overrides: config settings for every job; a ``dataset`` one does not
+      apply to Places jobs (``job.places``).
+    places_dataset: the dataset of Places jobs (None: the config's).
+  """
+  config = load_config_file(job.config_file)
+  config.update_from_flattened_dict(dict(job.overrides))
+  overrides = dict(overrides or {})
+  if job.places:
+    overrides.pop('dataset', None)  # That is the ImageNet data.
+    if places_dataset:
+      overrides['dataset'] = places_dataset
+  for key, value in overrides.items():
+    if key == 'num_train_examples' and config.examples_per_class:
+      continue  # A K-per-class run already picks its subset.
+    config.update_from_flattened_dict({key: value})
+  if job.scalable:
+    scale_schedule(config, scale)
+  config.seed = seed
+  config.experiment = job.experiment
+  if job.pretrained:
+    config.pretrained = filesystem.join(root, f'seed{seed}', job.pretrained)
+  _use_folder_test_split(config)
+  return config
+
+
+def _use_folder_test_split(config) -> None:
+  """Points ``test_split`` of an image-folder dataset at the folder's own
+  test split when the config's is missing there.
+
+  The ImageNet configs test on TFDS's ``validation``; ImageNet-style
+  folders often name it ``val`` (Places205's lists, too). Only one of
+  :data:`FOLDER_TEST_SPLITS` present is used; otherwise the config stays
+  as it is and opening the data says what is missing.
+  """
+  if datasets.dataset_kind(config.dataset) != 'folder':
+    return
+  root = os.path.expanduser(config.dataset)
+  if not os.path.isdir(root) or os.path.isdir(
+      os.path.join(root, config.test_split)):
+    return
+  present = [s for s in FOLDER_TEST_SPLITS
+             if s != config.train_split and os.path.isdir(os.path.join(
+                 root, s))]
+  if len(present) == 1:
+    logging.info('%s has no %s folder: testing on %s.', root,
+                 config.test_split, present[0])
+    config.test_split = present[0]
+
+
+def quick_overrides(table: str, dataset: str | None) -> dict[str, Any]:
+  """The config overrides of ``--quick`` for `table` and ``--dataset``.
+
+  Raises:
+    InputError: an ImageNet or Places table without an image folder.
+  """
+  overrides = dict(QUICK_OVERRIDES)
+  if table in ALEXNET_TABLES:
+    if not dataset or dataset == QUICK_DATASET:
+      raise InputError(
+          f'{table} --quick needs --dataset=<image folder>, ImageNet-style '
+          '(<root>/train/<class>/*.JPEG and <root>/val/<class>/...): the '
+          'bundled digits are 32 pixels, too small for AlexNet (at least '
+          '63). Any small folder of photos works, e.g. a few classes of '
+          'ILSVRC 2012.')
+    overrides.update(QUICK_ALEXNET_OVERRIDES)
+  overrides['dataset'] = dataset or QUICK_DATASET
+  return overrides
+
+
+def command_line(job: Job, config, workdir: str) -> str:
+  """The ``main.py`` command that runs the same job by hand."""
+  reference = load_config_file(job.config_file)
+  args = ['python', 'main.py', f'--config=configs/{job.config_file}',
+          f'--workdir={workdir}']
+  flat_config = run_files.resolved_config(config)
+  flat_reference = run_files.resolved_config(reference)
+
+  def walk(node, ref, prefix=''):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, ref.get(key, {}), f'{prefix}{key}.')
+      elif ref.get(key) != value:
+        if isinstance(value, list):
+          value = tuple(tuple(v) if isinstance(v, list) else v
+                        for v in value)
+        args.append(f'--config.{prefix}{key}={value}')
+
+  walk(flat_config, flat_reference)
+  return ' '.join(shlex.quote(a) for a in args)
+
+
+# Settings that do not change what a job computes.
+_BOOKKEEPING_KEYS = ('log_every_steps', 'eval_every_epochs',
+                     'checkpoint_every_epochs', 'keep_checkpoints',
+                     'data_dir', 'cache_dir', 'shuffle_buffer_size')
+
+
+def _job_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in config_dict.items() if k not in _BOOKKEEPING_KEYS}
+
+
+def finished(workdir: str, config) -> bool:
+  """Whether `workdir` already holds this job's complete results.
+
+  Raises:
+    InputError: `workdir` holds a run of other settings (another dataset,
+      width, schedule...): its results would be reported as this job's.
+  """
+  saved = run_files.read_config(workdir)
+  if saved is None:
+    return False
+  saved = _job_settings(saved)
+  wanted = _job_settings(run_files.resolved_config(config))
+  saved.pop('network', None)
+  differ = sorted(k for k in set(saved) | set(wanted)
+                  if saved.get(k) != wanted.get(k))
+  if differ:
+    raise InputError(
+        f'{workdir} holds a run with other settings ('
+        + ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
+                    for k in differ[:5])
+        + '). Use another --root for other settings.')
+  try:
+    results = run_files.read_results(workdir)
+  except InputError as e:
+    logging.warning('%s: running the job again.', e)
+    return False
+  return bool(isinstance(results, dict) and results.get('complete'))
+
+
+def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
+              overrides: dict[str, Any] | None = None, ks=None,
+              places_dataset: str | None = None,
+              dry_run: bool = False) -> list[str]:
+  """Runs (or lists) the jobs of `table` under `root`.
+
+  Arguments other than `table` and `root` are those of :func:`job_config`
+  (`ks`: the semi table's K); `dry_run` prints each job's command line
+  instead of running it.
+
+  Returns:
+    The workdirs of the table's jobs, in order.
+  """
+  filesystem.check_writable_folder(root, '--root')
+  root = filesystem.absolute(root)  # A gs:// root stays a URL.
+  # Every job's config and workdir is checked before the first one runs:
+  # a bad setting stops the table at once, not hours in.
+  jobs = {}
+  for seed in seeds:
+    for job in table_jobs(table, ks or DEFAULT_KS):
+      workdir = filesystem.join(root, f'seed{seed}', job.name)
+      if workdir in jobs:
+        continue
+      config = job_config(job, root=root, seed=seed, scale=scale,
+                          overrides=overrides, places_dataset=places_dataset)
+      config = validation.check_config(config)
+      run_files.check_workdir(workdir)
+      jobs[workdir] = (job, config, not dry_run and finished(workdir, config))
+  for workdir, (job, config, done) in jobs.items():
+    logging.info('%s: %s', job.experiment, command_line(job, config,
+                                                        workdir))
+    if dry_run:
+      print(command_line(job, config, workdir))
+    elif done:
+      logging.info('%s: finished already, skipped.', workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
+  return list(jobs)
