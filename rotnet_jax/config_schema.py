@@ -8,7 +8,7 @@ whether a config file sets it or the command line
 ml_collections cannot know: the valid values and ranges of each key and
 the rules between keys (:func:`validate`). It sits below the data and model
 layers and imports neither; the registries (backbones, heads) check their
-own names (``rotnet_jax.validation`` runs both). The README's "Config"
+own names (``rotnet_jax.training.validation`` runs both). The README's "Config"
 section documents each key.
 """
 
@@ -27,7 +27,7 @@ ROTATION_MODES = ('all', 'random')
 BN_SCALE_INITS = ('uniform', 'ones')
 RANDOM_BATCH_STATS = ('reestimated', 'fresh')
 # Heads that need no training: scored straight from frozen features
-# (rotnet_jax/knn.py), not modules of models.heads.HEADS.
+# (rotnet_jax/training/knn.py), not modules of models.heads.HEADS.
 TRAINING_FREE_HEADS = ('knn',)
 PIPELINES = ('device', 'tfdata')
 # 'cifar': fixed-size images, random crop of the 4-pixel zero-padded image
@@ -174,7 +174,7 @@ def evaluation_defaults(head: str) -> config_dict.ConfigDict:
   """``mode='evaluate'`` with `head` and its schedule (all blocks).
 
   The backbone's shape (:data:`SHAPE_KEYS`) is left unset: it is read from
-  the pretrained weights (``restore.fill_shape_from_pretrained``); setting
+  the pretrained weights (``validation.fill_shape_from_pretrained``); setting
   one is only needed to override, and must then match them. Heads are
   tested after every epoch, as the official code logged them.
   """

@@ -303,7 +303,7 @@ def test_imagenet_configs_are_the_official_recipes_and_validate(name):
   assert (config.pipeline, config.augmentation) == ('tfdata', 'imagenet')
   assert config.test_split == 'validation'
   if config.mode == 'evaluate':
-    # What the weights would say (restore.fill_shape_from_pretrained).
+    # What the weights would say (validation.fill_shape_from_pretrained).
     assert config.model.name is None and config.image_size is None
     config.pretrained = '/data/rotnet/imagenet_rotnet_alexnet'
     config.update_from_flattened_dict({

@@ -8,8 +8,8 @@ of the released ``ImageNet_RotNet_AlexNet`` file. Its channel counts and
 the fc width are scaled (``width``) and the images are small, so that every
 layer, the fc block included, runs in well under a second on a CPU.
 Random weights with non-trivial BatchNorm statistics are saved the
-official way, imported with ``rotnet_jax.torch_import``, and every named
-feature and the logits must match PyTorch's.
+official way, imported with ``rotnet_jax.weights.torch_format``, and every
+named feature and the logits must match PyTorch's.
 
 Skipped when PyTorch is not installed.
 """
@@ -34,8 +34,9 @@ from rotnet_jax import parallel
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.training import import_official as import_torch
+from rotnet_jax.training import validation
 from rotnet_jax.weights import restore
-from rotnet_jax.weights import torch_import
+from rotnet_jax.weights import torch_format
 
 torch.set_num_threads(2)
 
@@ -157,7 +158,7 @@ def official(tmp_path_factory):
 
 def test_imported_alexnet_computes_what_pytorch_computes(official):
   path, net = official
-  imported = torch_import.read_official(path, image_size=IMAGE_SIZE)
+  imported = torch_format.read(path, image_size=IMAGE_SIZE)
   assert imported.spec == {'name': 'alexnet', 'num_classes': 4,
                            'num_blocks': 5, 'width': WIDTH,
                            'image_size': IMAGE_SIZE}
@@ -189,9 +190,9 @@ def test_imported_alexnet_computes_what_pytorch_computes(official):
 def test_image_size_is_inferred_and_checked(official):
   path, _ = official
   # pool5 is 2x2 from 95 pixels on (94 gives 1x1); the smallest is taken.
-  assert torch_import.read_official(path).spec['image_size'] == 95
+  assert torch_format.read(path).spec['image_size'] == 95
   with pytest.raises(InputError, match='image size 224 does not fit'):
-    torch_import.read_official(path, image_size=224)
+    torch_format.read(path, image_size=224)
   # weights.read sends an official AlexNet file here too.
   assert weights_lib.read(path).spec['name'] == 'alexnet'
 
@@ -201,7 +202,7 @@ def test_full_size_file_is_a_224_pixel_alexnet(tmp_path):
   net = AlexNet(4)
   assert sum(p.numel() for p in net.parameters()) == 57_030_724
   path = save_official(net, tmp_path / 'model_net_epoch50')
-  imported = torch_import.read_official(path)
+  imported = torch_format.read(path)
   assert imported.spec == {'name': 'alexnet', 'num_classes': 4,
                            'num_blocks': 5, 'width': 1.0, 'image_size': 224}
   state = net.state_dict()
@@ -224,14 +225,14 @@ def test_import_command_and_restore(official, tmp_path):
   read_back = weights_lib.read(str(out))
   assert read_back.spec['image_size'] == IMAGE_SIZE
   np.testing.assert_allclose(read_back.mean_rgb,
-                             torch_import.IMAGENET_MEAN_RGB)
+                             torch_format.IMAGENET_MEAN_RGB)
   # An evaluation config with the shape keys unset takes them from it.
   config = config_schema.evaluation_defaults('linear')
   config.pretrained = str(out)
   config.linear_pool_size = 0
-  config.mean_rgb = torch_import.IMAGENET_MEAN_RGB
-  config.std_rgb = torch_import.IMAGENET_STD_RGB
-  restore.fill_shape_from_pretrained(config, must_exist=True)
+  config.mean_rgb = torch_format.IMAGENET_MEAN_RGB
+  config.std_rgb = torch_format.IMAGENET_STD_RGB
+  validation.fill_shape_from_pretrained(config, must_exist=True)
   assert (config.model.name, config.model.num_blocks, config.image_size) == (
       'alexnet', 5, IMAGE_SIZE)
   models.check_config(config)
@@ -240,7 +241,7 @@ def test_import_command_and_restore(official, tmp_path):
   assert restored.spec == read_back.spec
   # A NIN flag is refused for an AlexNet file.
   with pytest.raises(InputError, match='only for an AlexNet'):
-    torch_import.read_official(_nin_file(tmp_path), image_size=64)
+    torch_format.read(_nin_file(tmp_path), image_size=64)
 
 
 def _nin_file(tmp_path):
@@ -256,13 +257,13 @@ def test_wrong_files_are_refused(official, tmp_path):
   torch.save({'network': missing}, tmp_path / 'missing')
   with pytest.raises(InputError, match=r'missing keys '
                      r'_feature_blocks\.8\.5\.running_var'):
-    torch_import.read_official(str(tmp_path / 'missing'))
+    torch_format.read(str(tmp_path / 'missing'))
   wrong = dict(state)
   wrong['_feature_blocks.5.0.weight'] = torch.zeros(32, 48, 5, 5)
   torch.save({'network': wrong}, tmp_path / 'wrong')
   with pytest.raises(InputError, match=r'_feature_blocks\.5\.0\.weight: '
                      r'\(32, 48, 5, 5\), expected \(32, 48, 3, 3\)'):
-    torch_import.read_official(str(tmp_path / 'wrong'))
+    torch_format.read(str(tmp_path / 'wrong'))
   assert os.path.exists(path)
 
 
@@ -344,7 +345,7 @@ def _head_outputs(heads, spec, features):
 def test_imported_imagenet_classifiers_compute_what_pytorch_computes(
     official, tmp_path):
   path, net = official
-  backbone = torch_import.read_official(path, image_size=IMAGE_SIZE)
+  backbone = torch_format.read(path, image_size=IMAGE_SIZE)
   x = images(4, IMAGE_SIZE, seed=1)
   with torch.no_grad():
     feats = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
@@ -361,8 +362,8 @@ def test_imported_imagenet_classifiers_compute_what_pytorch_computes(
        ('conv5', 6))]), seed=11).eval()
   linear_path = save_official(linear, tmp_path / 'classifier_net_epoch35',
                               epoch=35)
-  assert torch_import.read_official_file(linear_path) == ('linear', 35)
-  heads = torch_import.read_official_heads(linear_path, backbone.spec)
+  assert torch_format.read_kind(linear_path) == ('linear', 35)
+  heads = torch_format.read_heads(linear_path, backbone.spec)
   assert (heads.head_type, heads.blocks, heads.num_classes) == (
       'linear', ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'), 10)
   ours = _head_outputs(heads, backbone.spec, ours_feats)
@@ -378,7 +379,7 @@ def test_imported_imagenet_classifiers_compute_what_pytorch_computes(
       AlexNetClassifier(False, channels['conv5'], 6, hidden, 10)]),
                         seed=12).eval()
   nonlinear_path = save_official(nonlinear, tmp_path / 'nonlinear')
-  heads = torch_import.read_official_heads(nonlinear_path, backbone.spec)
+  heads = torch_format.read_heads(nonlinear_path, backbone.spec)
   assert (heads.head_type, heads.blocks) == ('alexnet_nonlinear',
                                              ('conv4', 'conv5'))
   ours = _head_outputs(heads, backbone.spec, ours_feats)
@@ -404,5 +405,4 @@ def test_imported_imagenet_classifiers_compute_what_pytorch_computes(
   # A NIN is not their backbone.
   nin = _nin_file(tmp_path)
   with pytest.raises(InputError, match='pass the AlexNet backbone'):
-    torch_import.read_official_heads(linear_path,
-                                     torch_import.read_official(nin).spec)
+    torch_format.read_heads(linear_path, torch_format.read(nin).spec)

@@ -28,6 +28,7 @@ from rotnet_jax.errors import InputError
 from rotnet_jax.inference import extract
 from rotnet_jax.training import train
 from rotnet_jax.weights import export
+from rotnet_jax.weights import safetensors_format
 import rotnet_jax
 
 WIDTH = 1 / 16
@@ -57,7 +58,8 @@ def test_digits():
 
 
 def _flat(tree):
-  return {k: np.asarray(v) for k, v in export.flatten(tree).items()}
+  return {k: np.asarray(v)
+          for k, v in safetensors_format.flatten(tree).items()}
 
 
 def _run(args, cwd=None):
@@ -118,7 +120,7 @@ def test_export_loads_with_numpy_alone_and_equals_the_checkpoint(
 def test_read_exported_round_trip(rotnet):
   workdir, out = rotnet
   saved = weights_lib.read(workdir)
-  read = export.read_exported(out)
+  read = safetensors_format.read(out)
   assert read.spec == saved.spec
   assert read.mean_rgb == saved.mean_rgb and read.std_rgb == saved.std_rgb
   assert read.heads is None
@@ -150,40 +152,40 @@ def test_read_exported_refuses_what_it_did_not_write(rotnet, tmp_path):
   truncated.write_bytes(open(out, 'rb').read()[:-100])
   with pytest.raises(InputError, match='truncated.safetensors.*not a '
                      'readable safetensors file'):
-    export.read_exported(str(truncated))
+    safetensors_format.read(str(truncated))
   # Not a safetensors file at all.
   text = tmp_path / 'text.safetensors'
   text.write_text('hello')
   with pytest.raises(InputError, match='not a readable safetensors'):
-    export.read_exported(str(text))
+    safetensors_format.read(str(text))
   # Another program's safetensors file.
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   foreign = tmp_path / 'foreign.safetensors'
   save_file({'weight': np.zeros(3, np.float32)}, str(foreign))
   with pytest.raises(InputError, match="not a rotnet-jax export.*'rotnet-jax'"):
-    export.read_exported(str(foreign))
+    safetensors_format.read(str(foreign))
   # Another architecture: the metadata says NIN-4, the arrays are a NIN-3's.
-  spec = dict(export.read_metadata(out)['spec'], num_blocks=4)
+  spec = dict(safetensors_format.read_metadata(out)['spec'], num_blocks=4)
   nin4 = _rewrite(out, tmp_path / 'nin4.safetensors',
                   meta={'spec': json.dumps(spec)})
   with pytest.raises(InputError, match=(
       r'nin4.safetensors does not hold the arrays of the backbone .*'
       r"missing \['batch_stats/blocks/3")):
-    export.read_exported(nin4)
+    safetensors_format.read(nin4)
   # A missing and an unexpected array.
   missing = _rewrite(out, tmp_path / 'missing.safetensors',
                      drop=('params/classifier/bias',))
   with pytest.raises(InputError, match=r"missing \['params/classifier/bias'\]"):
-    export.read_exported(missing)
+    safetensors_format.read(missing)
   extra = _rewrite(out, tmp_path / 'extra.safetensors',
                    add={'params/extra': np.zeros(2, np.float32)})
   with pytest.raises(InputError, match=r"unexpected \['params/extra'\]"):
-    export.read_exported(extra)
+    safetensors_format.read(extra)
   # An unknown backbone.
   other = _rewrite(out, tmp_path / 'resnet.safetensors',
                    meta={'spec': json.dumps(dict(spec, name='resnet'))})
   with pytest.raises(InputError, match="cannot be built here.*'nin'"):
-    export.read_exported(other)
+    safetensors_format.read(other)
 
 
 def test_export_output_rules(rotnet, tmp_path):
@@ -198,7 +200,8 @@ def test_export_output_rules(rotnet, tmp_path):
   os.umask(umask)
   assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
   # The same content (safetensors orders its metadata freely).
-  assert export.read_metadata(str(target)) == export.read_metadata(out)
+  assert (safetensors_format.read_metadata(str(target)) ==
+          safetensors_format.read_metadata(out))
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   written, reference = load_file(str(target)), load_file(out)
   assert sorted(written) == sorted(reference)

@@ -5,7 +5,7 @@ official definitions (``architectures/NetworkInNetwork.py`` and
 ``NonLinearClassifier.py`` of FeatureLearningRotNet), with the official
 module names, so their ``state_dict()`` keys are those of the official
 files. Random weights are saved the official way and imported with
-``rotnet_jax.torch_import``; the imported network must compute what
+``rotnet_jax.weights.torch_format``; the imported network must compute what
 PyTorch computes (every block's features, logits, both heads) and train
 like it (three SGD steps of the project's own train step). Then the files
 that must be refused, and the ``rotnet_jax.import_torch`` command.
@@ -44,7 +44,7 @@ from rotnet_jax.training import objectives
 from rotnet_jax.training import optim
 from rotnet_jax.training import steps as steps_lib
 from rotnet_jax.weights import restore
-from rotnet_jax.weights import torch_import
+from rotnet_jax.weights import torch_format
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
 import helpers
 
@@ -228,7 +228,7 @@ PARITY = {}  # Figures for the report: printed by -s.
 def test_imported_nin_computes_what_pytorch_computes(tmp_path, num_blocks):
   net = randomize(NetworkInNetwork(4, num_blocks), seed=num_blocks).eval()
   path = save_official(net, tmp_path / 'model_net_epoch200')
-  imported = torch_import.read_official(path)
+  imported = torch_format.read(path)
   config = config_schema.defaults()
   config.model.num_blocks = num_blocks
   assert imported.spec == models.backbone_spec(config.model, image_size=32,
@@ -266,8 +266,8 @@ def test_imported_heads_compute_what_pytorch_computes(tmp_path, cls_type,
   classifier = randomize(Classifier(cls_type, in_size, 10), seed=2).eval()
   head_path = save_official(classifier, tmp_path / 'classifier_net_epoch100',
                             epoch=100)
-  backbone = torch_import.read_official(backbone_path)
-  heads = torch_import.read_official_heads(head_path, backbone.spec)
+  backbone = torch_format.read(backbone_path)
+  heads = torch_format.read_heads(head_path, backbone.spec)
   assert (heads.head_type, heads.blocks, heads.num_classes) == (
       head_type, ('conv2',), 10)
 
@@ -291,11 +291,11 @@ def test_imported_heads_compute_what_pytorch_computes(tmp_path, cls_type,
   if cls_type == 'NIN_ConvBlock3':
     on_conv1 = randomize(Classifier(cls_type, 96, 10), seed=3)
     path = save_official(on_conv1, tmp_path / 'classifier_conv1')
-    assert torch_import.read_official_heads(
+    assert torch_format.read_heads(
         path, backbone.spec).blocks == ('conv1',)
     with pytest.raises(InputError, match='does not fit the features of conv3'):
-      torch_import.read_official_heads(path, backbone.spec, block='conv3')
-    assert torch_import.read_official_heads(
+      torch_format.read_heads(path, backbone.spec, block='conv3')
+    assert torch_format.read_heads(
         head_path, backbone.spec, block='conv4').blocks == ('conv4',)
 
 
@@ -324,8 +324,7 @@ def test_three_training_steps_match_pytorch_sgd(tmp_path):
       'model.num_blocks': 4, 'model.width': 1.0,
       'learning_rate_table': ((1, 0.1),)})
   net = randomize(NetworkInNetwork(4, 4), seed=7)
-  imported = torch_import.read_official(save_official(net,
-                                                      tmp_path / 'initial'))
+  imported = torch_format.read(save_official(net, tmp_path / 'initial'))
   # Four images, every rotation: 16 samples per step, as the pretext task.
   uint8 = digit_images(12)
   batches = [uint8[4 * i:4 * i + 4] for i in range(3)]
@@ -419,11 +418,11 @@ def _torch_state_as_ours(state_dict, spec):
   float32: only the layout is reused here)."""
   flat = {}
   # pylint: disable-next=protected-access
-  entries = torch_import._backbone_entries(spec['num_blocks'])
+  entries = torch_format._backbone_entries(spec['num_blocks'])
   shapes = _flat(models.abstract_variables(spec))
   for key, path, how in entries:
     name = '/'.join(map(str, path))
-    convert = torch_import._convert  # pylint: disable=protected-access
+    convert = torch_format._convert  # pylint: disable=protected-access
     flat[name] = torch.from_numpy(np.ascontiguousarray(
         convert(state_dict[key].numpy(), how, shapes[name].shape)))
   return flat
@@ -447,7 +446,7 @@ def nin3_file(tmp_path_factory):
 
 def test_legacy_and_bare_formats_load(tmp_path, nin3_file):
   path, net = nin3_file
-  want = torch_import.read_official(path)
+  want = torch_format.read(path)
   legacy = save_official(net, tmp_path / 'legacy',
                          _use_new_zipfile_serialization=False)
   assert not zipfile.is_zipfile(legacy)
@@ -458,13 +457,12 @@ def test_legacy_and_bare_formats_load(tmp_path, nin3_file):
               if not k.endswith('num_batches_tracked')}, bare,
              _use_new_zipfile_serialization=False)
   for other in (legacy, str(bare)):
-    got = torch_import.read_official(other)
+    got = torch_format.read(other)
     assert got.spec == want.spec
     for a, b in zip(jax.tree.leaves(got.variables),
                     jax.tree.leaves(want.variables)):
       np.testing.assert_array_equal(a, b)
-  assert torch_import.read_official_file(legacy) == (torch_import.BACKBONE,
-                                                     200)
+  assert torch_format.read_kind(legacy) == (torch_format.BACKBONE, 200)
   # weights.read sends an official file here.
   assert weights_lib.read(path).spec == want.spec
 
@@ -478,7 +476,7 @@ class _RunsCode:
 
 def _refused(path, *patterns):
   with pytest.raises(InputError) as error:
-    torch_import.read_official(str(path))
+    torch_format.read(str(path))
   message = str(error.value)
   for pattern in patterns:
     assert pattern in message, message
@@ -542,8 +540,7 @@ def test_bad_files_are_refused_naming_the_file_and_keys(tmp_path, nin3_file):
   _refused(classifier, 'MultLayer'.lower(), 'not a backbone',
            'rotnet_jax.import_torch', '--backbone')
   with pytest.raises(InputError, match='not a classifier'):
-    torch_import.read_official_heads(path, torch_import.read_official(
-        path).spec)
+    torch_format.read_heads(path, torch_format.read(path).spec)
 
   not_a_dict = tmp_path / 'list'
   torch.save([torch.zeros(3)], not_a_dict)
@@ -553,7 +550,7 @@ def test_bad_files_are_refused_naming_the_file_and_keys(tmp_path, nin3_file):
 def test_without_torch_the_error_says_how_to_install(monkeypatch, nin3_file):
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(InputError, match=r"pip install -e '\.\[torch\]'"):
-    torch_import.read_official(nin3_file[0])
+    torch_format.read(nin3_file[0])
 
 
 # ---------------------------------------------------------------------------
@@ -566,7 +563,7 @@ def test_import_command_writes_a_workdir_evaluation_restores(
   out = tmp_path / 'imported'
   summary = import_torch.import_file(path, str(out))
   assert 'NIN-3' in summary and 'epoch 200' in summary
-  imported = torch_import.read_official(path)
+  imported = torch_format.read(path)
 
   config = config_schema.defaults()
   config.model.num_blocks = 3
@@ -607,7 +604,7 @@ def test_import_command_writes_a_workdir_evaluation_restores(
   assert both.spec == imported.spec
   assert (both.heads.head_type, both.heads.blocks) == ('conv_block',
                                                        ('conv2',))
-  want = torch_import.read_official_heads(classifier, imported.spec)
+  want = torch_format.read_heads(classifier, imported.spec)
   for a, b in zip(jax.tree.leaves(both.heads.variables),
                   jax.tree.leaves(want.variables)):
     np.testing.assert_array_equal(a, b)

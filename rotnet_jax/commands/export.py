@@ -3,7 +3,8 @@ safetensors file.
 
     python -m rotnet_jax.export WORKDIR OUT.safetensors [--step=0] [--overwrite]
 
-The file's layout and metadata: ``rotnet_jax.weights.export``.
+What is exported: ``rotnet_jax.weights.export``; the file's layout and
+metadata: ``rotnet_jax.weights.safetensors_format``.
 """
 
 import time
@@ -14,8 +15,8 @@ from rotnet_jax.workdir import filesystem
 
 
 def _define_flags():
-  # Defined only when run as a command: rotnet_jax.weights imports this
-  # module to read exported files, inside programs with their own flags.
+  # Defined only when run as a command, not on import: a program that
+  # imports this module keeps its own flags of the same names.
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_integer('step', 0, 'Checkpoint step of a workdir (0: the '
                        'latest).', lower_bound=0)
@@ -35,11 +36,12 @@ def main(argv):
   start = time.perf_counter()
   try:
     full = export.export(source, out, step=flags.FLAGS.step,
-                  overwrite=flags.FLAGS.overwrite)
+                         overwrite=flags.FLAGS.overwrite)
   except InputError as e:
     cli.fail(e)
   logging.info('Wrote %s (%.1f MB) in %.1f s', full,
-               filesystem.resolve(full).stat().length / 1e6, time.perf_counter() - start)
+               filesystem.resolve(full).stat().length / 1e6,
+               time.perf_counter() - start)
   print(full)
 
 

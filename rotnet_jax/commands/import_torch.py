@@ -47,9 +47,9 @@ def main(argv):
              f'(got {len(argv) - 1} arguments: {argv[1:]})')
   cli.quiet_library_logs()
   try:
-    summary = import_official.import_file(argv[1], FLAGS.workdir, backbone=FLAGS.backbone,
-                          block=FLAGS.block, image_size=FLAGS.image_size,
-                          overwrite=FLAGS.overwrite)
+    summary = import_official.import_file(
+        argv[1], FLAGS.workdir, backbone=FLAGS.backbone, block=FLAGS.block,
+        image_size=FLAGS.image_size, overwrite=FLAGS.overwrite)
   except InputError as e:
     cli.fail(e)
   print(summary)

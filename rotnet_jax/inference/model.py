@@ -281,9 +281,5 @@ def load(path: str, step: int = 0, *, devices=None, dtype=jnp.float32
     InputError: `path` holds something else (naming what was expected).
   """
   weights = weights_lib.read(path, step)
-  if weights_lib.kind(path) == weights_lib.SAFETENSORS:
-    rotations = export.read_metadata(path).get('rotations')
-  else:
-    rotations = export.rotations_of(export.source_config(path),
-                                    weights.origin)
-  return Model(weights, rotations=rotations, devices=devices, dtype=dtype)
+  return Model(weights, rotations=export.rotations_at(path, weights),
+               devices=devices, dtype=dtype)

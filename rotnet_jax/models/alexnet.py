@@ -172,7 +172,7 @@ def flatten_pool5(x: jax.Array) -> jax.Array:
   """``[B, H, W, C]`` -> ``[B, H * W * C]`` (row-major over H, W, C).
 
   The official code flattens NCHW channel-major; importing its weights
-  permutes the first fc layer's inputs instead (``torch_import``).
+  permutes the first fc layer's inputs instead (``torch_format``).
   """
   return x.reshape((x.shape[0], -1))
 

@@ -8,13 +8,14 @@
 
 A backbone file of FeatureLearningRotNet (``NetworkInNetwork``, any number
 of blocks, or the ``AlexNet`` of ``ImageNet_RotNet_AlexNet``; the AlexNet's
-image size is 224 unless ``--image_size`` says otherwise) becomes a workdir like a pretext run's: an Orbax checkpoint
-(``model``, a fresh ``opt_state``, ``meta`` with the file's epoch) and
-``config.json``, so ``--config.pretrained=OUT`` evaluates it, and
-``rotnet_jax.weights.read(OUT)`` loads it. A classifier file (``MultLayer``
-or ``NIN_ConvBlock3``) needs the backbone it was trained on (an official
-file or a workdir, ``--backbone``) and becomes an evaluation run's workdir:
-its heads, with the backbone named in its ``network``.
+image size is 224 unless ``--image_size`` says otherwise) becomes a workdir
+like a pretext run's: an Orbax checkpoint (``model``, a fresh
+``opt_state``, ``meta`` with the file's epoch) and ``config.json``, so
+``--config.pretrained=OUT`` evaluates it, and ``rotnet_jax.weights.read(OUT)``
+loads it. A classifier file (``MultLayer`` or ``NIN_ConvBlock3``) needs the
+backbone it was trained on (an official file or a workdir, ``--backbone``)
+and becomes an evaluation run's workdir: its heads, with the backbone named
+in its ``network``.
 
 The workdir is written into a temporary sibling folder and renamed at the
 end: a failure leaves no partial workdir. An existing non-empty ``--workdir``
@@ -35,7 +36,7 @@ from rotnet_jax import models
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.training import optim
-from rotnet_jax.weights import torch_import
+from rotnet_jax.weights import torch_format
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
 from rotnet_jax.workdir import filesystem
 from rotnet_jax.workdir import run_files
@@ -75,8 +76,8 @@ def _imagenet_recipe(config) -> None:
   config.update_from_flattened_dict({
       'dataset': 'imagenet2012', 'pipeline': 'tfdata',
       'augmentation': 'imagenet', 'test_split': 'validation',
-      'mean_rgb': torch_import.IMAGENET_MEAN_RGB,
-      'std_rgb': torch_import.IMAGENET_STD_RGB, 'batch_size': 192,
+      'mean_rgb': torch_format.IMAGENET_MEAN_RGB,
+      'std_rgb': torch_format.IMAGENET_STD_RGB, 'batch_size': 192,
       'num_epochs': 50, 'learning_rate_table': (
           (15, 0.01), (30, 0.001), (45, 0.0001), (50, 0.00001)),
       'eval_every_epochs': 1, 'checkpoint_every_epochs': 1})
@@ -225,7 +226,7 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
   """
   start = time.time()
   full = check_output(workdir, overwrite)
-  kind, epoch = torch_import.read_official_file(path)
+  kind, epoch = torch_format.read_kind(path)
   source = os.path.abspath(os.path.expanduser(path))
   # Replacing the workdir must not delete what it is made from.
   for name, used in (('FILE', path), ('--backbone', backbone)):
@@ -233,11 +234,11 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
     if used and (used == full or used.startswith(full + os.sep)):
       raise InputError(f'{name}={used} is inside --workdir={workdir}, which '
                        'the import replaces: write to another --workdir')
-  if kind == torch_import.BACKBONE:
+  if kind == torch_format.BACKBONE:
     if backbone or block:
       raise InputError(f'{source} is a backbone: --backbone and --block are '
                        'only for a classifier file')
-    imported = torch_import.read_official(path, image_size=image_size)
+    imported = torch_format.read(path, image_size=image_size)
     spec = imported.spec
     config = backbone_config(spec)
     model = imported.variables
@@ -257,7 +258,7 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
           f'--backbone={backbone} holds an evaluation run (heads on '
           f"{base.origin.get('pretrained')!r}): pass that backbone instead")
     spec = base.spec
-    heads = torch_import.read_official_heads(path, spec, block)
+    heads = torch_format.read_heads(path, spec, block)
     blocks = heads.blocks
     pretrained = base.origin['pretrained']
     pretrained_step = base.origin.get('pretrained_step')

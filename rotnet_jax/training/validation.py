@@ -15,9 +15,10 @@ from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
+from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.errors import InputError
-from rotnet_jax.weights import restore
+from rotnet_jax.errors import MissingInputError
 from rotnet_jax.workdir import filesystem
 from rotnet_jax.workdir import lock as workdir_lock
 from rotnet_jax.workdir import run_files
@@ -28,7 +29,7 @@ def check_config(config, *, pretrained_must_exist: bool = False
   """Checks `config` and returns it as a typed config of the schema.
 
   An evaluation config's unset shape keys are filled in from the
-  pretrained weights (``restore.fill_shape_from_pretrained``). Where those
+  pretrained weights (:func:`fill_shape_from_pretrained`). Where those
   do not exist yet (a table whose pretext runs are still to come), the
   checks that need the shape wait for the run's own :func:`check_run`.
 
@@ -42,7 +43,7 @@ def check_config(config, *, pretrained_must_exist: bool = False
       `pretrained_must_exist`).
   """
   config = config_schema.validate(config)
-  filled = restore.fill_shape_from_pretrained(
+  filled = fill_shape_from_pretrained(
       config, must_exist=pretrained_must_exist)
   _check_augmentation(config)
   # float64 needs jax_enable_x64 and excludes half_precision: said before
@@ -51,6 +52,69 @@ def check_config(config, *, pretrained_must_exist: bool = False
   if filled:
     models.check_config(config)
   return config
+
+
+def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
+  """Sets the unset (None) shape keys of an evaluation config.
+
+  ``config.model.name``, ``model.num_blocks``, ``model.width`` (and any
+  other key of the backbone's spec under ``config.model``) and
+  ``image_size`` are taken from the spec of the weights
+  ``config.pretrained`` names (``weights.read_spec``: no arrays read);
+  for ``pretrained='random'`` from the pretext defaults. Keys that are set
+  stay as they are (a mismatch is reported when the weights are loaded).
+
+  Args:
+    config: a validated config; changed in place (it may be locked).
+    must_exist: raise if the pretrained weights do not exist yet; else
+      leave the keys unset (``rotnet_jax.reproduce`` checks a whole table
+      before its pretext runs exist).
+
+  Returns:
+    Whether every shape key is now set.
+
+  Raises:
+    MissingInputError, InputError: the weights cannot be read (only with
+      `must_exist`, for a missing path).
+  """
+  unset = shape_keys_unset(config)
+  if not unset:
+    return True
+  if config.mode != 'evaluate' or config.pretrained is None:
+    return False  # config_schema.validate reports it.
+  if config.pretrained == weights_lib.RANDOM:
+    defaults = config_schema.defaults()
+    saved = dict(models.backbone_spec(defaults.model,
+                                      image_size=defaults.image_size,
+                                      num_classes=0))
+  else:
+    try:
+      weights_lib.pretrained_kind(config.pretrained)
+      saved = weights_lib.read_spec(config.pretrained,
+                                    config.pretrained_step)
+    except MissingInputError:
+      # No weights, or no checkpoint yet (a pretext run still to come).
+      if must_exist:
+        raise
+      return False
+  for key in unset:
+    name = key.split('.')[-1]
+    if name not in saved:
+      raise InputError(
+          f'config.{key} is unset, and the weights at '
+          f'config.pretrained={config.pretrained!r} do not say it: set it')
+    # A locked config takes new values for its existing keys.
+    target = config.model if key.startswith('model.') else config
+    setattr(target, name, saved[name])
+  return True
+
+
+def shape_keys_unset(config) -> list[str]:
+  """The shape keys of `config` left unset (``None``), by dotted name."""
+  unset = [f'model.{k}' for k, v in config.model.items() if v is None]
+  if config.image_size is None:
+    unset.append('image_size')
+  return unset
 
 
 def _check_augmentation(config) -> None:

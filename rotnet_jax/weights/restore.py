@@ -1,10 +1,13 @@
-"""A pretrained backbone, restored from a run's checkpoint (or random).
+"""The backbone ``config.pretrained`` names, restored onto the mesh.
 
 Evaluation restores the backbone of a pretext run from its Orbax
-checkpoint: parameters and BatchNorm statistics, into the shardings of the
-current mesh. Before any array is read, the checkpoint's network (its saved
-spec and array shapes) is compared with the one the config describes, and a
-mismatch names the differing arrays and the flags that would match.
+checkpoint (``weights.workdir_format``): parameters and BatchNorm
+statistics, into the shardings of the current mesh. Before any array is
+read, the checkpoint's network (its saved spec and array shapes) is
+compared with the one the config describes, and a mismatch names the
+differing arrays and the flags that would match. An exported or official
+file is read with ``weights.read`` and checked the same way; ``'random'``
+is a freshly initialised backbone.
 """
 
 import dataclasses
@@ -13,19 +16,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
-from rotnet_jax.errors import MissingInputError
-from rotnet_jax.errors import first_line
 from rotnet_jax.weights import batch_stats as batch_stats_lib
+from rotnet_jax.weights import workdir_format
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
 from rotnet_jax.workdir import filesystem
 
 # config.pretrained value for a randomly initialised backbone.
-RANDOM = 'random'
+RANDOM = weights_lib.RANDOM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,75 +44,6 @@ class RestoredBackbone:
   spec: dict[str, Any]
   variables: Any
   origin: dict[str, Any]
-
-
-def pretrained_kind(pretrained: str) -> str:
-  """What ``config.pretrained`` names: ``weights.WORKDIR``, ``SAFETENSORS``
-  or ``TORCH``.
-
-  Raises:
-    MissingInputError: nothing exists there.
-  """
-  path = filesystem.absolute(pretrained)
-  if not filesystem.resolve(path).exists():
-    raise MissingInputError(
-        f'config.pretrained={pretrained!r}: {path} does not exist. Pass the '
-        '--workdir of a pretext run, a .safetensors file written by '
-        'rotnet_jax.export, an official FeatureLearningRotNet PyTorch file, '
-        f'or "{RANDOM}".')
-  return weights_lib.kind(path)
-
-
-def pretrained_checkpoint(workdir: str, step: int = 0
-                          ) -> tuple[checkpoint_lib.Checkpointer, int]:
-  """The checkpoints of a run's `workdir` and the step to read (0: latest).
-
-  Raises:
-    MissingInputError: no such folder, no checkpoint, or no such step.
-  """
-  path = filesystem.absolute(workdir)
-  if not filesystem.resolve(path).is_dir():
-    raise MissingInputError(
-        f'config.pretrained={workdir!r}: {path} does not exist. Pass the '
-        f'--workdir of a pretext run (or "{RANDOM}").')
-  if not filesystem.resolve(checkpoint_lib.checkpoint_dir(path)).is_dir():
-    raise MissingInputError(
-        f'config.pretrained={workdir!r} has no checkpoints '
-        f'({checkpoint_lib.checkpoint_dir(path)} is missing): train the '
-        'pretext run there first.')
-  checkpoints = checkpoint_lib.Checkpointer(path, read_only=True)
-  steps = checkpoints.all_steps()
-  if not steps:
-    raise MissingInputError(
-        f'{checkpoints.directory} holds no finished checkpoint: train the '
-        'pretext run there first.')
-  step = step or max(steps)
-  if step not in steps:
-    raise MissingInputError(
-        f'config.pretrained_step={step} is not among the checkpoints of '
-        f'{checkpoints.directory}: {sorted(steps)}')
-  return checkpoints, step
-
-
-def read_checkpoint_part(checkpoints, step: int, what: str, read):
-  """``read()``, with a damaged checkpoint's error as one InputError.
-
-  Args:
-    checkpoints: the Checkpointer read from.
-    step: its step being read.
-    what: the part read, for the message (e.g. ``'its metadata'``).
-    read: ``() -> value``.
-  """
-  try:
-    return read()
-  except InputError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise InputError(
-        f'config.pretrained: the checkpoint in {checkpoints.directory} '
-        f'(step {step}) is damaged: {what} cannot be read '
-        f'({type(e).__name__}: {first_line(e)}). Pass another '
-        '--config.pretrained_step, or retrain the pretext run.') from e
 
 
 def _shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple]
@@ -144,15 +76,13 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
   """
   if config.pretrained == RANDOM:
     return _random_backbone(config, mesh, train_source)
-  if pretrained_kind(config.pretrained) != weights_lib.WORKDIR:
+  if weights_lib.pretrained_kind(config.pretrained) != weights_lib.WORKDIR:
     return _file_backbone(config, mesh)
   replicated = parallel.replicated(mesh)
-  checkpoints, step = pretrained_checkpoint(config.pretrained,
-                                            config.pretrained_step)
+  checkpoints, step = workdir_format.pretrained_checkpoint(
+      config.pretrained, config.pretrained_step)
   try:
-    saved_network = read_checkpoint_part(
-        checkpoints, step, 'its metadata',
-        lambda: checkpoints.read_meta(step)['network'])
+    saved_network = workdir_format.read_network(checkpoints, step)
     if 'head' in saved_network:
       raise InputError(
           f'config.pretrained={config.pretrained!r} holds an evaluation run '
@@ -165,12 +95,13 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
     spec = _config_spec(config, saved_spec)
     target = models.abstract_variables(spec, replicated)
     differ = _shape_differences(
-        read_checkpoint_part(checkpoints, step, 'its array shapes',
-                             lambda: checkpoints.model_shapes(step)),
+        workdir_format.read_checkpoint_part(
+            checkpoints, step, 'its array shapes',
+            lambda: checkpoints.model_shapes(step)),
         checkpoint_lib.flat_shapes(target))
     _check_same_network(f'the checkpoint in {checkpoints.directory} '
                         f'(step {step})', saved_spec, spec, differ)
-    variables = read_checkpoint_part(
+    variables = workdir_format.read_checkpoint_part(
         checkpoints, step, 'its arrays',
         lambda: checkpoints.restore(step, model=target))['model']
   finally:
@@ -244,66 +175,3 @@ def _random_backbone(config, mesh, train_source) -> RestoredBackbone:
         spec, variables, train_source, config, mesh)
     origin['random_batch_stats_images'] = count
   return RestoredBackbone(spec, variables, origin)
-
-
-def fill_shape_from_pretrained(config, *, must_exist: bool):
-  """Sets the unset (None) shape keys of an evaluation config.
-
-  ``config.model.name``, ``model.num_blocks``, ``model.width`` (and any
-  other key of the backbone's spec under ``config.model``) and
-  ``image_size`` are taken from the weights ``config.pretrained`` names;
-  for ``pretrained='random'`` from the pretext defaults. Keys that are set
-  stay as they are (a mismatch is reported when the weights are loaded).
-
-  Args:
-    config: a validated config; changed in place (it may be locked).
-    must_exist: raise if the pretrained weights do not exist yet; else
-      leave the keys unset (``rotnet_jax.reproduce`` checks a whole table
-      before its pretext runs exist).
-
-  Returns:
-    Whether every shape key is now set.
-
-  Raises:
-    MissingInputError, InputError: the weights cannot be read (only with
-      `must_exist`, for a missing path).
-  """
-  unset = shape_keys_unset(config)
-  if not unset:
-    return True
-  if config.mode != 'evaluate' or config.pretrained is None:
-    return False  # config_schema.validate reports it.
-  if config.pretrained == RANDOM:
-    defaults = config_schema.defaults()
-    saved = dict(models.backbone_spec(defaults.model,
-                                      image_size=defaults.image_size,
-                                      num_classes=0))
-  else:
-    try:
-      pretrained_kind(config.pretrained)
-      saved = weights_lib.read_spec(config.pretrained,
-                                    config.pretrained_step)
-    except MissingInputError:
-      # No weights, or no checkpoint yet (a pretext run still to come).
-      if must_exist:
-        raise
-      return False
-  for key in unset:
-    name = key.split('.')[-1]
-    if name not in saved:
-      raise InputError(
-          f'config.{key} is unset, and the weights at '
-          f'config.pretrained={config.pretrained!r} do not say it: set it')
-    # A locked config takes new values for its existing keys.
-    target = config.model if key.startswith('model.') else config
-    setattr(target, name, saved[name])
-  return True
-
-
-def shape_keys_unset(config) -> list[str]:
-  """The shape keys of `config` left unset (``None``), by dotted name."""
-  unset = [f'model.{k}' for k, v in config.model.items() if v is None]
-  if config.image_size is None:
-    unset.append('image_size')
-  return unset
-

@@ -8,14 +8,15 @@ features. This module reads such files (the zip format of PyTorch >= 1.6,
 the legacy pickle format of PyTorch 0.2 / Python 2, or a bare state dict)
 into this package's trees:
 
-* :func:`read_official`: a ``NetworkInNetwork`` backbone (NIN-3, 4, 5... any
+* :func:`read`: a ``NetworkInNetwork`` backbone (NIN-3, 4, 5... any
   number of blocks >= 3) or an ``AlexNet`` backbone (the released
   ``ImageNet_RotNet_AlexNet`` model; told apart by its keys) as a
-  :class:`weights.Weights`, its variables in exactly the tree of
-  ``models.init_variables(spec)``;
-* :func:`read_official_heads`: a ``NonLinearClassifier`` of type
+  :class:`types.Weights`, its variables in exactly the tree of
+  ``models.init_variables(spec)``; :func:`read_spec` infers its spec alone
+  (from the tensors' shapes; nothing converted);
+* :func:`read_heads`: a ``NonLinearClassifier`` of type
   ``MultLayer`` (our ``multlayer`` head) or ``NIN_ConvBlock3`` (our
-  ``conv_block`` head) as a :class:`weights.Heads`; or, on an AlexNet, the
+  ``conv_block`` head) as a :class:`types.Heads`; or, on an AlexNet, the
   ImageNet classifier files: ``MultipleLinearClassifiers`` (our ``linear``
   heads, one per block, each with its own pool side) and
   ``MultipleNonLinearClassifiers`` of type ``Alexnet_conv4`` /
@@ -56,15 +57,15 @@ from flax import nnx
 
 from rotnet_jax import config_schema
 from rotnet_jax import models
-from rotnet_jax import weights
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.errors import first_line
 from rotnet_jax.models import alexnet
 from rotnet_jax.models import nin
+from rotnet_jax.weights import types
 from rotnet_jax.workdir import filesystem
 
-# What read_official_file says a file holds.
+# What read_kind says a file holds.
 BACKBONE = 'backbone'
 MULTLAYER = 'multlayer'
 CONV_BLOCK = 'conv_block'
@@ -106,6 +107,7 @@ _LINEAR_CHW = 'linear_chw'  # [out, C*H*W] -> [H*W*C, out] (NCHW flatten).
 
 
 def _import_torch():
+  # Lazy: PyTorch is an optional extra, needed only to read these files.
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -122,8 +124,16 @@ def _describe_keys(keys) -> str:
                  if len(keys) > _LISTED else '')
 
 
-def _load(path: str) -> tuple[dict[str, np.ndarray], int | None, str]:
-  """``(state dict as float32 numpy, epoch or None, absolute path)``."""
+def _load(path: str, *, arrays: bool = True
+          ) -> tuple[dict[str, Any], int | None, str]:
+  """``(state dict, epoch or None, absolute path)`` of an official file.
+
+  Args:
+    path: the file.
+    arrays: the state dict's tensors as float32 numpy arrays; if False as
+      their shapes alone (``jax.ShapeDtypeStruct``: enough to tell the
+      network and its spec, with no tensor converted).
+  """
   full = filesystem.absolute(os.path.expanduser(path))
   if not filesystem.resolve(full).exists():
     raise MissingInputError(f'{path!r} does not exist: pass an official '
@@ -170,7 +180,8 @@ def _load(path: str) -> tuple[dict[str, np.ndarray], int | None, str]:
           f'{full}: entry {key!r} of its state dict is a '
           f'{type(value).__name__}, not a tensor: not a network\'s state '
           'dict')
-    state[key] = value.detach().to(torch.float32).numpy()
+    state[key] = (value.detach().to(torch.float32).numpy() if arrays else
+                  jax.ShapeDtypeStruct(tuple(value.shape), np.float32))
   # nn.DataParallel saves every key under "module.".
   if all(k.startswith('module.') for k in state):
     state = {k[len('module.'):]: v for k, v in state.items()}
@@ -183,7 +194,7 @@ def _unsupported_global(error: Exception) -> str:
   return f'the class {match.group(1)}' if match else 'a Python class'
 
 
-def _file_kind(state: dict[str, np.ndarray], path: str) -> str:
+def _file_kind(state: dict[str, Any], path: str) -> str:
   """Which official network `state` is, or an InputError naming its keys."""
   keys = [k for k in state if not k.endswith(_IGNORED_SUFFIX)]
   if any(k.startswith(_BACKBONE_PREFIX) for k in keys):
@@ -220,15 +231,15 @@ def _head_prefixes(keys) -> list[str]:
           else [_HEAD_PREFIX])
 
 
-def read_official_file(path: str) -> tuple[str, int | None]:
+def read_kind(path: str) -> tuple[str, int | None]:
   """``(kind, epoch)`` of an official file: :data:`BACKBONE`,
   :data:`MULTLAYER` or :data:`CONV_BLOCK`, and its saved epoch (None if
   it has none).
 
   Raises:
-    InputError: see :func:`read_official`.
+    InputError: see :func:`read`.
   """
-  state, epoch, full = _load(path)
+  state, epoch, full = _load(path, arrays=False)
   return _file_kind(state, full), epoch
 
 
@@ -391,7 +402,7 @@ _ALEXNET_FC1 = (f'{_BACKBONE_PREFIX}{_ALEXNET_FC_INDEX}.'
                 f"{_ALEXNET_FC_LAYERS['linear1']}.weight")
 
 
-def _is_alexnet(state: dict[str, np.ndarray]) -> bool:
+def _is_alexnet(state: dict[str, Any]) -> bool:
   return _ALEXNET_FIRST in state
 
 
@@ -424,7 +435,7 @@ def _pool5_shape(spec) -> tuple[int, int, int]:
   return (side, side, models.feature_shapes(spec)['conv5'][-1])
 
 
-def _infer_alexnet_spec(state: dict[str, np.ndarray], path: str,
+def _infer_alexnet_spec(state: dict[str, Any], path: str,
                         image_size: int | None) -> dict[str, Any]:
   """The spec of the official AlexNet in `state`, from its shapes.
 
@@ -470,7 +481,7 @@ def _infer_alexnet_spec(state: dict[str, np.ndarray], path: str,
                         image_size=image_size)
 
 
-def _infer_backbone_spec(state: dict[str, np.ndarray], path: str
+def _infer_backbone_spec(state: dict[str, Any], path: str
                          ) -> dict[str, Any]:
   """The spec of the official NIN in `state`, from its keys and shapes."""
   blocks = [int(m.group(1)) for m in map(_BLOCK_CLASSIFIER.match, state) if m]
@@ -500,9 +511,41 @@ def _infer_backbone_spec(state: dict[str, np.ndarray], path: str
   return _backbone_spec(num_blocks, width, num_classes)
 
 
-def read_official(path: str, *, image_size: int | None = None
-                  ) -> weights.Weights:
-  """An official NIN or AlexNet backbone file as :class:`weights.Weights`.
+def _spec_of(state: dict[str, Any], path: str, image_size: int | None
+             ) -> dict[str, Any]:
+  """The spec of the official backbone in `state` (see :func:`read`)."""
+  kind = _file_kind(state, path)
+  if kind != BACKBONE:
+    raise InputError(
+        f'{path} holds an official {kind} classifier, not a backbone: '
+        f'import it with python -m rotnet_jax.import_torch {path} '
+        '--backbone=BACKBONE_FILE_OR_WORKDIR --workdir=OUT')
+  if _is_alexnet(state):
+    return _infer_alexnet_spec(state, path, image_size)
+  if image_size is not None and image_size != IMAGE_SIZE:
+    raise InputError(f'{path} holds a NIN, whose images are '
+                     f'{IMAGE_SIZE} pixels: image size {image_size} is only '
+                     'for an AlexNet')
+  return _infer_backbone_spec(state, path)
+
+
+def read_spec(path: str, *, image_size: int | None = None
+              ) -> dict[str, Any]:
+  """The spec :func:`read` gives, from the tensors' shapes alone.
+
+  torch.load still reads the whole file (the only way to see the shapes),
+  but no tensor is converted.
+
+  Raises:
+    MissingInputError, InputError: as :func:`read` does for the same file,
+      except for the errors only the tensors' values show.
+  """
+  state, _, full = _load(path, arrays=False)
+  return _spec_of(state, full, image_size)
+
+
+def read(path: str, *, image_size: int | None = None) -> types.Weights:
+  """An official NIN or AlexNet backbone file as :class:`types.Weights`.
 
   Args:
     path: a file the official code saved (``model_net_epochN``), or a bare
@@ -526,36 +569,23 @@ def read_official(path: str, *, image_size: int | None = None
       classifier, keys of another architecture, missing or extra keys,
       wrong shapes), naming the file and the keys.
   """
-  state, epoch, full = _load(path)
-  kind = _file_kind(state, full)
-  if kind != BACKBONE:
-    raise InputError(
-        f'{full} holds an official {kind} classifier, not a backbone: '
-        f'import it with python -m rotnet_jax.import_torch {full} '
-        '--backbone=BACKBONE_FILE_OR_WORKDIR --workdir=OUT')
-  del epoch  # Read by the command through read_official_file.
-  origin = {'pretrained': full, 'pretrained_format': weights.TORCH,
+  state, _, full = _load(path)  # The epoch: read_kind's.
+  spec = _spec_of(state, full, image_size)
+  origin = {'pretrained': full, 'pretrained_format': types.TORCH,
             'pretrained_step': None}
+  target = models.abstract_variables(spec)
   if _is_alexnet(state):
-    spec = _infer_alexnet_spec(state, full, image_size)
     variables = _fill(
-        models.abstract_variables(spec), state, _alexnet_entries(), full,
+        target, state, _alexnet_entries(), full,
         f"an official AlexNet (width {spec['width']}, "
         f"{spec['num_classes']} classes, {spec['image_size']}-pixel images)",
         feature_shape=_pool5_shape(spec))
-    return weights.Weights(spec, variables, origin,
-                           mean_rgb=IMAGENET_MEAN_RGB,
-                           std_rgb=IMAGENET_STD_RGB)
-  if image_size is not None and image_size != IMAGE_SIZE:
-    raise InputError(f'{full} holds a NIN, whose images are '
-                     f'{IMAGE_SIZE} pixels: image size {image_size} is only '
-                     'for an AlexNet')
-  spec = _infer_backbone_spec(state, full)
-  target = models.abstract_variables(spec)
+    return types.Weights(spec, variables, origin, mean_rgb=IMAGENET_MEAN_RGB,
+                         std_rgb=IMAGENET_STD_RGB)
   variables = _fill(target, state, _backbone_entries(spec['num_blocks']),
                     full, f"an official NIN-{spec['num_blocks']} (width "
                     f"{spec['width']}, {spec['num_classes']} classes)")
-  return weights.Weights(spec, variables, origin)
+  return types.Weights(spec, variables, origin)
 
 
 def _head_block(head_type: str, state, spec, path: str, block: str | None
@@ -596,9 +626,9 @@ def _head_block(head_type: str, state, spec, path: str, block: str | None
   return chosen, shapes[chosen]
 
 
-def read_official_heads(path: str, backbone_spec: dict[str, Any],
-                        block: str | None = None) -> weights.Heads:
-  """An official classifier file as :class:`weights.Heads` on one block.
+def read_heads(path: str, backbone_spec: dict[str, Any],
+               block: str | None = None) -> types.Heads:
+  """An official classifier file as :class:`types.Heads` on one block.
 
   Args:
     path: a ``NonLinearClassifier`` file of the official code (``MultLayer``
@@ -643,7 +673,7 @@ def read_official_heads(path: str, backbone_spec: dict[str, Any],
       f'{"x".join(map(str, feature_shape))} with {num_classes} classes '
       f'(hidden width {models.heads.MULTLAYER_HIDDEN} for MultLayer)',
       feature_shape=feature_shape)
-  return weights.Heads(head_type, (block,), num_classes,
+  return types.Heads(head_type, (block,), num_classes,
                        {'params': {block: variables['params']},
                         'batch_stats': {block: variables['batch_stats']}})
 
@@ -687,7 +717,7 @@ def _tensor(state, key: str, path: str, what: str) -> np.ndarray:
 
 
 def _read_alexnet_heads(state, path: str, head_type: str, spec,
-                        block: str | None) -> weights.Heads:
+                        block: str | None) -> types.Heads:
   """The official ImageNet classifiers of an AlexNet file, as our heads.
 
   A ``MultipleLinearClassifiers`` file's classifiers read conv1..conv5 in
@@ -773,5 +803,5 @@ def _read_alexnet_heads(state, path: str, head_type: str, spec,
                       'classes)', feature_shape=flat_shape)
     params[chosen] = variables['params']
     batch_stats[chosen] = variables['batch_stats']
-  return weights.Heads(head_type, tuple(chosen_blocks), classes,
+  return types.Heads(head_type, tuple(chosen_blocks), classes,
                        {'params': params, 'batch_stats': batch_stats})
