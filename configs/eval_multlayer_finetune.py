@@ -6,7 +6,7 @@
 As configs/eval_multlayer.py, but the pretrained backbone is not frozen: it
 trains together with the head (BatchNorm in training mode, same schedule).
 Paper: Table 3, RotNet + non-linear, fine-tuned (number not yet filled in
-rotnet_jax/paper.py).
+rotnet_jax/experiments/paper.py).
 """
 
 from rotnet_jax import config_schema

@@ -1,4 +1,4 @@
-"""The weighted k-NN vote of ``rotnet_jax.knn`` on hand-made features.
+"""The weighted k-NN vote of ``rotnet_jax.training.knn`` on hand-made features.
 
 The end-to-end k-NN evaluation of a trained RotNet (against a random
 network) is in ``test_inference.py``, which trains one.

@@ -11,7 +11,7 @@ plotted. Prints the files written, one per line; pictures of the same
 names are replaced. Bad input (a path that is neither, an empty
 ``metrics.jsonl``, no finished run, an ``--out`` that cannot be written):
 one ``error:`` line, exit status 2, nothing written. See
-``rotnet_jax.plots`` for what each picture shows.
+``rotnet_jax.experiments.plots`` for what each picture shows.
 """
 
 from absl import app

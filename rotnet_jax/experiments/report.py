@@ -27,7 +27,7 @@ from rotnet_jax.workdir import run_files
 
 
 UNVERIFIED_NOTE = ('\\* not yet checked against the paper\'s PDF '
-                   '(arXiv:1803.07728); see rotnet_jax/paper.py.')
+                   '(arXiv:1803.07728); see rotnet_jax/experiments/paper.py.')
 
 
 def _rows(results: dict, experiment: str) -> list[dict]:
