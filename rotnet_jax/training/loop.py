@@ -1,10 +1,13 @@
 """The epoch loop shared by every run (pretext, supervised, evaluation).
 
-Reads top to bottom: resume from the latest checkpoint (possibly in the
-middle of an epoch), then for every epoch run the compiled train step over
-the source, log, evaluate, save. On SIGTERM (``preemption.py``) the run
-saves the step it is at and stops; re-running the same command resumes
-there and ends with the parameters an uninterrupted run has.
+``fit`` reads top to bottom: resume from the latest checkpoint (possibly
+in the middle of an epoch; ``resume.py``), then for every epoch run the
+compiled train step over the source, log, evaluate, save. On SIGTERM
+(``preemption.py``) the run saves the step it is at and stops; re-running
+the same command resumes there and ends with the parameters an
+uninterrupted run has. Its parts hold no state of the run: what changes
+as it trains (`_RunProgress`) is handed to each of them
+(`_DivergenceGuard`, `_RunLog`, `_Saver`).
 What is trained is decided by the caller (``train.train_and_evaluate``),
 which passes the initial state and the compiled steps
 (``steps.CompiledSteps``): both return, per head, weighted metric sums
@@ -15,25 +18,23 @@ a results file contains.
 
 import collections
 import contextlib
+import dataclasses
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from etils import epath
 
-from rotnet_jax import config_schema
-from rotnet_jax import parallel
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import TrainingDiverged
-from rotnet_jax.errors import first_line
 from rotnet_jax.training import metrics as metrics_lib
 from rotnet_jax.training import optim
 from rotnet_jax.training import preemption
+from rotnet_jax.training import resume
 from rotnet_jax.training.steps import CompiledSteps
 from rotnet_jax.training.steps import TrainState
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
@@ -61,7 +62,7 @@ def evaluate(steps: CompiledSteps, state: TrainState, source
           for head in per_step[0]} if per_step else {}
 
 
-class _Progress:
+class _Pace:
   """Speed between log lines and the time left, evaluation excluded."""
 
   def __init__(self, step: int, total_steps: int):
@@ -119,146 +120,6 @@ def progress_bar(total_steps: int, step: int):
                         dynamic_ncols=True)
 
 
-def _rates(table, steps_per_epoch: int, steps: int) -> np.ndarray:
-  """The learning rate of each of the first `steps` optimiser steps under
-  `table` (as ``optim.epoch_table_schedule`` gives it)."""
-  rates = np.array([float(lr) for _, lr in table])
-  boundaries = [int(round(float(end) * steps_per_epoch))
-                for end, _ in table[:-1]]
-  return rates[np.searchsorted(boundaries, np.arange(steps), side='right')]
-
-
-def _config_changes(saved: dict[str, Any], current: dict[str, Any],
-                    step: int, steps_per_epoch: int) -> list[str]:
-  """The trajectory keys whose change makes the checkpoint one this config
-  would not have written.
-
-  A learning-rate table counts as changed only if it gives another rate
-  to one of the `step` steps already taken: extending a schedule (more
-  epochs, a new entry after them) resumes one consistent run.
-  """
-  changed = config_schema.trajectory_changes(saved, current)
-  if 'learning_rate_table' in changed:
-    try:
-      same_past = np.array_equal(
-          _rates(saved['learning_rate_table'], steps_per_epoch, step),
-          _rates(current['learning_rate_table'], steps_per_epoch, step))
-    except (TypeError, ValueError, IndexError):
-      same_past = False  # Not a table this code wrote: a difference.
-    if same_past:
-      changed.remove('learning_rate_table')
-  return changed
-
-
-def _check_resumable(meta: dict[str, Any], network: dict[str, Any],
-                     config_dict: dict[str, Any], directory: str,
-                     steps_per_epoch: int) -> None:
-  """Refuses a different network, and a changed trajectory unless the
-  config allows it (``allow_config_change``: then it warns).
-
-  Raises:
-    InputError: naming every difference (key, checkpoint value, config
-      value).
-  """
-  saved = meta.get('network', {})
-  if saved != network:
-    keys = sorted(set(saved) | set(network))
-    details = '; '.join(f'{k}: checkpoint {saved.get(k)!r} vs config '
-                        f'{network.get(k)!r}' for k in keys
-                        if saved.get(k) != network.get(k))
-    raise InputError(
-        f'{directory} holds checkpoints of a different network ({details}). '
-        'Use a new --workdir, or the same settings to resume.')
-  if meta.get('epoch', 0) >= config_dict.get('num_epochs', 0):
-    return  # Nothing will be trained: no config change can matter.
-  saved_config = meta.get('config', {})
-  changed = _config_changes(saved_config, config_dict, meta.get('step', 0),
-                            steps_per_epoch)
-  if not changed:
-    return
-  details = '; '.join(f'{key}: checkpoint {saved_config[key]!r}, config '
-                      f'{config_dict.get(key)!r}' for key in changed)
-  if not config_dict.get('allow_config_change'):
-    # A silent change would give a model that no single config describes,
-    # and the config.json of the workdir would claim otherwise.
-    raise InputError(
-        f'{directory} holds checkpoints trained with another config '
-        f'({details}). Rerun with the values of the checkpoint to resume, '
-        'pass --config.allow_config_change=True to go on with the new ones '
-        '(the result is then not one consistent run), or use a new '
-        '--workdir. (A larger num_epochs is always allowed.)')
-  logging.warning('Resuming with a changed config (allow_config_change): '
-                  '%s. The result is not one consistent run.', details)
-
-
-def _newest_readable(workdir: str, network, config_dict, state,
-                     steps_per_epoch: int):
-  """Restores the newest readable checkpoint of `workdir`; reads only.
-
-  Saves that never completed (Orbax's temporary folders) are never
-  candidates: Orbax does not list them.
-
-  Returns:
-    ``(restored, damaged)``: the restored items (None for a new run) and
-    the steps newer than it that cannot be read (a crash or a full disk
-    while they were written, a file deleted by hand), newest first.
-
-  Raises:
-    InputError: the checkpoints are of a different network or, unless
-      allowed, of another config; or there are checkpoints and none of
-      them can be read.
-  """
-  if not epath.Path(checkpoint_lib.checkpoint_dir(workdir)).is_dir():
-    return None, []
-  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  damaged = []
-  try:
-    for step in sorted(checkpoints.all_steps(), reverse=True):
-      try:
-        meta = checkpoints.read_meta(step)
-      except Exception as e:  # pylint: disable=broad-except
-        damaged.append((step, e))
-        continue
-      _check_resumable(meta, network, config_dict, checkpoints.directory,
-                       steps_per_epoch)
-      try:
-        return checkpoints.restore(step, model={
-            'params': state.params, 'batch_stats': state.batch_stats},
-                                   opt_state=state.opt_state), damaged
-      except Exception as e:  # pylint: disable=broad-except
-        damaged.append((step, e))
-  finally:
-    checkpoints.close()
-  if damaged:
-    step, error = damaged[0]
-    raise InputError(
-        f'no checkpoint in {checkpoints.directory} can be read (step {step}: '
-        f'{type(error).__name__}: {first_line(error)}). Move the damaged '
-        'step folders away to train from scratch, or use a new --workdir.')
-  return None, []
-
-
-def _set_aside(workdir: str, damaged, partial, resumed_step: int) -> None:
-  """Moves unreadable checkpoints and unfinished saves to
-  ``damaged_checkpoints/`` (process 0; the others wait), so that new saves
-  can take their steps and nothing is deleted."""
-  if jax.process_index() == 0:
-    for step, error in damaged:
-      moved = checkpoint_lib.set_aside(workdir, step)
-      logging.warning(
-          'Checkpoint step %d cannot be read (%s: %s); moved it to %s and '
-          'resumed from step %d instead.', step, type(error).__name__,
-          first_line(error), moved, resumed_step)
-    for step, name in partial:
-      moved = checkpoint_lib.set_aside_partial(workdir, name)
-      logging.warning(
-          'Checkpoint step %d was being written when the run stopped: '
-          'skipped it (its unfinished folder moved to %s) and resumed from '
-          '%s.', step, moved,
-          f'step {resumed_step}' if resumed_step else 'the start')
-  parallel.barrier('rotnet_set_aside_damaged_checkpoints')
-
-
 def _checkpoint_bytes(state: TrainState) -> int:
   """About what one checkpoint of `state` takes on disk.
 
@@ -298,6 +159,247 @@ def _track_best(record, summary, epoch: int) -> dict[str, Any]:
   return record
 
 
+@dataclasses.dataclass
+class _RunProgress:
+  """What the loop changes as it trains; its parts get it explicitly.
+
+  Attributes:
+    state: the current train state.
+    step: the optimiser steps taken.
+    pending: the per-step metric sums of the steps not yet in a log line.
+    best: per head, the test accuracy records (see `_track_best`).
+    in_flight: the metric sums of the dispatched steps the host has not
+      waited for yet, oldest first.
+  """
+  state: TrainState
+  step: int
+  pending: list[Any]
+  best: dict[str, dict[str, Any]]
+  in_flight: collections.deque = dataclasses.field(
+      default_factory=collections.deque)
+
+  def take_pending(self) -> list[Any]:
+    """The pending sums, which are then no longer pending."""
+    pending, self.pending = self.pending, []
+    return pending
+
+
+def _train_step(steps: CompiledSteps, run: _RunProgress, inputs) -> None:
+  """Dispatches the train step of `run.step` on `inputs`."""
+  run.state, sums = steps.train(run.state, inputs, run.step)
+  if steps.sync_every_step:
+    jax.block_until_ready(sums)
+  run.pending.append(sums)
+  run.in_flight.append(sums)
+  if len(run.in_flight) > _MAX_STEPS_AHEAD:
+    jax.block_until_ready(run.in_flight.popleft())
+  run.step += 1
+
+
+class _DivergenceGuard:
+  """Stops a diverged run before its numbers are logged, tested or saved.
+
+  Holds what its messages name and the compiled check, nothing of the run:
+  each check is given what it checks.
+  """
+
+  def __init__(self, workdir: str, steps_per_epoch: int):
+    self._workdir = workdir
+    self._steps_per_epoch = steps_per_epoch
+    # Of replicated variables: one replicated boolean, the same verdict on
+    # every process.
+    self._all_finite = jax.jit(lambda *trees: jnp.all(jnp.stack([
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
+
+  def check_losses(self, pending, step: int) -> None:
+    """Raises TrainingDiverged at the first non-finite loss of `pending`,
+    the sums of the steps up to `step`."""
+    # Every step since the last check, before its loss is logged or its
+    # parameters saved: a diverged run stops with its last good checkpoint.
+    for index, sums in enumerate(pending):
+      for head, head_sums in sums.items():
+        if not np.isfinite(np.asarray(head_sums['loss_sum'])):
+          bad_step = step - len(pending) + index + 1
+          raise TrainingDiverged(
+              f'the {head} loss is {float(np.asarray(head_sums["loss_sum"]))}'
+              f' at step {bad_step} (epoch '
+              f'{bad_step / self._steps_per_epoch:.2f}): training diverged. '
+              'Nothing after it was saved; the workdir keeps its last good '
+              f'checkpoint ({self._workdir}). Lower the learning rate '
+              '(config.learning_rate_table) or try another seed, then rerun.')
+
+  def check_parameters(self, state: TrainState, step: int,
+                       epoch_text: str) -> None:
+    """Raises TrainingDiverged if `state`, after `step`, holds NaN or
+    infinite parameters or batch statistics."""
+    # The last update is in no loss yet: check its result before it is
+    # tested or saved.
+    if not bool(self._all_finite(state.params, state.batch_stats)):
+      raise TrainingDiverged(
+          f'the parameters hold NaN or infinite values after step '
+          f'{step} (epoch {epoch_text}): training diverged. Nothing of it '
+          f'was saved; the workdir keeps its last good checkpoint '
+          f'({self._workdir}). Lower the learning rate '
+          '(config.learning_rate_table) or try another seed, then rerun.')
+
+  def check(self, run: _RunProgress, epoch_text: str) -> None:
+    """Both checks, on the pending losses and the state of `run`."""
+    self.check_losses(run.pending, run.step)
+    self.check_parameters(run.state, run.step, epoch_text)
+
+
+class _RunLog:
+  """The run's log lines, metric events and progress bar."""
+
+  def __init__(self, config, writer: metrics_lib.MetricWriter, train_source,
+               images_per_step: int, run: _RunProgress):
+    """Logs what is trained and opens the progress bar.
+
+    Args:
+      config: the run config (schedule and epochs).
+      writer: where the metric events go; closed by :meth:`close`.
+      train_source: the train data source.
+      images_per_step: samples a train step consumes (for images/s).
+      run: the run at its start.
+    """
+    self._writer = writer
+    self._num_epochs = config.num_epochs
+    self._steps_per_epoch = train_source.steps_per_epoch
+    self._images_per_step = images_per_step
+    self._total_steps = config.num_epochs * self._steps_per_epoch
+    self._learning_rate = optim.epoch_table_schedule(
+        config.learning_rate_table, self._steps_per_epoch)
+    self._pace = _Pace(run.step, self._total_steps)
+    logging.info('Training %d epochs x %d steps of %d images (%d per step '
+                 'after the task), pipeline=%s, %d examples. Trained '
+                 'parameters:\n%s', config.num_epochs, self._steps_per_epoch,
+                 config.batch_size, images_per_step, config.pipeline,
+                 train_source.num_examples,
+                 metrics_lib.parameter_overview(run.state.params))
+    self._bar = progress_bar(self._total_steps, run.step)
+
+  def step_done(self) -> None:
+    """Advances the progress bar by one step."""
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def train(self, step: int, epoch: int, pending) -> None:
+    """Logs the train summary of `pending`, the sums of the steps up to
+    `step` since the last line, during `epoch` (counted from 0)."""
+    summaries = {head: metrics_lib.summarize([s[head] for s in pending])
+                 for head in pending[0]}
+    speed, eta = self._pace.update(step, self._images_per_step)
+    # The rate of the step just taken (optax counts updates from 0).
+    rate = float(self._learning_rate(step - 1))
+    for head, summary in summaries.items():
+      self._writer.write(step=step, epoch=step / self._steps_per_epoch,
+                         split='train', head=head, loss=summary['loss'],
+                         accuracy=summary['accuracy'], images_per_sec=speed,
+                         learning_rate=rate)
+    line = (f'epoch {epoch + 1}/{self._num_epochs} step {step}/'
+            f'{self._total_steps} | train {_describe(summaries)} | lr '
+            f'{rate:g} | {speed:.0f} img/s | ETA {eta}')
+    if self._bar is None:
+      logging.info(line)
+    else:
+      self._bar.set_postfix_str(f'train {_describe(summaries)} | lr {rate:g}',
+                                refresh=False)
+      logging.debug(line)
+
+  def paused(self):
+    """A context in which time counts as neither training nor ETA."""
+    return self._pace.paused()
+
+  def test(self, step: int, epochs_done: int,
+           summaries: dict[str, dict[str, float]], seconds: float) -> None:
+    """Logs the test `summaries` after `epochs_done`, evaluated in
+    `seconds`."""
+    for head, summary in summaries.items():
+      self._writer.write(step=step, epoch=epochs_done, split='test',
+                         head=head, loss=summary['loss'],
+                         accuracy=summary['accuracy'],
+                         images_per_sec=summary['count'] / seconds)
+    logging.info('epoch %d/%d | test %s (%d test samples)', epochs_done,
+                 self._num_epochs, _describe(summaries),
+                 next(iter(summaries.values()))['count'])
+
+  def close(self) -> None:
+    """Closes the metric writer, then the progress bar."""
+    self._writer.close()
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _test(steps: CompiledSteps, test_source, run: _RunProgress,
+          log: _RunLog, epochs_done: int) -> None:
+  """Evaluates `run.state` after `epochs_done`, logs it and updates
+  `run.best`."""
+  with log.paused():
+    start = time.time()
+    summaries = evaluate(steps, run.state, test_source)
+    seconds = time.time() - start
+  log.test(run.step, epochs_done, summaries, seconds)
+  for head, summary in summaries.items():
+    run.best[head] = _track_best(run.best.get(head), summary, epochs_done)
+
+
+class _Saver:
+  """The run's checkpoints, and the stop after one on SIGTERM."""
+
+  def __init__(self, config, workdir: str, network: dict[str, Any],
+               config_dict: dict[str, Any], steps_per_epoch: int):
+    self._checkpoints = checkpoint_lib.Checkpointer(
+        workdir, max_to_keep=config.keep_checkpoints)
+    self._workdir = workdir
+    self._network = network
+    self._config_dict = config_dict
+    self._every_steps = config.checkpoint_every_steps
+    self._num_epochs = config.num_epochs
+    self._steps_per_epoch = steps_per_epoch
+
+  def due(self, step: int) -> bool:
+    """Whether ``config.checkpoint_every_steps`` asks for a save of `step`."""
+    return bool(self._every_steps) and step % self._every_steps == 0
+
+  def save(self, run: _RunProgress, epochs_done: int,
+           steps_into_next: int) -> None:
+    """Starts the save of `run` at its step: `epochs_done` whole epochs, and
+    `steps_into_next` steps of the next one."""
+    check_disk_space(self._workdir, run.state)
+    # Through JSON now: the save is written in the background, while the
+    # loop goes on changing `best` and `pending`.
+    meta = json.loads(json.dumps({
+        'epoch': epochs_done, 'epoch_step': steps_into_next,
+        'step': run.step, 'network': self._network,
+        'config': self._config_dict, 'best': run.best,
+        'train_sums': _host_sums(run.pending)}))
+    self._checkpoints.save(run.step, model={
+        'params': run.state.params, 'batch_stats': run.state.batch_stats},
+                           opt_state=run.state.opt_state, meta=meta)
+
+  def stop(self, step: int, epochs_done: int, steps_into_next: int,
+           watcher: preemption.Watcher) -> NoReturn:
+    """Waits for the checkpoint of `step` to be on disk; stops the run.
+
+    Raises:
+      preemption.Preempted: always.
+    """
+    self._checkpoints.wait()
+    seconds = watcher.seconds()
+    logging.warning(
+        'SIGTERM: saved step %d (epoch %d/%d, %d of its %d steps done) to '
+        '%s, on disk %.1f s after the signal; stopping. Rerun the same '
+        'command to resume from it.', step,
+        min(epochs_done + 1, self._num_epochs), self._num_epochs,
+        steps_into_next, self._steps_per_epoch,
+        checkpoint_lib.checkpoint_dir(self._workdir), seconds)
+    raise preemption.Preempted(step, epochs_done, seconds)
+
+  def close(self) -> None:
+    """Finishes the save in flight."""
+    self._checkpoints.close()
+
+
 def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
         steps: CompiledSteps, train_source, test_source, images_per_step: int
         ) -> tuple[TrainState, dict[str, dict[str, Any]]]:
@@ -323,213 +425,71 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
   """
   # Everything that can refuse the run reads only; the first write comes
   # after the last check.
-  metrics_lib.check_metrics_file(workdir)
   config_dict = run_files.resolved_config(config)
   steps_per_epoch = train_source.steps_per_epoch
-  restored, damaged = _newest_readable(workdir, network, config_dict, state,
-                                       steps_per_epoch)
-  partial = checkpoint_lib.partial_saves(workdir)
-  # Every process has read the workdir before any of them writes to it:
-  # otherwise one could find the checkpoints folder another just created,
-  # and their Orbax calls (which synchronise) would no longer match.
-  parallel.barrier('rotnet_workdir_read')
-  # `epoch_step`: steps already taken of epoch `start_epoch` (a mid-epoch
-  # checkpoint); `pending`: the per-step metric sums of the steps not yet
-  # in a log line, so that the next line covers the same steps as in an
-  # uninterrupted run.
-  start_epoch, epoch_step, step, best, pending = 0, 0, 0, {}, []
-  if restored is not None:
-    state = TrainState(restored['model']['params'],
-                       restored['model']['batch_stats'],
-                       restored['opt_state'])
-    meta = restored['meta']
-    start_epoch, step, best = meta['epoch'], meta['step'], meta['best']
-    # Checkpoints written before mid-epoch saves existed have neither.
-    epoch_step = meta.get('epoch_step', 0)
-    pending = list(meta.get('train_sums', []))
-    logging.info('Resumed from %s at step %d (epoch %d%s).',
-                 checkpoint_lib.checkpoint_dir(workdir), step, start_epoch,
-                 f', {epoch_step} steps into epoch {start_epoch + 1}'
-                 if epoch_step else '')
-  if start_epoch >= config.num_epochs:
+  start = resume.read(workdir, network=network, config_dict=config_dict,
+                      state=state, steps_per_epoch=steps_per_epoch)
+  if start.epoch >= config.num_epochs:
     # A no-op run writes nothing: the workdir stays as it was.
     logging.info('Nothing to train: %s already holds epoch %d of %d.',
-                 workdir, start_epoch, config.num_epochs)
-    return state, {}
-  check_disk_space(workdir, state)
+                 workdir, start.epoch, config.num_epochs)
+    return start.state, {}
+  check_disk_space(workdir, start.state)
 
   # One run per workdir: from here on this run writes to it.
   with workdir_lock.lock(workdir), preemption.Watcher() as watcher:
-    if damaged or partial:
-      _set_aside(workdir, damaged, partial, step)
-    checkpoints = checkpoint_lib.Checkpointer(
-        workdir, max_to_keep=config.keep_checkpoints)
+    resume.set_aside(workdir, start)
+    saver = _Saver(config, workdir, network, config_dict, steps_per_epoch)
     # Events after the checkpoint we resume from are dropped: they are redone.
-    writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=step,
+    writer = metrics_lib.MetricWriter(workdir, keep_up_to_step=start.step,
                                       run_config=config_dict,
                                       wandb_project=config.wandb_project)
     run_files.write_config(workdir, config, network)
-
-    total_steps = config.num_epochs * steps_per_epoch
-    learning_rate = optim.epoch_table_schedule(config.learning_rate_table,
-                                               steps_per_epoch)
-    progress = _Progress(step, total_steps)
-    logging.info('Training %d epochs x %d steps of %d images (%d per step '
-                 'after the task), pipeline=%s, %d examples. Trained '
-                 'parameters:\n%s', config.num_epochs, steps_per_epoch,
-                 config.batch_size, images_per_step, config.pipeline,
-                 train_source.num_examples,
-                 metrics_lib.parameter_overview(state.params))
-    bar = progress_bar(total_steps, step)
-
-    # Of replicated variables: one replicated boolean, the same verdict on
-    # every process.
-    all_finite = jax.jit(lambda *trees: jnp.all(jnp.stack([
-        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
-
-    def check_finite():
-      # Every step since the last check, before its loss is logged or its
-      # parameters saved: a diverged run stops with its last good checkpoint.
-      for index, sums in enumerate(pending):
-        for head, head_sums in sums.items():
-          if not np.isfinite(np.asarray(head_sums['loss_sum'])):
-            bad_step = step - len(pending) + index + 1
-            raise TrainingDiverged(
-                f'the {head} loss is {float(np.asarray(head_sums["loss_sum"]))}'
-                f' at step {bad_step} (epoch {bad_step / steps_per_epoch:.2f}):'
-                ' training diverged. Nothing after it was saved; the workdir '
-                f'keeps its last good checkpoint ({workdir}). Lower the '
-                'learning rate (config.learning_rate_table) or try another '
-                'seed, then rerun.')
-
-    def check_parameters(epoch_text):
-      # The last update is in no loss yet: check its result before it is
-      # tested or saved.
-      if not bool(all_finite(state.params, state.batch_stats)):
-        raise TrainingDiverged(
-            f'the parameters hold NaN or infinite values after step '
-            f'{step} (epoch {epoch_text}): training diverged. Nothing of it '
-            f'was saved; the workdir keeps its last good checkpoint '
-            f'({workdir}). Lower the learning rate '
-            '(config.learning_rate_table) or try another seed, then rerun.')
-
-    def log_train(epoch):
-      nonlocal pending
-      check_finite()
-      summaries = {head: metrics_lib.summarize([s[head] for s in pending])
-                   for head in pending[0]}
-      speed, eta = progress.update(step, images_per_step)
-      # The rate of the step just taken (optax counts updates from 0).
-      rate = float(learning_rate(step - 1))
-      for head, summary in summaries.items():
-        writer.write(step=step, epoch=step / steps_per_epoch, split='train',
-                     head=head, loss=summary['loss'],
-                     accuracy=summary['accuracy'], images_per_sec=speed,
-                     learning_rate=rate)
-      line = (f'epoch {epoch + 1}/{config.num_epochs} step {step}/'
-              f'{total_steps} | train {_describe(summaries)} | lr {rate:g} | '
-              f'{speed:.0f} img/s | ETA {eta}')
-      if bar is None:
-        logging.info(line)
-      else:
-        bar.set_postfix_str(f'train {_describe(summaries)} | lr {rate:g}',
-                            refresh=False)
-        logging.debug(line)
-      pending = []
-
-    def save(epochs_done: int, steps_into_next: int) -> None:
-      """Starts the save of `step`: `epochs_done` whole epochs, and
-      `steps_into_next` steps of the next one."""
-      check_disk_space(workdir, state)
-      # Through JSON now: the save is written in the background, while the
-      # loop goes on changing `best` and `pending`.
-      meta = json.loads(json.dumps({
-          'epoch': epochs_done, 'epoch_step': steps_into_next, 'step': step,
-          'network': network, 'config': config_dict, 'best': best,
-          'train_sums': _host_sums(pending)}))
-      checkpoints.save(step, model={'params': state.params,
-                                    'batch_stats': state.batch_stats},
-                       opt_state=state.opt_state, meta=meta)
-
-    def stop(epochs_done: int, steps_into_next: int):
-      """Waits for the checkpoint of `step` to be on disk; stops the run."""
-      checkpoints.wait()
-      seconds = watcher.seconds()
-      logging.warning(
-          'SIGTERM: saved step %d (epoch %d/%d, %d of its %d steps done) to '
-          '%s, on disk %.1f s after the signal; stopping. Rerun the same '
-          'command to resume from it.', step,
-          min(epochs_done + 1, config.num_epochs), config.num_epochs,
-          steps_into_next, steps_per_epoch,
-          checkpoint_lib.checkpoint_dir(workdir), seconds)
-      raise preemption.Preempted(step, epochs_done, seconds)
-
-    def every_steps_due() -> bool:
-      every = config.checkpoint_every_steps
-      return bool(every) and step % every == 0
-
-    in_flight = collections.deque()
+    run = _RunProgress(start.state, start.step, list(start.pending),
+                       dict(start.best))
+    log = _RunLog(config, writer, train_source, images_per_step, run)
+    guard = _DivergenceGuard(workdir, steps_per_epoch)
     try:
-      for epoch in range(start_epoch, config.num_epochs):
-        first = epoch_step if epoch == start_epoch else 0
-        epoch_step, preempted = first, False
-        for inputs in train_source.epoch(epoch, start_step=first):
-          state, sums = steps.train(state, inputs, step)
-          if steps.sync_every_step:
-            jax.block_until_ready(sums)
-          pending.append(sums)
-          in_flight.append(sums)
-          if len(in_flight) > _MAX_STEPS_AHEAD:
-            jax.block_until_ready(in_flight.popleft())
-          step += 1
+      for epoch in range(start.epoch, config.num_epochs):
+        epoch_step = start.epoch_step if epoch == start.epoch else 0
+        preempted = False
+        for inputs in train_source.epoch(epoch, start_step=epoch_step):
+          _train_step(steps, run, inputs)
           epoch_step += 1
-          if bar is not None:
-            bar.update(1)
-          if step % config.log_every_steps == 0:
-            log_train(epoch)
+          log.step_done()
+          if run.step % config.log_every_steps == 0:
+            guard.check_losses(run.pending, run.step)
+            log.train(run.step, epoch, run.take_pending())
           # Asked every step, on every process (the sync point needs it).
-          preempted = watcher.reached(step)
+          preempted = watcher.reached(run.step)
           # At the epoch's last step, the epoch's end saves instead (after
           # its test pass, which the resumed run would otherwise skip).
-          if epoch_step < steps_per_epoch and (preempted or every_steps_due()):
-            check_finite()
-            check_parameters(f'{step / steps_per_epoch:.2f}')
-            save(epoch, epoch_step)
+          if epoch_step < steps_per_epoch and (preempted or
+                                               saver.due(run.step)):
+            guard.check(run, f'{run.step / steps_per_epoch:.2f}')
+            saver.save(run, epoch, epoch_step)
             if preempted:
-              stop(epoch, epoch_step)
+              saver.stop(run.step, epoch, epoch_step, watcher)
         done = epoch + 1
         last = done == config.num_epochs
-        check_finite()  # The steps not logged yet, before testing or saving.
-        check_parameters(str(done))
-        if last and pending:
-          log_train(epoch)  # The tail of the last epoch.
+        # The steps not logged yet, before testing or saving.
+        guard.check(run, str(done))
+        if last and run.pending:  # The tail of the last epoch.
+          log.train(run.step, epoch, run.take_pending())
         if done % config.eval_every_epochs == 0 or last:
-          with progress.paused():
-            start = time.time()
-            summaries = evaluate(steps, state, test_source)
-            seconds = time.time() - start
-          for head, summary in summaries.items():
-            writer.write(step=step, epoch=done, split='test', head=head,
-                         loss=summary['loss'], accuracy=summary['accuracy'],
-                         images_per_sec=summary['count'] / seconds)
-            best[head] = _track_best(best.get(head), summary, done)
-          logging.info('epoch %d/%d | test %s (%d test samples)', done,
-                       config.num_epochs, _describe(summaries),
-                       next(iter(summaries.values()))['count'])
+          _test(steps, test_source, run, log, done)
         if (done % config.checkpoint_every_epochs == 0 or last or preempted or
-            every_steps_due()):
-          save(done, 0)
+            saver.due(run.step)):
+          saver.save(run, done, 0)
         if preempted and not last:
-          stop(done, 0)
+          saver.stop(run.step, done, 0, watcher)
     finally:
       # Also on errors: finish the asynchronous save in flight.
       try:
-        checkpoints.close()
+        saver.close()
       finally:
-        writer.close()
-        if bar is not None:
-          bar.close()
-    return state, best
+        log.close()
+    return run.state, run.best
 
 
 def _host_sums(pending) -> list[dict[str, dict[str, float]]]:
