@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.benchmark``: the command of
-``rotnet_jax.commands.benchmark`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.benchmark``, the name the README uses:
+runs ``rotnet_jax.commands.benchmark``."""
 
 from rotnet_jax.commands.benchmark import run
 

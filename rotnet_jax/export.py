@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.export``: the command of
-``rotnet_jax.commands.export`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.export``, the name the README uses:
+runs ``rotnet_jax.commands.export``."""
 
 from rotnet_jax.commands.export import run
 

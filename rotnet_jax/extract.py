@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.extract``: the command of
-``rotnet_jax.commands.extract`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.extract``, the name the README uses:
+runs ``rotnet_jax.commands.extract``."""
 
 from rotnet_jax.commands.extract import run
 

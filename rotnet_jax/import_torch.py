@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.import_torch``: the command of
-``rotnet_jax.commands.import_torch`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.import_torch``, the name the README uses:
+runs ``rotnet_jax.commands.import_torch``."""
 
 from rotnet_jax.commands.import_torch import run
 

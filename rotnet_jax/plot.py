@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.plot``: the command of
-``rotnet_jax.commands.plot`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.plot``, the name the README uses:
+runs ``rotnet_jax.commands.plot``."""
 
 from rotnet_jax.commands.plot import run
 

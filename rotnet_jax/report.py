@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.report``: the command of
-``rotnet_jax.commands.report`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.report``, the name the README uses:
+runs ``rotnet_jax.commands.report``."""
 
 from rotnet_jax.commands.report import run
 

@@ -1,5 +1,5 @@
-"""``python -m rotnet_jax.reproduce``: the command of
-``rotnet_jax.commands.reproduce`` (this name is kept for the README's commands)."""
+"""``python -m rotnet_jax.reproduce``, the name the README uses:
+runs ``rotnet_jax.commands.reproduce``."""
 
 from rotnet_jax.commands.reproduce import run
 

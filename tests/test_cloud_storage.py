@@ -246,8 +246,8 @@ def test_urls_stay_urls():
 
 def _events(local_or_url):
   return [{k: v for k, v in e.items() if k != 'images_per_sec'}
-          for e in map(json.loads, filesystem.resolve(
-              run_files.path(local_or_url, run_files.METRICS_FILE)).read_text().split(
+          for e in map(json.loads, filesystem.resolve(run_files.path(
+              local_or_url, run_files.METRICS_FILE)).read_text().split(
                   '\n')[:-1])]
 
 
@@ -410,7 +410,7 @@ def test_a_lock_lives_by_its_heartbeat(gcs, monkeypatch):
     workdir_lock.check_not_locked(workdir)
   write(dict(other, heartbeat=time.time() - workdir_lock.LOCK_LEASE_S - 1))
   workdir_lock.check_not_locked(workdir)  # The lease ran out: stale.
-  monkeypatch.setattr(run_files, 'LOCK_HEARTBEAT_S', 0.05)
+  monkeypatch.setattr(workdir_lock, 'LOCK_HEARTBEAT_S', 0.05)
   with workdir_lock.lock(workdir):
     first = json.loads(open(gcs(lock_file)).read())
     assert first['host'] == socket.gethostname()

@@ -88,8 +88,8 @@ def main(argv):
       overrides[key] = value
   if FLAGS.half_precision:
     overrides['half_precision'] = True
-  scale = reproduce.QUICK_SCALE if FLAGS.quick and FLAGS.epochs_scale == 1.0 else (
-      FLAGS.epochs_scale)
+  scale = (reproduce.QUICK_SCALE if FLAGS.quick and FLAGS.epochs_scale == 1.0
+           else FLAGS.epochs_scale)
   ks = [int(k) for k in FLAGS.ks]
   if FLAGS.quick and overrides['dataset'] == reproduce.QUICK_DATASET:
     ks = [k for k in ks if k <= 100]  # Digits have ~150 images per class.

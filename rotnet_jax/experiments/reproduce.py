@@ -62,8 +62,9 @@ from rotnet_jax.workdir import run_files
 DEFAULT_KS = (20, 100, 400, 1000, 5000)
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs')
+# configs/ of the checkout: rotnet_jax/experiments/ -> the repository root.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs')
 QUICK_SCALE = 0.03
 # Small batches: more steps for the same CPU time.
 QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,

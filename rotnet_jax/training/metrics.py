@@ -137,7 +137,7 @@ class MetricWriter:
     self._wandb = None
     if not self._active:
       return
-    filesystem.resolve(run_files.path(workdir, '')).mkdir(parents=True, exist_ok=True)
+    filesystem.resolve(workdir).mkdir(parents=True, exist_ok=True)
     path = run_files.path(workdir, run_files.METRICS_FILE)
     if keep_up_to_step is not None and filesystem.resolve(path).exists():
       kept = [e for e in read_jsonl(workdir) if e['step'] <= keep_up_to_step]
@@ -261,7 +261,8 @@ def _wandb_run_id(workdir: str) -> str:
 def check_metrics_file(workdir: str) -> None:
   """Raises InputError if ``metrics.jsonl`` exists and is damaged beyond a
   torn last line (read only: run before anything is written)."""
-  if filesystem.resolve(run_files.path(workdir, run_files.METRICS_FILE)).exists():
+  if filesystem.resolve(run_files.path(workdir,
+                                      run_files.METRICS_FILE)).exists():
     read_jsonl(workdir)
 
 
