@@ -5,7 +5,10 @@ are set here before any test imports JAX. Tests that need one device build a
 mesh of ``jax.devices()[:1]``.
 """
 
+import functools
 import os
+import shutil
+import tempfile
 
 NUM_FAKE_DEVICES = 8
 MULTI_DEVICE_XLA_FLAGS = (
@@ -28,18 +31,50 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rotnet_jax import parallel  # pylint: disable=wrong-import-position
 
 
-@pytest.fixture(scope='session', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Shares compiled programs between the test runs of one session.
+# Compiled programs shared by the whole session and the processes it starts
+# (main.py runs, workers, notebook kernels): the tests train the same tiny
+# networks over and over, and on CPU XLA compilation is most of a tiny run's
+# time. The values are those of jax's own option names; subprocesses read
+# the same options from the environment.
+_CACHE_OPTIONS = {
+    'jax_persistent_cache_min_compile_time_secs': 0,
+    # -1: every entry, however small, and no filesystem-based override.
+    'jax_persistent_cache_min_entry_size_bytes': -1,
+}
 
-  Every ``train_and_evaluate`` call builds fresh jitted closures; with the
-  persistent cache, the second run of the same model shape skips XLA
-  compilation, which is most of a tiny run's time on CPU.
+
+def pytest_configure(config):
+  """Points JAX's persistent compilation cache at a folder of this session.
+
+  Set before collection (programs compiled while test modules are imported
+  are cached too) and in the environment, for the processes tests start.
   """
-  jax.config.update('jax_compilation_cache_dir',
-                    str(tmp_path_factory.mktemp('jax_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  cache_dir = tempfile.mkdtemp(prefix='rotnet_jax_cache_')
+  config.add_cleanup(functools.partial(shutil.rmtree, cache_dir,
+                                       ignore_errors=True))
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache_dir
+  for name, value in _CACHE_OPTIONS.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
+
+
+@pytest.fixture(scope='session')
+def tiny_pretext_run(tmp_path_factory):
+  """The workdir of a one-epoch tiny RotNet-3 (``tiny_config(batch_size=100)``:
+  5 steps, one checkpoint at step 5), trained once per session on one device.
+
+  For tests that only read it (as pretrained weights); a test that writes
+  to a run copies it into its own ``tmp_path`` first.
+  """
+  # pylint: disable=g-import-not-at-top
+  from helpers import tiny_config
+  from rotnet_jax.training import train
+  # pylint: enable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('tiny_pretext'))
+  train.train_and_evaluate(tiny_config(batch_size=100), workdir,
+                           mesh=parallel.make_mesh(jax.devices()[:1]))
+  return workdir
 
 
 @pytest.fixture

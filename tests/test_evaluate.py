@@ -12,7 +12,6 @@ from flax import nnx
 
 from helpers import tiny_config
 from rotnet_jax import models
-from rotnet_jax import parallel
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.models import heads
@@ -80,13 +79,10 @@ def test_adaptive_max_pool_matches_pytorch_windows():
                                     x[:, r0:r1, c0:c1].max(axis=(1, 2)))
 
 
-@pytest.fixture(scope='module')
-def pretext_run(tmp_path_factory):
-  """A one-epoch tiny RotNet-3 and its workdir."""
-  workdir = str(tmp_path_factory.mktemp('pretext'))
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  train.train_and_evaluate(tiny_config(batch_size=100), workdir, mesh=mesh)
-  return workdir
+@pytest.fixture
+def pretext_run(tiny_pretext_run):
+  """A one-epoch tiny RotNet-3 and its workdir (shared: read only)."""
+  return tiny_pretext_run
 
 
 def _eval_config(pretrained, **overrides):

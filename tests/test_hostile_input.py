@@ -10,6 +10,10 @@ The config cases are generated from the schema (``config_schema.RULES``):
 every key gets a value of the wrong type and every refused value its rule
 lists, so a new key is covered as soon as it has a rule (and
 ``test_every_key_has_a_rule`` fails until it has one).
+
+Each case starts a process (several seconds): the default run takes one
+case per command and the cheapest of the workdir cases; the whole matrix
+is the slow tier (``python -m pytest -q -m slow``).
 """
 
 import concurrent.futures
@@ -127,9 +131,35 @@ def _config_cases():
 _CONFIG_CASES = _config_cases()
 
 
+def _one_fast_case(values, name, fast_name):
+  """`values` as a case named `name`: in the fast tier if it is
+  `fast_name`, in the slow tier otherwise (each case is a process start of
+  several seconds; one per command is run by default)."""
+  marks = () if name == fast_name else (pytest.mark.slow,)
+  return pytest.param(*values, id=name, marks=marks)
+
+
+def _one_fast(cases, ids, fast_name):
+  return [_one_fast_case(case, name, fast_name)
+          for case, name in zip(cases, ids)]
+# The one case of the fast tier; the others are in the slow one.
+_FAST_CONFIG_CASE = ('batch_size', 'refused', '0')
+_CONFIG_TEST = 'test_a_bad_config_value_is_one_line_and_changes_nothing'
+
+
+def _config_case_param(case):
+  key, kind, value = case
+  return _one_fast_case((case,), f'{key}-{kind}-{value}',
+                        '-'.join(_FAST_CONFIG_CASE))
+
+
 @pytest.fixture(scope='module')
-def config_case_results(trained):
+def config_case_results(trained, request):
   workdir, _ = trained
+  # The cases this session runs (one in the fast tier), all at once.
+  selected = {item.callspec.params['case'] for item in request.session.items
+              if getattr(item, 'originalname', None) == _CONFIG_TEST}
+  cases = [case for case in _CONFIG_CASES if case in selected]
 
   def run(case):
     key, _, value = case
@@ -140,12 +170,11 @@ def config_case_results(trained):
     return _run(_command('main.py', *args))
 
   with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
-    return dict(zip(_CONFIG_CASES, pool.map(run, _CONFIG_CASES)))
+    return dict(zip(cases, pool.map(run, cases)))
 
 
-@pytest.mark.parametrize('case', _CONFIG_CASES,
-                         ids=[f'{k}-{kind}-{v}' for k, kind, v in
-                              _CONFIG_CASES])
+@pytest.mark.parametrize('case',
+                         [_config_case_param(c) for c in _CONFIG_CASES])
 def test_a_bad_config_value_is_one_line_and_changes_nothing(
     case, config_case_results, trained):
   workdir, before = trained
@@ -170,6 +199,7 @@ def test_a_noop_rerun_writes_nothing(trained):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_shorter_rerun_of_a_finished_run_writes_nothing(tmp_path):
   workdir = str(tmp_path / 'run')
   two = {'num_epochs': 2, 'learning_rate_table': ((1, 0.1), (2, 0.02))}
@@ -182,6 +212,7 @@ def test_a_shorter_rerun_of_a_finished_run_writes_nothing(tmp_path):
   assert _snapshot(workdir) == before  # results.json still says complete.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('make_bad,names', [
     (lambda w: _replace_with_file(w, 'checkpoints'), ('checkpoints',
                                                       'is a file')),
@@ -215,6 +246,7 @@ def _replace_with_folder(workdir, name):
   os.makedirs(os.path.join(workdir, name))
 
 
+@pytest.mark.slow
 def test_a_torn_last_metrics_line_is_skipped_on_resume(trained, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained[0], workdir)
@@ -234,6 +266,7 @@ def test_a_torn_last_metrics_line_is_skipped_on_resume(trained, tmp_path):
   assert [e['epoch'] for e in resumed if e['split'] == 'test'] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_damaged_metrics_line_before_the_last_stops_the_run(trained,
                                                               tmp_path):
   workdir = str(tmp_path / 'run')
@@ -251,6 +284,7 @@ def test_a_damaged_metrics_line_before_the_last_stops_the_run(trained,
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_damaged_metrics_and_checkpoint_together_change_nothing(tmp_path):
   workdir = _two_checkpoints(tmp_path)
   _break_checkpoint(workdir, 8)
@@ -266,6 +300,7 @@ def test_damaged_metrics_and_checkpoint_together_change_nothing(tmp_path):
   assert _snapshot(workdir) == before  # The damaged step was not moved.
 
 
+@pytest.mark.slow
 def test_a_damaged_pretrained_checkpoint_is_one_line(tmp_path):
   workdir = _two_checkpoints(tmp_path)
   _break_checkpoint(workdir, 8)
@@ -277,6 +312,7 @@ def test_a_damaged_pretrained_checkpoint_is_one_line(tmp_path):
   assert not (tmp_path / 'eval').exists()
 
 
+@pytest.mark.slow
 def test_a_workdir_under_the_home_folder(tmp_path):
   env_home = tmp_path / 'home'
   env_home.mkdir()
@@ -291,6 +327,7 @@ def test_a_workdir_under_the_home_folder(tmp_path):
   assert not os.path.exists(os.path.join(REPO_ROOT, '~'))
 
 
+@pytest.mark.slow
 def test_an_unwritable_default_cache_is_named(tmp_path):
   data = tmp_path / 'data'
   write_image_folder(str(data), per_class=4)
@@ -325,6 +362,7 @@ def _break_checkpoint(workdir, step):
         os.remove(os.path.join(root, name))
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
   workdir = _two_checkpoints(tmp_path)
   _break_checkpoint(workdir, 8)
@@ -342,6 +380,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
     assert json.load(f)['complete']
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_one_line_and_moves_nothing(tmp_path):
   workdir = _two_checkpoints(tmp_path)
   _break_checkpoint(workdir, 8)
@@ -368,7 +407,7 @@ def _fill(args, tmp_path, **extra):
 
 
 def _case(name, argv, *names):
-  return pytest.param(argv, names, id=name)
+  return _one_fast_case((argv, names), name, 'unknown-key')
 
 
 @pytest.mark.parametrize('argv,names', [
@@ -433,6 +472,7 @@ def test_main_command_line(argv, names, tmp_path):
   assert not (tmp_path / 'run').exists()  # Nothing was created.
 
 
+@pytest.mark.slow
 def test_the_label_map_is_saved_with_the_run(tmp_path):
   data = tmp_path / 'data'
   write_image_folder(str(data), per_class=8)
@@ -454,6 +494,7 @@ def test_the_label_map_is_saved_with_the_run(tmp_path):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_symlink_loop_in_a_dataset_is_named(tmp_path):
   data = tmp_path / 'data'
   write_image_folder(str(data), per_class=4)
@@ -469,6 +510,7 @@ def test_a_symlink_loop_in_a_dataset_is_named(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_an_evaluation_run_passed_as_pretrained_is_named(trained, tmp_path):
   evaluation = str(tmp_path / 'eval')
   args = _main_args(evaluation, mode='evaluate', pretrained=trained[0],
@@ -481,6 +523,7 @@ def test_an_evaluation_run_passed_as_pretrained_is_named(trained, tmp_path):
                          'holds an evaluation run', trained[0])
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_before_training(tmp_path):
   mount = tmp_path / 'small_disk'
   mount.mkdir()
@@ -512,7 +555,7 @@ def test_a_full_disk_is_one_line_before_training(tmp_path):
 # reproduce, report, benchmark.
 
 
-@pytest.mark.parametrize('args,names', [
+@pytest.mark.parametrize('args,names', _one_fast([
     (['smoke', '--root=ROOT', '--seeds=a,b'], ('--seeds',)),
     (['smoke', '--root=A_FILE'], ('--root', 'is a file')),
     (['smoke', '--root=ROOT', '--epochs_scale=0'], ('--epochs_scale',)),
@@ -523,8 +566,8 @@ def test_a_full_disk_is_one_line_before_training(tmp_path):
     (['table9', '--root=ROOT'], ('table9',)),
     (['--root=ROOT'], ('give one table',)),
     (['smoke'], ('--root',)),
-], ids=['seeds', 'root-file', 'scale-0', 'scale-negative', 'ks', 'width',
-        'pipeline', 'table', 'no-table', 'no-root'])
+], ['seeds', 'root-file', 'scale-0', 'scale-negative', 'ks', 'width',
+    'pipeline', 'table', 'no-table', 'no-root'], 'seeds'))
 def test_reproduce_command_line(args, names, tmp_path):
   args = _fill(args, tmp_path, ROOT=tmp_path / 'root')
   result = _run(_command('rotnet_jax.reproduce', *args))
@@ -557,16 +600,16 @@ def test_report_names_unreadable_results_and_reports_the_rest(tmp_path):
   assert str(incomplete / 'results.json') in result.stderr
 
 
-@pytest.mark.parametrize('args,names', [
+@pytest.mark.parametrize('args,names', _one_fast([
     ([], ('give one folder',)),
     (['/no/such/folder'], ('/no/such/folder', 'is not a folder')),
     (['a', 'b'], ('give one folder',)),
-])
+], ['none', 'missing', 'two'], 'missing'))
 def test_report_command_line(args, names):
   _assert_one_error_line(_run(_command('rotnet_jax.report', *args)), *names)
 
 
-@pytest.mark.parametrize('args,names', [
+@pytest.mark.parametrize('args,names', _one_fast([
     (['--sources=bogus'], ('--sources',)),
     (['--steps=0'], ('--steps',)),
     (['--warmup=-1'], ('--warmup',)),
@@ -576,8 +619,8 @@ def test_report_command_line(args, names):
     (['extra'], ('unexpected arguments',)),
     (['--output=A_FILE/bench.json'], ('--output', 'is a file')),
     (['--output=A_FOLDER'], ('--output', 'is a folder')),
-], ids=['sources', 'steps', 'warmup', 'examples', 'examples-vs-batch',
-        'config', 'extra', 'output', 'output-folder'])
+], ['sources', 'steps', 'warmup', 'examples', 'examples-vs-batch', 'config',
+    'extra', 'output', 'output-folder'], 'examples-vs-batch'))
 def test_benchmark_command_line(args, names, tmp_path):
   args = _fill(args, tmp_path)
   result = _run(_command('rotnet_jax.benchmark', '--config=configs/cifar.py',
@@ -585,6 +628,7 @@ def test_benchmark_command_line(args, names, tmp_path):
   _assert_one_error_line(result, *names)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_naming_the_step_and_keeps_its_checkpoint(
     tmp_path):
   """A NaN loss: one error line naming the head and the step, exit 3, and
@@ -614,6 +658,7 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_its_checkpoint(
 # One run per workdir.
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
   workdir = tmp_path / 'run'
   env = dict(os.environ, XLA_FLAGS='')
@@ -646,6 +691,7 @@ def _dead_pid():
   return process.pid
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_and_another_hosts_is_not(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()

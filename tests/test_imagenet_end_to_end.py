@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO_ROOT
 from imagenet_folder import write_imagenet_folder
 from rotnet_jax.commands import report as report_command
@@ -56,6 +58,8 @@ def _check_run(workdir, heads):
   return results
 
 
+# Minutes of AlexNet training: the slow tier.
+@pytest.mark.slow
 def test_imagenet_and_places_tables_on_an_image_folder(tmp_path, capsys,
                                                        monkeypatch):
   data = write_imagenet_folder(str(tmp_path / 'imagenet'))

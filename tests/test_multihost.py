@@ -16,6 +16,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import max_relative_difference
 from helpers import REPO_ROOT, tiny_config
@@ -102,6 +103,8 @@ def test_two_processes_train_what_two_devices_in_one_process_train(
     np.testing.assert_array_equal(a, b)
 
 
+# The slow tier: the test above is the default run's multi-process one.
+@pytest.mark.slow
 def test_two_processes_reading_their_own_batches_train_what_one_device_trains(
     tmp_path, enable_x64):
   # The tf.data pipeline: each process reads only its half of every batch.

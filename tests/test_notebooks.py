@@ -4,7 +4,9 @@ Each notebook is executed headless with nbclient, as a runner would
 (kernel ``python3``, the quick switch ``ROTNET_NOTEBOOK_QUICK=1``, its runs
 under a temp folder), within a time budget, and a few of the things it
 computes are checked in its outputs. Without nbclient, nbformat or
-ipykernel these tests skip.
+ipykernel these tests skip. The executions take minutes: they are in the
+slow tier (``python -m pytest -q -m slow``); the default run checks the
+notebooks' sources only.
 """
 
 import os
@@ -146,6 +148,7 @@ def _accuracy(text, pattern):
   return value
 
 
+@pytest.mark.slow
 def test_quickstart_runs(tmp_path):
   notebook, _ = _execute('quickstart.ipynb', tmp_path)
   text, _, images = _outputs(notebook)
@@ -158,6 +161,7 @@ def test_quickstart_runs(tmp_path):
   assert (tmp_path / 'runs/quick/quickstart/probe_random/results.json').exists()
 
 
+@pytest.mark.slow
 def test_cifar10_runs(tmp_path):
   notebook, _ = _execute('cifar10.ipynb', tmp_path)
   text, shown, images = _outputs(notebook)
@@ -167,6 +171,7 @@ def test_cifar10_runs(tmp_path):
   assert 'n/a (digits)' in shown  # Not compared: not the protocol's data.
 
 
+@pytest.mark.slow
 def test_what_it_learned_runs(tmp_path):
   notebook, _ = _execute('what_it_learned.ipynb', tmp_path)
   text, _, images = _outputs(notebook)

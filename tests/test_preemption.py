@@ -40,14 +40,8 @@ _RUN = {'num_epochs': 2, 'batch_size': 16, 'log_every_steps': 4,
 
 def _env(**extra):
   """The worker's environment: the test session's (its XLA flags, so the
-  same device setup) and its compilation cache."""
-  env = dict(os.environ, PYTHONUNBUFFERED='1', **extra)
-  cache = jax.config.jax_compilation_cache_dir
-  if cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  return env
+  same device setup, and its compilation cache: see conftest.py)."""
+  return dict(os.environ, PYTHONUNBUFFERED='1', **extra)
 
 
 def _start(workdir, overrides=None, **env):
@@ -151,6 +145,9 @@ def test_sigterm_saves_the_step_in_flight_and_the_rerun_ends_identically(
   _assert_same_run(workdir, reference)
 
 
+# Four worker runs killed at chosen points: the slow tier (the SIGTERM
+# resume above is the default run's kill-point test).
+@pytest.mark.slow
 def test_sigkill_anywhere_loses_only_the_work_since_the_last_checkpoint(
     tmp_path, reference):
   workdir = tmp_path / 'run'

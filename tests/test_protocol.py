@@ -104,13 +104,10 @@ def test_paper_schedule_config():
 # Evaluation reads the backbone's shape from the weights.
 
 
-@pytest.fixture(scope='module')
-def pretext_run(tmp_path_factory):
-  """A one-epoch tiny RotNet-3 (width 1/32)."""
-  workdir = str(tmp_path_factory.mktemp('pretext'))
-  train.train_and_evaluate(tiny_config(batch_size=100), workdir,
-                           mesh=parallel.make_mesh(jax.devices()[:1]))
-  return workdir
+@pytest.fixture
+def pretext_run(tiny_pretext_run):
+  """A one-epoch tiny RotNet-3 (width 1/32; shared: read only)."""
+  return tiny_pretext_run
 
 
 def _evaluation(pretrained, **overrides):

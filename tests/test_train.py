@@ -186,6 +186,9 @@ def _variables(state):
   return jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
+# Two float64 runs: the slow tier (one 8-device step against one device's,
+# and the resume across device counts below, are in the default run).
+@pytest.mark.slow
 def test_eight_devices_train_the_model_one_device_trains(
     tmp_path, one_device_mesh, eight_device_mesh, enable_x64):
   # 10 steps in float64: the runs differ only by summation order, about
