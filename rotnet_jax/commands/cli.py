@@ -1,11 +1,17 @@
 """What the command-line entry points share: flag parsing, quiet logs,
-clean failures."""
+clean failures, Ctrl-C as one line."""
 
+import contextlib
+import gc
 import logging as python_logging
 import os
 import re
+import signal
 import sys
+import threading
+from typing import NoReturn
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -80,7 +86,8 @@ def fail(error, status: int = 2) -> None:
 
 def run_or_fail(function, *args, **kwargs):
   """``function(*args, **kwargs)``, with bad input and a diverged run
-  ended through :func:`fail` (status 2 and :data:`DIVERGED_STATUS`)."""
+  ended through :func:`fail` (status 2 and :data:`DIVERGED_STATUS`), and
+  Ctrl-C through :func:`interrupted`."""
   try:
     return function(*args, **kwargs)
   except InputError as e:
@@ -88,6 +95,90 @@ def run_or_fail(function, *args, **kwargs):
   except TrainingDiverged as e:
     # Jobs finished before it are kept; rerunning resumes after them.
     fail(e, status=DIVERGED_STATUS)
+  except KeyboardInterrupt:
+    interrupted()
+
+
+# Exit status of a command stopped by Ctrl-C (SIGINT): 128 + 2, what a
+# shell reports for a process that SIGINT ended. A training run stopped by
+# Ctrl-C saves its step first and exits with the same status
+# (training/preemption.py).
+INTERRUPTED_STATUS = 128 + signal.SIGINT
+_INTERRUPTED_LINE = 'interrupted'
+
+
+def interrupted() -> NoReturn:
+  """Ends the command after Ctrl-C: one line, :data:`INTERRUPTED_STATUS`.
+
+  Nothing is left half-written under its final name: the commands write
+  their files under a temporary name and rename them when complete, and
+  Orbax does the same with a checkpoint (an unfinished one is set aside
+  when the run resumes).
+  """
+  print(_INTERRUPTED_LINE, file=sys.stderr)
+  sys.exit(INTERRUPTED_STATUS)
+
+
+def _in_gc_callback(frame) -> bool:
+  """Whether `frame` runs inside a garbage-collection callback."""
+  callbacks = {getattr(c, '__code__', None) for c in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks:
+      return True
+    frame = frame.f_back
+  return False
+
+
+def _on_sigint(signum, frame) -> None:
+  """Ctrl-C outside a training loop (which installs its own handler).
+
+  Raises KeyboardInterrupt, which :func:`one_line_interrupts` turns into
+  one line. Python runs this handler at the main thread's next bytecode,
+  which may be inside a garbage-collection callback (JAX registers one):
+  an exception raised there is printed and dropped, and the command would
+  go on. There the command ends at once instead, with the same line.
+  """
+  del signum
+  if not _in_gc_callback(frame):
+    raise KeyboardInterrupt
+  os.write(2, (_INTERRUPTED_LINE + '\n').encode())
+  os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def one_line_interrupts():
+  """Ctrl-C inside ends the program with one line, no traceback.
+
+  KeyboardInterrupt goes through :func:`interrupted`. In the main thread,
+  SIGINT is handled by :func:`_on_sigint` while the body runs; a training
+  loop replaces it with its own handler (save the step, then stop) and
+  puts it back afterwards.
+  """
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
+  try:
+    try:
+      yield
+    except KeyboardInterrupt:
+      interrupted()
+  except SystemExit as e:
+    if main_thread and e.code == INTERRUPTED_STATUS:
+      # Exiting on Ctrl-C (here, or after a training loop saved its step):
+      # a further Ctrl-C while the program exits (exit handlers, threads
+      # joined) ends it silently rather than with a traceback.
+      previous = signal.SIG_DFL
+    raise
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGINT, previous)
+
+
+def run(main) -> None:
+  """Runs a command's `main` the way every command does: ``absl.app.run``
+  with :func:`parse_flags`, Ctrl-C as one line (:func:`one_line_interrupts`).
+  """
+  with one_line_interrupts():
+    app.run(main, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -47,10 +47,9 @@ def main(argv):
 
 def run() -> None:
   """The console-script entry point (``rotnet-export``)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   from rotnet_jax.commands import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ official PyTorch file as a workdir.
 What is written: ``rotnet_jax.training.import_official``.
 """
 
-from absl import app
 from absl import flags
 
 from rotnet_jax.commands import cli
@@ -58,7 +57,7 @@ def main(argv):
 def run() -> None:
   """The console-script entry point (``rotnet-import-torch``)."""
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ one ``error:`` line, exit status 2, nothing written. See
 ``rotnet_jax.experiments.plots`` for what each picture shows.
 """
 
-from absl import app
 from absl import flags
 
 from rotnet_jax.commands import cli
@@ -55,7 +54,7 @@ def main(argv) -> None:
 def run() -> None:
   """The ``rotnet-plot`` console script: flags, then :func:`main`."""
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ one-line message and exit status 2, before any training step.
 """
 
 import jax
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -56,7 +55,7 @@ def main(argv):
 def run() -> None:
   """The console-script entry point (``rotnet-train``)."""
   _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

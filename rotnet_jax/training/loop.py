@@ -2,11 +2,11 @@
 
 ``fit`` reads top to bottom: resume from the latest checkpoint (possibly
 in the middle of an epoch; ``resume.py``), then for every epoch run the
-compiled train step over the source, log, evaluate, save. On SIGTERM
-(``preemption.py``) the run saves the step it is at and stops; re-running
-the same command resumes there and ends with the parameters an
-uninterrupted run has. Its parts hold no state of the run: what changes
-as it trains (`_RunProgress`) is handed to each of them
+compiled train step over the source, log, evaluate, save. On SIGTERM or
+Ctrl-C (SIGINT; ``preemption.py``) the run saves the step it is at and
+stops; re-running the same command resumes there and ends with the
+parameters an uninterrupted run has. Its parts hold no state of the run:
+what changes as it trains (`_RunProgress`) is handed to each of them
 (`_DivergenceGuard`, `_RunLog`, `_Saver`).
 What is trained is decided by the caller (``train.train_and_evaluate``),
 which passes the initial state and the compiled steps
@@ -45,8 +45,9 @@ from rotnet_jax.workdir import run_files
 
 # Train steps the host may dispatch ahead of the devices. JAX dispatches
 # asynchronously: unbounded, the loop can run a whole epoch ahead, and a
-# SIGTERM would then wait for all of it before the save. Two queued steps
-# keep an accelerator busy (dispatching one takes milliseconds).
+# SIGTERM or Ctrl-C would then wait for all of it before the save. Two
+# queued steps keep an accelerator busy (dispatching one takes
+# milliseconds).
 _MAX_STEPS_AHEAD = 2
 
 
@@ -344,7 +345,7 @@ def _test(steps: CompiledSteps, test_source, run: _RunProgress,
 
 
 class _Saver:
-  """The run's checkpoints, and the stop after one on SIGTERM."""
+  """The run's checkpoints, and the stop after one on SIGTERM or SIGINT."""
 
   def __init__(self, config, workdir: str, network: dict[str, Any],
                config_dict: dict[str, Any], steps_per_epoch: int):
@@ -385,15 +386,16 @@ class _Saver:
       preemption.Preempted: always.
     """
     self._checkpoints.wait()
+    watcher.saved()
     seconds = watcher.seconds()
     logging.warning(
-        'SIGTERM: saved step %d (epoch %d/%d, %d of its %d steps done) to '
-        '%s, on disk %.1f s after the signal; stopping. Rerun the same '
-        'command to resume from it.', step,
+        '%s: saved step %d (epoch %d/%d, %d of its %d steps done) to %s, on '
+        'disk %.1f s after the signal; stopping. Rerun the same command to '
+        'resume from it.', watcher.signal_name(), step,
         min(epochs_done + 1, self._num_epochs), self._num_epochs,
         steps_into_next, self._steps_per_epoch,
         checkpoint_lib.checkpoint_dir(self._workdir), seconds)
-    raise preemption.Preempted(step, epochs_done, seconds)
+    raise preemption.Preempted(step, epochs_done, seconds, watcher.signum)
 
   def close(self) -> None:
     """Finishes the save in flight."""
