@@ -13,13 +13,13 @@ What is timed: ``rotnet_jax.training.benchmark``.
 import json
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from rotnet_jax.commands import cli
 from rotnet_jax.data import PIPELINES
 from rotnet_jax.errors import InputError
+from rotnet_jax.models import layers
 from rotnet_jax.training import benchmark
 from rotnet_jax.workdir import filesystem
 
@@ -40,6 +40,10 @@ def _define_flags() -> None:
       'sources',
       lambda names: bool(names) and all(n in PIPELINES for n in names),
       f'--sources must list one or more of {PIPELINES}')
+  flags.DEFINE_enum('conv1x1', 'both', ('both',) + layers.CONV1X1_FORMS,
+                    'How the network\'s 1x1 convolutions are computed in '
+                    'the timed steps: lax.conv, a matmul over channels, or '
+                    'both side by side.')
   flags.DEFINE_string('output', None, 'Also write the results as JSON here.')
   flags.DEFINE_bool('input', False,
                     'Time the host input pipeline of config.dataset (an '
@@ -70,9 +74,11 @@ def main(argv):
                                    examples=FLAGS.input_examples,
                                    rounds=FLAGS.input_rounds)
     else:
+      forms = (layers.CONV1X1_FORMS if FLAGS.conv1x1 == 'both' else
+               (FLAGS.conv1x1,))
       report = benchmark.run_benchmark(FLAGS.config, steps=FLAGS.steps,
                              warmup=FLAGS.warmup, examples=FLAGS.examples,
-                             sources=FLAGS.sources)
+                             sources=FLAGS.sources, conv1x1_forms=forms)
   except InputError as e:
     cli.fail(e)
   if FLAGS.input:
@@ -88,9 +94,16 @@ def main(argv):
         f"{report['batch_size']} ({report['rotated_batch_size']} rotated), "
         f"{report['precision']}, model {report['model']}")
   for result in report['results']:
-    print(f"  {result['source']:>7}: {result['images_per_sec']:>10,.0f} "
-          f"rotated img/s  {result['ms_per_step']:8.2f} ms/step  "
-          f"compile {result['compile_s']:.1f} s")
+    for form, timing in result['conv1x1_forms'].items():
+      print(f"  {result['source']:>7} 1x1 {form:>6}: "
+            f"{timing['images_per_sec']:>10,.0f} rotated img/s  "
+            f"{timing['ms_per_step']:8.2f} ms/step  "
+            f"compile {timing['compile_s']:.1f} s")
+    if 'matmul_to_conv' in result:
+      print(f"  {result['source']:>7} 1x1 matmul / conv: "
+            f"{result['matmul_to_conv']:.2f}x")
+  print(f"  runs on {report['backend']} compute 1x1 convolutions as "
+        f"{report['conv1x1_default']}")
   _write(report)
 
 
@@ -105,7 +118,7 @@ def run() -> None:
   """The console-script entry point (``rotnet-benchmark``)."""
   _define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rotnet_jax.errors import ConfigError
+from rotnet_jax.models import layers
 from rotnet_jax.models.backbone import Backbone
 from rotnet_jax.models.backbone import KernelInitFactory
 from rotnet_jax.models.layers import BATCH_NORM_EPSILON
@@ -136,12 +137,11 @@ class ConvBNReLU(nnx.Module):
                *, stride: int = 1, padding: int = 0, dtype=None,
                kernel_init=torch_default_kernel_init, rngs: nnx.Rngs):
     fan_in = in_channels * kernel_size * kernel_size
-    self.conv = nnx.Conv(
-        in_channels, out_channels, (kernel_size, kernel_size),
-        strides=(stride, stride), padding=((padding, padding),) * 2,
-        use_bias=True, kernel_init=kernel_init,
-        bias_init=torch_default_bias_init(fan_in), dtype=dtype,
-        param_dtype=jnp.float32, rngs=rngs)
+    self.conv = layers.conv(
+        in_channels, out_channels, kernel_size, stride=stride,
+        padding=((padding, padding),) * 2, use_bias=True,
+        kernel_init=kernel_init, bias_init=torch_default_bias_init(fan_in),
+        dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.norm = _batch_norm(out_channels, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

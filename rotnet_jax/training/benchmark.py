@@ -13,6 +13,13 @@ steps with the device synchronised:
   a global array on the devices is rotated and trained on (host decoding
   and transfer are not timed; TensorFlow is not needed).
 
+Each is timed with the network's 1x1 convolutions in each form of
+``--conv1x1`` (default both, side by side): ``conv`` (``lax.conv``) and
+``matmul`` (a product over channels, same parameters); the report says
+which form runs use on this backend (``models.layers.conv1x1_form``) and
+the matmul / conv ratio. The forms differ only where the network has 1x1
+convolutions (the NIN and its ``conv_block`` heads, not AlexNet).
+
 Synthetic images are used: the step's cost does not depend on pixel values.
 
 ``--input`` times the host input pipeline alone instead (no model):
@@ -45,6 +52,7 @@ from rotnet_jax.data import PIPELINES
 from rotnet_jax.data import arrays
 from rotnet_jax.data.source import HostBatches
 from rotnet_jax.errors import InputError
+from rotnet_jax.models import layers
 from rotnet_jax.training import objectives
 from rotnet_jax.training import optim
 from rotnet_jax.training import steps as steps_lib
@@ -75,11 +83,15 @@ def _time_steps(compiled_steps, state, inputs_list, warmup, steps):
 
 def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
                   examples: int = 10_000, sources=PIPELINES,
+                  conv1x1_forms=layers.CONV1X1_FORMS,
                   num_classes: int = 10, mesh=None) -> dict:
   """Benchmarks the train step for each of `sources`; returns a JSON dict.
 
   The objective is the config's (the RotNet pretext task for
-  ``configs/cifar.py``) with ``num_classes`` dataset classes.
+  ``configs/cifar.py``) with ``num_classes`` dataset classes, built once
+  per form of ``conv1x1_forms`` (some of ``layers.CONV1X1_FORMS``); each
+  source is timed with each form in turn, and has one entry in
+  ``results`` (see :func:`_source_result`).
   """
   config = validation.check_config(config)
   unknown = [name for name in sources if name not in PIPELINES]
@@ -87,6 +99,10 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
     raise InputError(f'benchmark sources must be some of {PIPELINES} (got '
                      f'{list(sources)}), steps >= 1 (got {steps}) and '
                      f'warmup >= 0 (got {warmup})')
+  if not conv1x1_forms or any(form not in layers.CONV1X1_FORMS
+                              for form in conv1x1_forms):
+    raise InputError(f'benchmark 1x1 convolution forms must be some of '
+                     f'{layers.CONV1X1_FORMS} (got {list(conv1x1_forms)})')
   if examples < config.batch_size:
     raise InputError(f'--examples={examples} must be at least '
                      f'config.batch_size={config.batch_size} (one batch)')
@@ -94,7 +110,12 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
   parallel.check_batch_size(config.batch_size, mesh)
   size = config.image_size
   rng = np.random.default_rng(0)
-  objective = objectives.from_config(config, num_classes, mesh)
+  by_form = {}
+  for form in conv1x1_forms:
+    # The form is fixed in the network's structure when it is built.
+    with layers.conv1x1(form):
+      by_form[form] = objectives.from_config(config, num_classes, mesh)
+  objective = by_form[conv1x1_forms[0]]
   # Any epoch length: only the step's cost matters here.
   tx = optim.from_config(config, steps_per_epoch=100)
   devices = jax.devices()
@@ -105,10 +126,10 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       'rotated_batch_size': config.batch_size * objective.inputs_per_image,
       'precision': 'bfloat16' if config.half_precision else 'float32',
       'model': objective.network['backbone'], 'timed_steps': steps,
-      'warmup_steps': warmup,
+      'warmup_steps': warmup, 'conv1x1_forms': list(conv1x1_forms),
+      'conv1x1_default': layers.conv1x1_form(),
       'results': []}
   for name in sources:
-    state = steps_lib.init_state(objective, tx, config.seed, mesh)
     if name == 'device':
       data = arrays.SplitArrays(
           rng.integers(0, 256, (examples, size, size, 3), dtype=np.uint8),
@@ -127,16 +148,38 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
           lambda x: np.split(x, jax.process_count())[jax.process_index()],
           batch)
       inputs_list = [parallel.host_to_global(mesh, local)]
-    compiled_steps = steps_lib.compile_steps(config, objective, tx, mesh,
-                                             source, source)
-    seconds, compile_seconds = _time_steps(compiled_steps, state,
-                                           inputs_list, warmup, steps)
-    report['results'].append({
-        'source': name, 'compile_s': round(compile_seconds, 3),
-        'ms_per_step': round(1000 * seconds / steps, 3),
-        'images_per_sec': round(
-            steps * report['rotated_batch_size'] / seconds, 1)})
+    timings = {}
+    for form, objective in by_form.items():
+      state = steps_lib.init_state(objective, tx, config.seed, mesh)
+      compiled_steps = steps_lib.compile_steps(config, objective, tx, mesh,
+                                               source, source)
+      seconds, compile_seconds = _time_steps(compiled_steps, state,
+                                             inputs_list, warmup, steps)
+      timings[form] = {
+          'compile_s': round(compile_seconds, 3),
+          'ms_per_step': round(1000 * seconds / steps, 3),
+          'images_per_sec': round(
+              steps * report['rotated_batch_size'] / seconds, 1)}
+    report['results'].append(_source_result(name, timings,
+                                            report['conv1x1_default']))
   return report
+
+
+def _source_result(source: str, timings: dict, default_form: str) -> dict:
+  """One source's entry of the report: its figures for each form.
+
+  The top-level figures are those of the form runs here use, if timed
+  (else of the first one timed), so that one row per source reads as
+  before; ``matmul_to_conv`` compares the two forms' images per second.
+  """
+  form = default_form if default_form in timings else next(iter(timings))
+  result = {'source': source, 'conv1x1': form, **timings[form],
+            'conv1x1_forms': timings}
+  if set(timings) == {'conv', 'matmul'}:
+    result['matmul_to_conv'] = round(
+        timings['matmul']['images_per_sec'] /
+        timings['conv']['images_per_sec'], 3)
+  return result
 
 
 def _cores() -> int:
@@ -221,15 +264,17 @@ def run_input_benchmark(config, *, examples: int = 2048, rounds: int = 3,
 
   def bare(round_index):
     del round_index
-    for _ in _bare_loop(split.paths, config.image_size, config.batch_size,
-                        timed):
-      pass
+    iterator = iter(_bare_loop(split.paths, config.image_size,
+                               config.batch_size, timed))
+    for _ in range(source.steps_per_epoch):
+      next(iterator)
+    return iterator  # Its teardown: after the round's clock stops.
 
-  # A round is timed from building its pipeline to tearing it down: on a
-  # loaded machine the teardown of a finished tf.data iterator waited 0.25
-  # to 1.3 s (alike for both loops; CPU time hardly counts it), which makes
-  # the images per second of short rounds noisy. The project's epoch tears
-  # its iterator down before its last batches, so both are timed alike.
+  # A round is timed from building its pipeline to its last batch. The
+  # teardown of a finished tf.data iterator waited 0.25 to 1.3 s on a
+  # loaded machine (CPU time hardly counts it): the project's epoch leaves
+  # it to a thread after its last batch, and the bare loop's iterator is
+  # released after the clock stops, so neither round counts it.
   loops = {'project': project, 'bare': bare}
   seconds = {name: [] for name in loops}
   cpu_seconds = {name: [] for name in loops}
@@ -238,9 +283,10 @@ def run_input_benchmark(config, *, examples: int = 2048, rounds: int = 3,
   for round_index in range(1, rounds + 1):
     for name, loop in loops.items():
       start, cpu_start = time.perf_counter(), _cpu_seconds()
-      loop(round_index)
+      unreleased = loop(round_index)
       seconds[name].append(time.perf_counter() - start)
       cpu_seconds[name].append(_cpu_seconds() - cpu_start)
+      del unreleased
   cores = _cores()
   results = {}
   for name in loops:
