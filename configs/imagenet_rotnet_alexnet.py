@@ -21,10 +21,12 @@ crop of the image resized to 256 for testing; ImageNet's mean and std
 ``imagenet_nonlinear_conv4.py`` and ``imagenet_nonlinear_conv5.py``.
 
 Variant ``paper`` (``--config=configs/imagenet_rotnet_alexnet.py:paper``):
-the shorter schedule the paper's text gives for ImageNet, 30 epochs at
-0.01 / 0.001 / 0.0001 with steps after epochs 10 and 20. UNVERIFIED: that
-schedule is quoted from memory, not yet checked against the paper's PDF;
-the official config above is what the released model was trained with.
+the shorter schedule the paper's text is recalled to give for ImageNet,
+30 epochs at 0.01 / 0.001 / 0.0001 with steps after epochs 10 and 20.
+UNCONFIRMED: no source the project could read confirms that schedule
+(FeatureLearningRotNet issue #10 has a user, not the authors, say the
+paper's numbers come from a 30-epoch model); the official config above is
+what the released model was trained with.
 """
 
 from rotnet_jax import config_schema

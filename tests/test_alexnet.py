@@ -198,6 +198,10 @@ def test_conv_block_head_is_a_conv5_like_layer():
   assert head.output.kernel.shape == (256, 1000)
 
 
+# Compiling the AlexNet's initialisation alone takes half a minute on CPU:
+# the slow tier (the default run traces the network above and runs an
+# imported one against PyTorch, test_alexnet_parity.py).
+@pytest.mark.slow
 def test_small_alexnet_forward_heads_and_train_steps():
   """1/16 width, 64-pixel images: every layer runs, jitted, and learns."""
   spec = _spec(width=1 / 16, image_size=64, num_classes=4)
@@ -300,7 +304,9 @@ def test_imagenet_configs_are_the_official_recipes_and_validate(name):
           config.nesterov) == (192, 5e-4, 0.9, True)
   np.testing.assert_allclose(config.mean_rgb, (123.675, 116.28, 103.53))
   np.testing.assert_allclose(config.std_rgb, (58.395, 57.12, 57.375))
-  assert (config.pipeline, config.augmentation) == ('tfdata', 'imagenet')
+  # The classifiers train on the official Scale(256), RandomCrop(224).
+  assert (config.pipeline, config.augmentation) == ('tfdata', (
+      'imagenet' if config.mode == 'pretext' else 'resize_crop'))
   assert config.test_split == 'validation'
   if config.mode == 'evaluate':
     # What the weights would say (validation.fill_shape_from_pretrained).

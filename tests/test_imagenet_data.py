@@ -1,8 +1,11 @@
-"""ImageNet-style input (``augmentation='imagenet'``, ``pipeline='tfdata'``).
+"""ImageNet-style input (``augmentation='imagenet'`` and ``'resize_crop'``,
+``pipeline='tfdata'``).
 
 A generated folder of varied-size JPEGs (grayscale, CMYK and a PNG named
 ``.JPEG`` among them) through the training and evaluation pipelines; the
-crop and resize geometry against references on synthetic images; bad
+crop and resize geometry against references on synthetic images (the
+random-sized crop, and the classifiers' random crop of the resized image);
+bad
 input (a manual download folder without ImageNet's archives, an empty or
 undecodable file) named in one message.
 """
@@ -243,15 +246,143 @@ def test_training_crop_shows_its_window_resized_and_flipped(fmt):
   assert flips == {True, False}
 
 
-def test_device_pipeline_refuses_imagenet_augmentation():
-  config = tiny_config(augmentation='imagenet', pipeline='device')
-  with pytest.raises(ConfigError, match=r"augmentation='imagenet' needs "
-                     r"config.pipeline='tfdata'"):
+def _noise(height, width, seed=0):
+  """Random pixels: every window of an image of them is unlike the others."""
+  return np.random.default_rng(seed).integers(0, 256, (height, width, 3),
+                                              np.uint8)
+
+
+def _window_of(out, resized):
+  """The ``(top, left, flipped)`` windows of `resized` equal to `out`."""
+  windows = np.lib.stride_tricks.sliding_window_view(
+      resized, out.shape)[:, :, 0]
+  found = []
+  for flipped, image in ((False, out), (True, out[:, ::-1])):
+    hits = np.argwhere((windows == image).all(axis=(2, 3, 4)))
+    found += [(int(y), int(x), flipped) for y, x in hits]
+  return found
+
+
+@pytest.mark.parametrize('height,width,size,resize', [
+    (100, 150, SIZE, 73), (170, 90, SIZE, 73),
+    (300, 400, 224, 256),  # The official Scale(256), RandomCrop(224).
+])
+def test_resize_crop_is_a_window_of_the_shorter_side_resize(height, width,
+                                                            size, resize):
+  # augmentation='resize_crop' (Scale(R), RandomCrop(S), flip): every
+  # training image is exactly an S x S window of the image resized to a
+  # shorter side of R, flipped or not.
+  image = _noise(height, width)
+  data = tf.constant(_encode(image))
+  resized = imagenet_preprocess.resize_shorter(tf.constant(image),
+                                               resize).numpy()
+  short, long = sorted((height, width))
+  new_long = resize * long // short  # torchvision's int(R * long / short).
+  assert resized.shape == ((resize, new_long, 3) if height <= width
+                           else (new_long, resize, 3))
+  # The resize is PIL's bilinear Scale (as the evaluation test measures).
+  pil = np.asarray(Image.fromarray(image).resize(
+      resized.shape[1::-1], Image.BILINEAR)).astype(int)
+  assert np.abs(resized.astype(int) - pil).mean() < 1
+  spare = np.subtract(resized.shape[:2], size)
+  offsets, flips = set(), set()
+  for i in range(16):
+    seed = tf.constant([5, i], tf.int64)
+    out = imagenet_preprocess.train_bytes(data, seed, size, 'resize_crop',
+                                          resize).numpy()
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    y, x = imagenet_preprocess.resize_crop_offsets(*resized.shape[:2], seed,
+                                                   size).numpy()
+    assert 0 <= y <= spare[0] and 0 <= x <= spare[1]
+    window = resized[y:y + size, x:x + size]
+    flipped = not np.array_equal(out, window)
+    np.testing.assert_array_equal(out, window[:, ::-1] if flipped else window)
+    if size == SIZE:  # Small enough to search: no other window matches.
+      assert _window_of(out, resized) == [(y, x, flipped)]
+    offsets.add((y, x))
+    flips.add(flipped)
+    # The decoded image gives the same crop.
+    np.testing.assert_array_equal(out, imagenet_preprocess.train_image(
+        tf.constant(image), seed, size, 'resize_crop', resize).numpy())
+  assert flips == {True, False}
+  assert len(offsets) > 8  # Placed anew per seed.
+  # Not the random-sized crop, whose output is no window of the resize.
+  random_sized = imagenet_preprocess.train_bytes(
+      data, tf.constant([5, 0], tf.int64), size).numpy()
+  assert not any(np.array_equal(random_sized, resized[y:y + size, x:x + size])
+                 for y, x in offsets)
+  if size == SIZE:
+    assert not _window_of(random_sized, resized)
+
+
+def test_resize_crop_windows_cover_every_offset_uniformly():
+  # torchvision's RandomCrop draws randint(0, side - S), both ends included.
+  seeds = tf.stack([tf.fill([2000], tf.constant(3, tf.int64)),
+                    tf.range(2000, dtype=tf.int64)], axis=1)
+  offsets = tf.function(lambda s: tf.map_fn(
+      lambda seed: imagenet_preprocess.resize_crop_offsets(73, 100, seed,
+                                                           SIZE),
+      s, fn_output_signature=tf.int32))(seeds).numpy()
+  for axis, spare in enumerate((73 - SIZE, 100 - SIZE)):
+    counts = np.bincount(offsets[:, axis], minlength=spare + 1)
+    assert len(counts) == spare + 1 and (counts > 0).all()
+    expected = 2000 / (spare + 1)
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
+  # A shorter side already at the resize size: the crop of the image
+  # itself (Places205's 256x256 images at full size).
+  image = _coordinates(73, 100)
+  out = imagenet_preprocess.train_bytes(
+      tf.constant(_encode(image)), seeds[7], SIZE, 'resize_crop', 73).numpy()
+  y, x = offsets[7]
+  window = image[y:y + SIZE, x:x + SIZE]
+  assert (np.array_equal(out, window) or
+          np.array_equal(out, window[:, ::-1]))
+  with pytest.raises(ValueError, match='needs resize_size'):
+    imagenet_preprocess.train_bytes(tf.constant(_encode(image)), seeds[0],
+                                    SIZE, 'resize_crop')
+
+
+def test_resize_crop_through_the_source(tmp_path, one_device_mesh):
+  # Every training file is the same noise image: each training image the
+  # tf.data source gives must be a window of its resize (the random-sized
+  # crop's would not be); evaluation is the 'imagenet' evaluation.
+  image = _noise(90, 120)
+  for split, count in (('train', 8), ('val', 2)):
+    for label in ('a', 'b'):
+      os.makedirs(tmp_path / split / label)
+      for i in range(count // 2):
+        Image.fromarray(image).save(tmp_path / split / label / f'{i}.png')
+  resized = imagenet_preprocess.resize_shorter(tf.constant(image),
+                                               73).numpy()
+
+  def batches(augmentation, split, train):
+    config = _config(str(tmp_path), augmentation=augmentation)
+    return source_batches(data_lib.make_source(config, split, one_device_mesh,
+                                               train=train))
+
+  (batch,) = batches('resize_crop', 'train', True)
+  assert batch['image'].shape == (8, SIZE, SIZE, 3)
+  found = [_window_of(out, resized) for out in batch['image']]
+  assert all(len(f) == 1 for f in found)
+  assert len({f[0] for f in found}) > 1
+  (random_sized,) = batches('imagenet', 'train', True)
+  assert not any(_window_of(out, resized) for out in random_sized['image'])
+  for a, b in zip(batches('resize_crop', 'val', False),
+                  batches('imagenet', 'val', False)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
+@pytest.mark.parametrize('augmentation', ['imagenet', 'resize_crop'])
+def test_device_pipeline_refuses_any_size_augmentations(augmentation):
+  config = tiny_config(augmentation=augmentation, pipeline='device')
+  with pytest.raises(ConfigError, match=f"augmentation='{augmentation}' "
+                     r"needs config.pipeline='tfdata'"):
     validation.check_config(config)
-  config = tiny_config(augmentation='imagenet', pipeline='tfdata',
+  config = tiny_config(augmentation=augmentation, pipeline='tfdata',
                        image_size=64, eval_resize_size=60)
   with pytest.raises(ConfigError, match=r'eval_resize_size=60: .* smaller'):
     validation.check_config(config)
+  assert datasets.any_size(config)
   assert datasets.eval_resize_size(tiny_config(image_size=224)) == 256
 
 

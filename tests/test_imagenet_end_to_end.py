@@ -1,11 +1,11 @@
 """The ImageNet and Places tables end to end on a small ImageNet-style folder.
 
-``python -m rotnet_jax.reproduce table4 --quick --dataset=FOLDER`` (run
+``python -m rotnet_jax.reproduce imagenet --quick --dataset=FOLDER`` (run
 in-process, with the overrides the command builds) trains the RotNet
-AlexNet pretext task, checkpoints it, and trains the linear probes on
-conv1..conv5 and the non-linear heads on conv4 and conv5 on its frozen
-features; ``table5`` through the real command line then adds the Places
-probes on the same pretext run. The folder has what ILSVRC 2012 has:
+AlexNet pretext task, checkpoints it, and trains the non-linear heads on
+conv4 and conv5 (Table 4) and the linear probes on conv1..conv5 (Table 5)
+on its frozen features; ``table6`` through the real command line then
+adds the Places probes on the same pretext run. The folder has what ILSVRC 2012 has:
 JPEGs of varied sizes, grayscale and CMYK ones, a PNG named ``.JPEG``.
 """
 
@@ -26,10 +26,10 @@ from rotnet_jax.experiments import reproduce
 from rotnet_jax.training import metrics as metrics_lib
 
 BLOCKS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
-TABLE4 = {'seed0/pretext/imagenet_alexnet': ('rotation',),
-          'seed0/table4/linear': BLOCKS,
-          'seed0/table4/nonlinear_conv4': ('conv4',),
-          'seed0/table4/nonlinear_conv5': ('conv5',)}
+IMAGENET = {'seed0/pretext/imagenet_alexnet': ('rotation',),
+            'seed0/table4/nonlinear_conv4': ('conv4',),
+            'seed0/table4/nonlinear_conv5': ('conv5',),
+            'seed0/table5/linear': BLOCKS}
 
 
 def _results(workdir):
@@ -64,11 +64,12 @@ def test_imagenet_and_places_tables_on_an_image_folder(tmp_path, capsys,
                                                        monkeypatch):
   data = write_imagenet_folder(str(tmp_path / 'imagenet'))
   root = str(tmp_path / 'runs')
-  overrides = reproduce.quick_overrides('table4', data.root)
-  workdirs = reproduce.reproduce('table4', root, scale=reproduce.QUICK_SCALE,
+  overrides = reproduce.quick_overrides('imagenet', data.root)
+  workdirs = reproduce.reproduce('imagenet', root,
+                                 scale=reproduce.QUICK_SCALE,
                                  overrides=overrides)
-  assert [os.path.relpath(w, root) for w in workdirs] == list(TABLE4)
-  for workdir, heads in zip(workdirs, TABLE4.values()):
+  assert [os.path.relpath(w, root) for w in workdirs] == list(IMAGENET)
+  for workdir, heads in zip(workdirs, IMAGENET.values()):
     results = _check_run(workdir, heads)
     # The folder's own test split (it has val/, not validation/), whole.
     assert results['heads'][0]['test_samples'] == (
@@ -82,16 +83,16 @@ def test_imagenet_and_places_tables_on_an_image_folder(tmp_path, capsys,
     # 64 pixels and 1/16 width, read back from the pretext run's weights.
     assert config['image_size'] == 64 and config['model']['width'] == 1 / 16
 
-  # Table 5 through the command line: the pretext run is shared (skipped),
+  # Table 6 through the command line: the pretext run is shared (skipped),
   # the Places probes read the same folder (--quick without
   # --places_dataset).
   before = _mtimes(root)
   command = subprocess.run(
-      [sys.executable, '-m', 'rotnet_jax.reproduce', 'table5',
+      [sys.executable, '-m', 'rotnet_jax.reproduce', 'table6',
        f'--root={root}', '--quick', f'--dataset={data.root}'],
       cwd=REPO_ROOT, check=False, capture_output=True, text=True)
   assert command.returncode == 0, command.stderr[-3000:]
-  places = os.path.join(root, 'seed0', 'table5', 'places_linear')
+  places = os.path.join(root, 'seed0', 'table6', 'places_linear')
   _check_run(places, BLOCKS)
   after = _mtimes(root)
   assert {p: t for p, t in after.items() if p in before} == before
@@ -104,30 +105,31 @@ def test_imagenet_and_places_tables_on_an_image_folder(tmp_path, capsys,
     raise AssertionError(f'{workdir} ran again')
 
   monkeypatch.setattr(reproduce.train, 'train_and_evaluate', no_training)
-  reproduce.reproduce('table4', root, scale=reproduce.QUICK_SCALE,
+  reproduce.reproduce('imagenet', root, scale=reproduce.QUICK_SCALE,
                       overrides=overrides)
-  reproduce.reproduce('table5', root, scale=reproduce.QUICK_SCALE,
+  reproduce.reproduce('table6', root, scale=reproduce.QUICK_SCALE,
                       overrides=overrides, places_dataset=data.root)
   assert _mtimes(root) == after
 
   capsys.readouterr()
   assert report_command.main(['report', root]) == 0
   table = capsys.readouterr().out
-  names = {'table4/rotnet_alexnet/linear': BLOCKS,
-           'table4/rotnet_alexnet/nonlinear': ('conv4', 'conv5'),
-           'table5/rotnet_alexnet/places_linear': BLOCKS}
+  names = {'table4/rotnet_alexnet/nonlinear': ('conv4', 'conv5'),
+           'table5/rotnet_alexnet/linear': BLOCKS,
+           'table6/rotnet_alexnet/places_linear': BLOCKS}
   for experiment, blocks in names.items():
     for block in blocks:
       number = paper.paper_accuracy(experiment, block)
-      cell = '—' if number is None else f'{number:.2f}*'
-      # Paper number (unverified) next to ours; a 1/16-width, 4-epoch run
-      # is not compared with it.
+      star = '' if paper.confirmed(experiment, block) else '*'
+      cell = '—' if number is None else f'{number:.2f}{star}'
+      # Paper number (starred if no source confirms it) next to ours; a
+      # 1/16-width, 4-epoch run is not compared with it.
       line = f'| {paper.describe(experiment)} | {block} | {cell} | '
       row = next((l for l in table.splitlines() if l.startswith(line)),
                  None)
       assert row is not None, (line, table)
       assert ('n/a (not the protocol)' if number is not None
               else '| — |') in row, row
-  assert '| 18.80* |' in table and '| 43.80* |' in table
-  assert '| 21.50* |' in table
-  assert table.rstrip().endswith(report.UNVERIFIED_NOTE)
+  assert '| 18.80 |' in table and '| 43.80 |' in table
+  assert '| 21.50* |' in table  # Places: no source confirms it.
+  assert table.rstrip().endswith(report.UNCONFIRMED_NOTE)

@@ -10,7 +10,6 @@ The tables and their jobs: ``rotnet_jax.experiments.reproduce``.
 """
 
 import math
-from absl import app
 from absl import flags
 
 from rotnet_jax.commands import cli
@@ -39,10 +38,10 @@ def _define_flags() -> None:
                      'Multiplies every epoch count (schedules included).')
   flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
   flags.DEFINE_string('dataset', None,
-                      'Override config.dataset (table5: of its pretext run '
+                      'Override config.dataset (table6: of its pretext run '
                       'only; see --places_dataset).')
   flags.DEFINE_string('places_dataset', None,
-                      'table5: the Places probes\' dataset (default '
+                      'table6: the Places probes\' dataset (default '
                       'places365_small; a Places205 image folder for the '
                       'paper\'s); with --quick, --dataset\'s.')
   flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
@@ -77,8 +76,11 @@ def main(argv):
   elif FLAGS.dataset:
     overrides['dataset'] = FLAGS.dataset
   places_dataset = FLAGS.places_dataset
-  if places_dataset and not any(j.places for j in reproduce.table_jobs(table)):
-    cli.fail(f'--places_dataset: {table} has no Places jobs (table5 has)')
+  # In a root of the old numbering table5 is still Places (see
+  # rotnet_jax.experiments.reproduce).
+  if places_dataset and not any(
+      j.places for j in reproduce.table_jobs(table, root=FLAGS.root)):
+    cli.fail(f'--places_dataset: {table} has no Places jobs (table6 has)')
   if FLAGS.quick and not places_dataset and table in reproduce.ALEXNET_TABLES:
     places_dataset = FLAGS.dataset
   for key, value in (('data_dir', FLAGS.data_dir),
@@ -104,7 +106,7 @@ def run() -> None:
   """The console-script entry point (``rotnet-reproduce``)."""
   _define_flags()
   flags.mark_flags_as_required(['root'])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,10 @@ from rotnet_jax.data import image_check
 from rotnet_jax.errors import InputError
 
 KINDS = ('digits', 'folder', 'tfds')
+# The augmentations (config.augmentation) of images of any size, read by
+# the tf.data pipeline: every image is cropped and resized to image_size
+# (data/imagenet_preprocess.py, whose TRAIN_AUGMENTATIONS are the same).
+ANY_SIZE_AUGMENTATIONS = ('imagenet', 'resize_crop')
 # Class-folder names listed in full in an error message; longer lists are
 # cut (ImageNet has 1,000).
 _MAX_NAMES_SHOWN = 10
@@ -54,8 +58,9 @@ class Split:
     dataset: ``config.dataset``.
     name: the split's name.
     kind: one of :data:`KINDS`.
-    image_size: side of every image (checked), or with ``augmentation``
-      ``imagenet`` of every augmented image (the files have any size).
+    image_size: side of every image (checked), or with an ``augmentation``
+      of :data:`ANY_SIZE_AUGMENTATIONS` of every augmented image (the
+      files have any size).
     num_classes: classes of the dataset's labels.
     class_names: names of the classes (labels index into them): the class
       folders of an image folder, the digits of digits; empty for TFDS.
@@ -71,8 +76,9 @@ class Split:
     builder: the prepared TFDS builder of a TFDS split opened for tf.data.
     augmentation: ``config.augmentation`` (how tf.data decodes and
       augments).
-    eval_resize_size: ``augmentation='imagenet'``: the evaluation resize
-      of the shorter side, resolved (see :func:`eval_resize_size`).
+    eval_resize_size: images of any size: the evaluation resize of the
+      shorter side (and ``resize_crop``'s training resize), resolved (see
+      :func:`eval_resize_size`).
   """
   dataset: str
   name: str
@@ -94,16 +100,25 @@ class Split:
     """Examples used: the training subset's, or the whole split's."""
     return self.num_total if self.keep is None else len(self.keep)
 
+  @property
+  def any_size(self) -> bool:
+    """Whether its images have any size (cropped and resized by tf.data
+    as :data:`ANY_SIZE_AUGMENTATIONS` say)."""
+    return self.augmentation in ANY_SIZE_AUGMENTATIONS
+
 
 def any_size(config) -> bool:
-  """Whether images of any size are accepted (``augmentation='imagenet'``:
-  every image is cropped and resized to ``image_size``)."""
-  return config.get('augmentation', 'cifar') == 'imagenet'
+  """Whether images of any size are accepted (an ``augmentation`` of
+  :data:`ANY_SIZE_AUGMENTATIONS`: every image is cropped and resized to
+  ``image_size``)."""
+  return config.get('augmentation', 'cifar') in ANY_SIZE_AUGMENTATIONS
 
 
 def eval_resize_size(config) -> int:
   """``config.eval_resize_size``, resolved: 0 means ``round(S * 8 / 7)``,
-  256 for 224 (the official ``Scale(256)``, ``CenterCrop(224)``)."""
+  256 for 224 (the official ``Scale(256)``, ``CenterCrop(224)``; with
+  ``augmentation='resize_crop'`` also the training resize before the
+  random crop)."""
   return (config.get('eval_resize_size', 0) or
           round(config.image_size * 8 / 7))
 
@@ -184,7 +199,7 @@ def open_split(config, split: str, *, train: bool, decoded: bool) -> Split:
             'tfds': _open_tfds}[kind]
   opened = opener(config, split, decoded=decoded)
   if any_size(config):
-    opened = dataclasses.replace(opened, augmentation='imagenet',
+    opened = dataclasses.replace(opened, augmentation=config.augmentation,
                                  eval_resize_size=eval_resize_size(config))
   if not (train and (config.num_train_examples or config.examples_per_class)):
     return opened

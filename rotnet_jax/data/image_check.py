@@ -8,8 +8,9 @@ so every message has one form, naming the file or dataset, the actual size
 
   image file /d/train/cat/7.png is 36x40, expected 32x32 (config.image_size=32)
 
-With ``augmentation='imagenet'`` (``any_size``) every size is accepted:
-each image is cropped and resized to ``config.image_size``.
+With an augmentation of images of any size (``augmentation='imagenet'``
+or ``'resize_crop'``: ``any_size``) every size is accepted: each image is
+cropped and resized to ``config.image_size``.
 """
 
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ def check(what: str, image_size: int, *, height: int | None,
     channels: colour channels (a decoded file is converted to RGB: 3).
     file_format: PIL's format name of a file; None for decoded images.
     any_size: accept any height and width (``augmentation='imagenet'``
-      crops and resizes every image to `image_size`).
+      and ``'resize_crop'`` crop and resize every image to `image_size`).
 
   Raises:
     InputError: a file format other than JPEG or PNG, another size, or not

@@ -1,12 +1,14 @@
-"""ImageNet-style decoding and augmentation in tf.data (augmentation=imagenet).
+"""ImageNet-style decoding and augmentation in tf.data (images of any size).
 
 The transforms of the official RotNet ImageNet loader (``dataloader.py`` of
 gidariss/FeatureLearningRotNet, PyTorch 0.2-era torchvision), rewritten for
-tf.data with stateless per-example seeds:
+tf.data with stateless per-example seeds. Training, by
+``config.augmentation``:
 
-* training (``RandomSizedCrop(S)``, ``RandomHorizontalFlip()``): a crop of
-  random area and aspect ratio, resized to ``S x S``, then a horizontal flip
-  with probability 1/2. The window is drawn as torchvision 0.2's
+* ``imagenet``, the pretext task's (``RandomSizedCrop(S)``,
+  ``RandomHorizontalFlip()``, the loader's ``random_sized_crop=True``): a
+  crop of random area and aspect ratio, resized to ``S x S``, then a
+  horizontal flip with probability 1/2. The window is drawn as torchvision 0.2's
   ``RandomResizedCrop.get_params`` draws it: up to 10 attempts of an area
   ``U(0.08, 1)`` of the image and an aspect ratio ``U(3/4, 4/3)``, width and
   height rounded (half to even, as Python's ``round``) and swapped with
@@ -14,13 +16,23 @@ tf.data with stateless per-example seeds:
   fits, the central square of the shorter side. (Later torchvision draws
   the ratio log-uniformly and falls back differently; the ranges are the
   same.)
-* evaluation (``Scale(R)``, ``CenterCrop(S)``): the shorter side resized to
-  ``R`` (the longer to ``floor(R * long / short)``), then the central
-  ``S x S`` square, its offset ``round((side - S) / 2)`` half to even.
+* ``resize_crop``, the linear and non-linear classifiers' (``Scale(R)``,
+  ``RandomCrop(S)``, ``RandomHorizontalFlip()``, the loader's default): the
+  shorter side resized to ``R`` (``config.eval_resize_size``, 256 for 224)
+  as for evaluation, then an ``S x S`` window placed uniformly (offsets
+  ``randint(0, side - S)``, both ends included), then the flip. For
+  Places205, whose images are 256x256 already, the resize is the identity
+  and this is the official ``RandomCrop(224)`` of the image.
+
+Evaluation, either way (``Scale(R)``, ``CenterCrop(S)``): the shorter side
+resized to ``R`` (the longer to ``floor(R * long / short)``), then the
+central ``S x S`` square, its offset ``round((side - S) / 2)`` half to
+even.
 
 Resizing is bilinear with antialiasing, as PIL's bilinear filter (what
-torchvision used) is when it shrinks. JPEG crops are decoded with
-``decode_and_crop_jpeg``, which decodes only the rows of the window; the
+torchvision used) is when it shrinks. Random-sized JPEG crops are decoded
+with ``decode_and_crop_jpeg``, which decodes only the rows of the window
+(``resize_crop`` needs the whole image, resized first); the
 pixels at a colour-subsampled window's border may differ from those of a
 whole decode by the chroma upsampling (a few levels). Grayscale and CMYK
 JPEGs decode to RGB (``channels=3``, identical to PIL's
@@ -32,6 +44,10 @@ Imports TensorFlow.
 
 import tensorflow as tf
 
+# The training augmentations of images of any size (config.augmentation;
+# data.datasets.ANY_SIZE_AUGMENTATIONS, which imports no TensorFlow, lists
+# the same): see the module docstring.
+TRAIN_AUGMENTATIONS = ('imagenet', 'resize_crop')
 # torchvision's RandomResizedCrop ranges, which the official code used.
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -90,13 +106,18 @@ def crop_window(height: tf.Tensor, width: tf.Tensor,
   first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
   found = tf.reduce_any(fits)
   crop = tf.where(found, hw[:, first], tf.reduce_min(size))
-  # Uniform integer offsets in [0, H - h] and [0, W - w].
   spare = size - crop
-  u = tf.random.stateless_uniform([2], place_seed, dtype=tf.float64)
-  offsets = tf.minimum(
-      tf.cast(tf.floor(u * tf.cast(spare + 1, tf.float64)), tf.int32), spare)
-  offsets = tf.where(found, offsets, spare // 2)
+  offsets = tf.where(found, _offsets(spare, place_seed), spare // 2)
   return tf.concat([offsets, crop], 0)
+
+
+def _offsets(spare: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Uniform integer offsets ``[y, x]`` in ``[0, spare]`` (both ends
+  included, as Python's ``random.randint`` in torchvision's crops)."""
+  u = tf.random.stateless_uniform([2], seed, dtype=tf.float64)
+  # The minimum guards u * (spare + 1) rounding up to spare + 1.
+  return tf.minimum(
+      tf.cast(tf.floor(u * tf.cast(spare + 1, tf.float64)), tf.int32), spare)
 
 
 # Training crops are antialiased only when a side shrinks by more than this:
@@ -149,13 +170,79 @@ def train_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return crop_seed, flip_seed
 
 
-def train_image(image: tf.Tensor, seed: tf.Tensor,
-                image_size: int) -> tf.Tensor:
+def resize_shorter(image: tf.Tensor, resize_size) -> tf.Tensor:
+  """``Scale(R)``: the shorter side of a ``uint8 [H, W, 3]`` image resized
+  to `resize_size`, the longer to ``floor(R * long / short)`` (as
+  torchvision's ``int()``), antialiased when shrinking."""
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  height_is_short = height <= width
+  new_h = tf.where(height_is_short, resize_size, resize_size * height // width)
+  new_w = tf.where(height_is_short, resize_size * width // height, resize_size)
+  return _resize(image, new_h, new_w)
+
+
+def resize_crop_offsets(height, width, seed: tf.Tensor,
+                        image_size: int) -> tf.Tensor:
+  """The ``resize_crop`` window's ``[y, x]`` (int32) in the image resized
+  by :func:`resize_shorter`.
+
+  Args:
+    height: the resized image's height.
+    width: the resized image's width.
+    seed: the example's training seed (not the crop seed that
+      :func:`train_seeds` splits from it), shape ``[2]``.
+    image_size: side of the window (at most `height` and `width`).
+  """
+  crop_seed, _ = train_seeds(seed)
+  spare = tf.cast(tf.stack([height, width]), tf.int32) - image_size
+  return _offsets(spare, crop_seed)
+
+
+def _resize_crop(image: tf.Tensor, seed: tf.Tensor, image_size: int,
+                 resize_size: int) -> tf.Tensor:
+  """``Scale(R)``, ``RandomCrop(S)``, ``RandomHorizontalFlip()``."""
+  _, flip_seed = train_seeds(seed)
+  # The same resize as evaluation (antialiased, as PIL): the classifiers
+  # see the pixels they are tested on, only placed elsewhere.
+  resized = resize_shorter(image, resize_size)
+  shape = tf.shape(resized)
+  y, x = tf.unstack(resize_crop_offsets(shape[0], shape[1], seed,
+                                        image_size))
+  crop = tf.slice(resized, tf.stack([y, x, 0]), [image_size, image_size, 3])
+  return tf.ensure_shape(_flip(crop, flip_seed),
+                         [image_size, image_size, 3])
+
+
+def _check_augmentation(augmentation: str, resize_size: int) -> None:
+  if augmentation not in TRAIN_AUGMENTATIONS:
+    raise ValueError(f'augmentation {augmentation!r}: one of '
+                     f'{TRAIN_AUGMENTATIONS}')
+  if augmentation == 'resize_crop' and not resize_size:
+    raise ValueError("augmentation='resize_crop' needs resize_size (see "
+                     'datasets.eval_resize_size)')
+
+
+def train_image(image: tf.Tensor, seed: tf.Tensor, image_size: int,
+                augmentation: str = 'imagenet',
+                resize_size: int = 0) -> tf.Tensor:
   """Training augmentation of a decoded ``uint8 [H, W, 3]`` image.
+
+  Args:
+    image: the image.
+    seed: the example's stateless seed, shape ``[2]``.
+    image_size: side of the output square.
+    augmentation: one of :data:`TRAIN_AUGMENTATIONS` (see the module
+      docstring).
+    resize_size: ``resize_crop``: the shorter side is resized to this
+      first (resolved, see ``datasets.eval_resize_size``).
 
   Returns:
     ``uint8 [image_size, image_size, 3]``.
   """
+  _check_augmentation(augmentation, resize_size)
+  if augmentation == 'resize_crop':
+    return _resize_crop(image, seed, image_size, resize_size)
   crop_seed, flip_seed = train_seeds(seed)
   shape = tf.shape(image)
   y, x, h, w = tf.unstack(crop_window(shape[0], shape[1], crop_seed))
@@ -165,16 +252,26 @@ def train_image(image: tf.Tensor, seed: tf.Tensor,
   return tf.ensure_shape(out, [image_size, image_size, 3])
 
 
-def train_bytes(data: tf.Tensor, seed: tf.Tensor,
-                image_size: int) -> tf.Tensor:
-  """Training augmentation of an encoded JPEG or PNG.
+def train_bytes(data: tf.Tensor, seed: tf.Tensor, image_size: int,
+                augmentation: str = 'imagenet',
+                resize_size: int = 0) -> tf.Tensor:
+  """:func:`train_image` of an encoded JPEG or PNG.
 
-  A JPEG is decoded only inside the crop window (most of the cost of a
-  small crop of a large image is saved); a PNG is decoded whole.
+  For the random-sized crop, a JPEG is decoded only inside the crop window
+  (most of the cost of a small crop of a large image is saved); a PNG, and
+  any image for ``resize_crop`` (which resizes the whole image), is
+  decoded whole.
 
   Returns:
     ``uint8 [image_size, image_size, 3]``.
   """
+  _check_augmentation(augmentation, resize_size)
+  if augmentation == 'resize_crop':
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method=_TRAIN_DCT),
+        lambda: tf.io.decode_png(data, channels=3))
+    return _resize_crop(image, seed, image_size, resize_size)
   crop_seed, flip_seed = train_seeds(seed)
 
   def jpeg():
@@ -208,13 +305,9 @@ def eval_image(image: tf.Tensor, image_size: int,
   Returns:
     ``uint8 [image_size, image_size, 3]``.
   """
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  height_is_short = height <= width
-  # Integer arithmetic: floor(R * long / short), as torchvision's int().
-  new_h = tf.where(height_is_short, resize_size, resize_size * height // width)
-  new_w = tf.where(height_is_short, resize_size * width // height, resize_size)
-  resized = _resize(image, new_h, new_w)
+  resized = resize_shorter(image, resize_size)
+  shape = tf.shape(resized)
+  new_h, new_w = shape[0], shape[1]
   top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2),
                 tf.int32)
   left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2),

@@ -1,87 +1,262 @@
-"""The paper's test accuracies (%), and the names of our experiments.
+"""The paper's numbers, where each was read, and our experiments' names.
 
 The paper: S. Gidaris, P. Singh, N. Komodakis, "Unsupervised Representation
 Learning by Predicting Image Rotations", ICLR 2018, arXiv:1803.07728
-(https://arxiv.org/abs/1803.07728): CIFAR-10 (Tables 1-3, :data:`CIFAR10`),
-ImageNet and Places with the AlexNet RotNet (:data:`IMAGENET`,
-:data:`PLACES`).
+(https://arxiv.org/abs/1803.07728). :data:`TABLES` holds its tables:
+CIFAR-10 (Tables 1-3), ImageNet (4: non-linear classifiers, 5: linear
+probes), Places205 (6) and PASCAL VOC (7), each row with the values the
+paper prints, the experiment of ours that reproduces it (if any) and the
+sources it was read from.
 
-Rows the paper reports but this file does not yet hold (Table 1's 3- and
-5-block RotNets, the fine-tuned non-linear head) are listed without a
-number: fill them in from the paper's PDF, never from memory or our runs.
-No number here has yet been checked against the PDF by this project (the
-machines it is built on cannot reach it): they are the figures the
-project's brief and issues quote, and :data:`VERIFIED` is empty until
-someone checks a row. Reports mark unverified numbers.
+Sources. The machines this project is built on cannot reach the paper's
+PDF. Every number here is one that public pages showing the paper's
+tables (as images) or quoting them agree on, as the project's issue 17
+compared them: py-tonic.github.io's post
+"Predicting Image Rotation" (Tables 1-3 as its images 5-7),
+hoya012.github.io's self-supervised learning post (the ImageNet linear
+probes and PASCAL VOC as its images 11 and 12), kobiso.github.io's
+rotation post (PASCAL VOC), the official repository's issues #6 and #10
+(Table 1's NIN-4 row; the ImageNet non-linear numbers) and a lecture
+transcription. Of these, only the two issues could be read again from
+this project's machines (they show Table 1's NIN-4 row and 50 / 43.8 /
+59.70); the pages' images could not. Each :class:`Table` and :class:`Row`
+names its own. A number
+that no source confirms has no source (:func:`sources` is empty) and the
+report and the plots star it: the Places205 row (Table 6), which is the
+figure the project's brief quoted from memory. The paper's ImageNet
+pretext schedule (``configs/imagenet_rotnet_alexnet.py:paper``) is not
+confirmed either.
 
-The ImageNet and Places numbers are, like the rest, the figures the
-project's brief quotes from memory, and less certain still: the brief
-calls the ImageNet linear probes Table 4 and Places Table 5 (our table
-names follow it), while the recollection of whoever added these rows (no
-more checked) puts the non-linear classifiers in Table 4 (conv4 50.0,
-conv5 43.8), the linear probes in Table 5 and Places in Table 6. Which
-table, and which of conv4/conv5 43.8 belongs to, must be read in the PDF
-before anything here is marked verified.
+Table numbers. Tables 1-3 are numbered as in the sources' images; the
+numbers of the later tables rest on one second-hand source (4: ImageNet
+non-linear, 5: ImageNet linear, 6: Places, 7: PASCAL VOC). Our experiment
+names and ``reproduce``'s tables follow them. Earlier versions of this
+project called both ImageNet tables ``table4`` and Places ``table5``;
+:data:`LEGACY_EXPERIMENTS` maps the experiment names they wrote into
+``results.json`` to today's (:func:`canonical`).
 
 Experiment names are ``table/setting/head``; each result row adds the block
-(or ``rotation`` / ``classifier`` for pretext and supervised runs).
+(or ``rotation`` / ``classifier`` for pretext and supervised runs). Rows of
+a table without an experiment (other methods, supervised and random
+AlexNets, PASCAL VOC) are reference rows: the report can show them
+(``report.paper_tables``), nothing of ours is compared with them.
 """
 
-# (experiment, head) -> paper accuracy in %, None where not recorded.
-CIFAR10 = {
-    ('table1/nin3/multlayer', 'conv1'): None,
-    ('table1/nin3/multlayer', 'conv2'): None,
-    ('table1/nin3/multlayer', 'conv3'): None,
-    ('table1/nin4/multlayer', 'conv1'): 85.07,
-    ('table1/nin4/multlayer', 'conv2'): 89.06,
-    ('table1/nin4/multlayer', 'conv3'): 86.21,
-    ('table1/nin4/multlayer', 'conv4'): 61.73,
-    ('table1/nin5/multlayer', 'conv1'): None,
-    ('table1/nin5/multlayer', 'conv2'): None,
-    ('table1/nin5/multlayer', 'conv3'): None,
-    ('table1/nin5/multlayer', 'conv4'): None,
-    ('table1/nin5/multlayer', 'conv5'): None,
-    ('table2/rot4/multlayer', 'conv2'): 89.06,
-    ('table2/rot8/multlayer', 'conv2'): 88.51,
-    ('table2/rot2_0_180/multlayer', 'conv2'): 87.46,
-    ('table2/rot2_90_270/multlayer', 'conv2'): 85.52,
-    ('table3/supervised_nin3', 'classifier'): 92.80,
-    ('table3/random_conv', 'conv2'): 72.50,
-    ('table3/rotnet_multlayer', 'conv2'): 89.06,
-    ('table3/rotnet_conv', 'conv2'): 91.16,
-    ('table3/rotnet_multlayer_finetune', 'conv2'): None,
-    ('table3/rotnet_conv_finetune', 'conv2'): 92.17,
-}
+import dataclasses
 
-# ImageNet top-1 (%) of the RotNet AlexNet trained on ImageNet: linear
-# probes on every block, and the non-linear classifiers on conv4 and conv5.
-# UNVERIFIED (see the module docstring); conv5 non-linear is not recorded.
-IMAGENET = {
-    ('table4/rotnet_alexnet/linear', 'conv1'): 18.8,
-    ('table4/rotnet_alexnet/linear', 'conv2'): 31.7,
-    ('table4/rotnet_alexnet/linear', 'conv3'): 38.7,
-    ('table4/rotnet_alexnet/linear', 'conv4'): 38.2,
-    ('table4/rotnet_alexnet/linear', 'conv5'): 36.5,
-    ('table4/rotnet_alexnet/nonlinear', 'conv4'): 43.8,
-    ('table4/rotnet_alexnet/nonlinear', 'conv5'): None,
-}
+# The sources, as the tables cite them.
+_PY_TONIC = ('py-tonic.github.io, post "Predicting Image Rotation", '
+             'image {} (the paper\'s Table {})')
+_HOYA = ('hoya012.github.io, self-supervised learning post, image {} '
+         '(the paper\'s {})')
+_KOBISO = 'kobiso.github.io, post on rotation prediction (PASCAL VOC table)'
+_ISSUE = 'github.com/gidariss/FeatureLearningRotNet/issues/{} ({})'
+_LECTURE = 'a lecture transcription (cited in the project\'s issue 17)'
 
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of a paper table.
+
+  Attributes:
+    method: the row's label, as in the paper.
+    values: one number per column of its table (%, None: no number).
+    experiment: our experiment that reproduces it; None for a reference
+      row.
+    heads: our head (block) of each column; None: the columns' names.
+    sources: where this row was read, besides its table's sources.
+    decimals: the fewest decimals the paper prints in this row; None: its
+      table's.
+  """
+  method: str
+  values: tuple[float | None, ...]
+  experiment: str | None = None
+  heads: tuple[str, ...] | None = None
+  sources: tuple[str, ...] = ()
+  decimals: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One table of the paper.
+
+  Attributes:
+    number: the paper's table number.
+    title: what it measures.
+    columns: its columns' names (our block names where they are blocks).
+    rows: its rows, in the paper's order.
+    sources: where every row was read; empty: no source confirms it.
+    decimals: the fewest decimals the paper prints in its rows (a number
+      with more, as PASCAL VOC's 70.87 among 54.4s, shows them all).
+  """
+  number: int
+  title: str
+  columns: tuple[str, ...]
+  rows: tuple[Row, ...]
+  sources: tuple[str, ...]
+  decimals: int = 2
+
+  @property
+  def name(self) -> str:
+    """``table<N>``: the name of its experiments and of its ``reproduce``
+    table."""
+    return f'table{self.number}'
+
+
+_BLOCKS5 = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+
+TABLES = (
+    Table(1, 'CIFAR-10 accuracy of non-linear classifiers on the frozen '
+          'blocks of RotNets of 3, 4 and 5 blocks', _BLOCKS5, (
+              Row('RotNet, 3 blocks',
+                  (85.45, 88.26, 62.09, None, None),
+                  'table1/nin3/multlayer'),
+              Row('RotNet, 4 blocks',
+                  (85.07, 89.06, 86.21, 61.73, None),
+                  'table1/nin4/multlayer',
+                  sources=(_ISSUE.format(6, 'this row, quoted'),)),
+              Row('RotNet, 5 blocks',
+                  (85.04, 89.76, 86.82, 74.50, 50.37),
+                  'table1/nin5/multlayer'),
+          ), (_PY_TONIC.format(5, 1),)),
+    Table(2, 'CIFAR-10 accuracy of a non-linear classifier on block 2 of '
+          'RotNets trained on other sets of rotations', ('conv2',), (
+              Row('4 rotations (0, 90, 180, 270)', (89.06,),
+                  'table2/rot4/multlayer'),
+              Row('8 rotations (multiples of 45)', (88.51,),
+                  'table2/rot8/multlayer'),
+              Row('2 rotations (0, 180)', (87.46,),
+                  'table2/rot2_0_180/multlayer'),
+              Row('2 rotations (90, 270)', (85.52,),
+                  'table2/rot2_90_270/multlayer'),
+          ), (_PY_TONIC.format(6, 2),)),
+    Table(3, 'CIFAR-10 accuracy: RotNet features against supervised and '
+          'other unsupervised ones', ('accuracy',), (
+              Row('Supervised NIN', (92.80,), 'table3/supervised_nin3',
+                  heads=('classifier',)),
+              Row('Random init. + conv', (72.50,), 'table3/random_conv',
+                  heads=('conv2',)),
+              Row('RotNet + non-linear', (89.06,),
+                  'table3/rotnet_multlayer', heads=('conv2',)),
+              Row('RotNet + conv', (91.16,), 'table3/rotnet_conv',
+                  heads=('conv2',)),
+              Row('RotNet + non-linear (fine-tuned)', (91.73,),
+                  'table3/rotnet_multlayer_finetune', heads=('conv2',)),
+              Row('RotNet + conv (fine-tuned)', (92.17,),
+                  'table3/rotnet_conv_finetune', heads=('conv2',)),
+              Row('Roto-Scat + SVM', (82.3,), decimals=1),
+              Row('ExemplarCNN', (84.3,), decimals=1),
+              Row('DCGAN', (82.8,), decimals=1),
+              Row('Scattering', (84.7,), decimals=1),
+          ), (_PY_TONIC.format(7, 3),)),
+    Table(4, 'ImageNet top-1 accuracy of non-linear classifiers on frozen '
+          'AlexNet conv4 and conv5 features', ('conv4', 'conv5'), (
+              Row('ImageNet labels', (59.7, 59.7),
+                  sources=(_ISSUE.format(10, 'supervised 59.70, quoted'),)),
+              Row('Random', (27.1, 12.0)),
+              Row('RotNet', (50.0, 43.8),
+                  'table4/rotnet_alexnet/nonlinear',
+                  sources=(_ISSUE.format(
+                      10, 'conv4 50 and conv5 43.8, quoted'),)),
+          ), (_LECTURE,), decimals=1),
+    Table(5, 'ImageNet top-1 accuracy of linear classifiers on frozen '
+          'AlexNet features of each block', _BLOCKS5, (
+              Row('ImageNet labels', (19.3, 36.3, 44.2, 48.3, 50.5)),
+              Row('Random', (11.6, 17.1, 16.9, 16.3, 14.1)),
+              Row('Random rescaled', (17.5, 23.0, 24.5, 23.2, 20.6)),
+              Row('RotNet', (18.8, 31.7, 38.7, 38.2, 36.5),
+                  'table5/rotnet_alexnet/linear'),
+          ), (_HOYA.format(11, 'ImageNet linear-probe table'),),
+          decimals=1),
+    # No source shows this table: the numbers are the project's brief's,
+    # quoted from memory, and stay starred until a source confirms them.
+    Table(6, 'Places205 top-1 accuracy of linear classifiers on frozen '
+          'features of the ImageNet-trained AlexNet', _BLOCKS5, (
+              Row('RotNet', (21.5, 31.0, 35.1, 34.6, 33.7),
+                  'table6/rotnet_alexnet/places_linear'),
+          ), (), decimals=1),
+    Table(7, 'PASCAL VOC transfer: classification and detection mAP, '
+          'segmentation mIoU (%)', (
+              'classification (fc6-8)', 'classification (all)',
+              'detection', 'segmentation'), (
+                  Row('ImageNet labels', (78.9, 79.9, 56.8, 48.0)),
+                  Row('Random', (None, 53.3, 43.4, 19.8)),
+                  Row('Random rescaled', (39.2, 56.6, 45.6, 32.6)),
+                  Row('RotNet', (70.87, 72.97, 54.4, 39.1)),
+              ), (_HOYA.format(12, 'PASCAL VOC table'), _KOBISO),
+          decimals=1),
+)
+TABLES_BY_NAME = {table.name: table for table in TABLES}
+
+
+def _numbers(tables) -> dict[tuple[str, str], float | None]:
+  """(experiment, head) -> number, for the rows that have an experiment
+  (None where the paper has no number for a head we run)."""
+  numbers = {}
+  for table in tables:
+    for row in table.rows:
+      if row.experiment is None:
+        continue
+      for head, value in zip(row.heads or table.columns, row.values):
+        numbers[(row.experiment, head)] = value
+  return numbers
+
+
+# (experiment, head) -> paper accuracy in %, None where not printed.
+CIFAR10 = _numbers(TABLES[:3])
+# ImageNet top-1 (%) of the RotNet AlexNet trained on ImageNet: the
+# non-linear classifiers on conv4 and conv5 (Table 4) and linear probes on
+# every block (Table 5).
+IMAGENET = _numbers(TABLES[3:5])
 # Places205 top-1 (%) of linear probes on the ImageNet-trained RotNet
-# AlexNet. UNVERIFIED (see the module docstring).
-PLACES = {
-    ('table5/rotnet_alexnet/places_linear', 'conv1'): 21.5,
-    ('table5/rotnet_alexnet/places_linear', 'conv2'): 31.0,
-    ('table5/rotnet_alexnet/places_linear', 'conv3'): 35.1,
-    ('table5/rotnet_alexnet/places_linear', 'conv4'): 34.6,
-    ('table5/rotnet_alexnet/places_linear', 'conv5'): 33.7,
-}
-
-# Every row with a paper number (or a known gap), all datasets.
+# AlexNet (Table 6). Not confirmed by any source (see the module docstring).
+PLACES = _numbers(TABLES[5:6])
+# Every row of ours with a paper number, all datasets.
 PAPER = {**CIFAR10, **IMAGENET, **PLACES}
 
-# (experiment, head) rows whose number someone has checked against the
-# paper's PDF. Add a row only after reading it there.
-VERIFIED: frozenset[tuple[str, str]] = frozenset()
+# The experiment names earlier versions wrote into results.json (the AlexNet
+# tables before they followed the paper's numbering) -> today's names.
+LEGACY_EXPERIMENTS = {
+    'table4/rotnet_alexnet/linear': 'table5/rotnet_alexnet/linear',
+    'table5/rotnet_alexnet/places_linear':
+        'table6/rotnet_alexnet/places_linear',
+}
+
+
+def canonical(experiment: str) -> str:
+  """Today's name of `experiment` (an old name of :data:`LEGACY_EXPERIMENTS`
+  renamed; any other name as it is)."""
+  return LEGACY_EXPERIMENTS.get(experiment, experiment)
+
+
+def _table_and_row(experiment: str) -> tuple[Table, Row] | tuple[None, None]:
+  experiment = canonical(experiment)
+  for table in TABLES:
+    for row in table.rows:
+      if row.experiment == experiment:
+        return table, row
+  return None, None
+
+
+def sources(experiment: str, head: str) -> tuple[str, ...]:
+  """Where the paper's number of a row of ours was read; empty when it has
+  no number or no source confirms it."""
+  if paper_accuracy(experiment, head) is None:
+    return ()
+  table, row = _table_and_row(experiment)
+  return table.sources + row.sources
+
+
+def confirmed(experiment: str, head: str) -> bool:
+  """Whether a source confirms the paper's number of a row (the report and
+  the plots star the numbers that are not)."""
+  return bool(sources(experiment, head))
+
+
+def reference_confirmed(table: Table, row: Row) -> bool:
+  """Whether a source confirms a row's numbers (any row of `table`)."""
+  return bool(table.sources + row.sources)
+
 
 # Epochs of the head (or of the supervised network) in the paper's protocol:
 # a row is compared with the paper only when it ran this schedule.
@@ -89,15 +264,16 @@ VERIFIED: frozenset[tuple[str, str]] = frozenset()
 # 50 and the last rate holds.)
 _HEAD_EPOCHS = {'multlayer': 100, 'conv': 100, 'supervised': 200}
 # The ImageNet and Places classifiers' epochs (num_epochs of
-# configs/imagenet_linear_probes.py, places_linear_probes.py and
-# imagenet_nonlinear_conv4/5.py, the official configs' schedules).
-_ALEXNET_EPOCHS = {'table4/rotnet_alexnet/linear': 35,
-                   'table4/rotnet_alexnet/nonlinear': 40,
-                   'table5/rotnet_alexnet/places_linear': 35}
+# configs/imagenet_nonlinear_conv4/5.py, imagenet_linear_probes.py and
+# places_linear_probes.py, the official configs' schedules).
+_ALEXNET_EPOCHS = {'table4/rotnet_alexnet/nonlinear': 40,
+                   'table5/rotnet_alexnet/linear': 35,
+                   'table6/rotnet_alexnet/places_linear': 35}
 
 
 def protocol_epochs(experiment: str) -> int | None:
   """Epochs of the protocol behind a row with a paper number, else None."""
+  experiment = canonical(experiment)
   if experiment in _ALEXNET_EPOCHS:
     return _ALEXNET_EPOCHS[experiment]
   if not any(key[0] == experiment for key in CIFAR10):
@@ -125,6 +301,11 @@ DESCRIPTIONS = {
     'semi/supervised_nin3': 'Semi-supervised: supervised NIN-3',
     'variants/random_rotation/multlayer':
         'One random rotation per image + non-linear',
+    'table4/rotnet_alexnet/nonlinear':
+        'ImageNet: RotNet AlexNet + non-linear',
+    'table5/rotnet_alexnet/linear': 'ImageNet: RotNet AlexNet + linear',
+    'table6/rotnet_alexnet/places_linear':
+        'Places: RotNet AlexNet (ImageNet) + linear',
     'pretext/nin3': 'Pretext NIN-3 (rotation accuracy)',
     'pretext/nin4': 'Pretext NIN-4 (rotation accuracy)',
     'pretext/nin5': 'Pretext NIN-5 (rotation accuracy)',
@@ -133,22 +314,17 @@ DESCRIPTIONS = {
     'pretext/rot2_90_270': 'Pretext, rotations 90/270 (rotation accuracy)',
     'pretext/random_rotation':
         'Pretext, one random rotation per image (rotation accuracy)',
+    'pretext/imagenet_alexnet':
+        'Pretext AlexNet, ImageNet (rotation accuracy)',
     'smoke/pretext': 'Smoke: pretext NIN-4, 3 epochs (rotation accuracy)',
     'smoke/rotnet_linear': 'Smoke: RotNet (3 epochs) + linear probe',
     'smoke/random_linear': 'Smoke: random init. + linear probe',
-    'table4/rotnet_alexnet/linear': 'ImageNet: RotNet AlexNet + linear',
-    'table4/rotnet_alexnet/nonlinear':
-        'ImageNet: RotNet AlexNet + non-linear',
-    'table5/rotnet_alexnet/places_linear':
-        'Places: RotNet AlexNet (ImageNet) + linear',
-    'pretext/imagenet_alexnet':
-        'Pretext AlexNet, ImageNet (rotation accuracy)',
 }
 
 # The dataset each paper row was measured on, for rows not on CIFAR-10.
-_PAPER_DATASETS = {'table4/rotnet_alexnet/linear': 'imagenet2012',
-                   'table4/rotnet_alexnet/nonlinear': 'imagenet2012',
-                   'table5/rotnet_alexnet/places_linear': 'Places205'}
+_PAPER_DATASETS = {'table4/rotnet_alexnet/nonlinear': 'imagenet2012',
+                   'table5/rotnet_alexnet/linear': 'imagenet2012',
+                   'table6/rotnet_alexnet/places_linear': 'Places205'}
 
 
 def _is_folder(dataset: str) -> bool:
@@ -167,24 +343,20 @@ def comparable(dataset: str, experiment: str = '') -> bool:
   only image folders (presumably Places205 laid out as the config says);
   TFDS ``places365_small`` is another dataset (365 classes).
   """
-  paper_dataset = _PAPER_DATASETS.get(experiment)
+  paper_dataset = _PAPER_DATASETS.get(canonical(experiment))
   if paper_dataset is None:
     return dataset != 'digits'
   return dataset == paper_dataset or _is_folder(dataset)
 
 
 def paper_accuracy(experiment: str, head: str) -> float | None:
-  """The paper's number for a row, or None."""
-  return PAPER.get((experiment, head))
-
-
-def verified(experiment: str, head: str) -> bool:
-  """Whether the paper's number for a row was checked against its PDF."""
-  return (experiment, head) in VERIFIED
+  """The paper's number for a row of ours, or None."""
+  return PAPER.get((canonical(experiment), head))
 
 
 def describe(experiment: str) -> str:
   """A readable name for `experiment` (its ``/k<K>`` suffix kept)."""
+  experiment = canonical(experiment)
   base, _, suffix = experiment.rpartition('/k')
   if base in DESCRIPTIONS and suffix.isdigit():
     return f'{DESCRIPTIONS[base]}, K={suffix}'

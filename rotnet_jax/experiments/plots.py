@@ -51,13 +51,18 @@ COMPARISON_WIDTH = 12.0
 COMPARISON_PANEL_HEIGHT = 4.5
 SEMI_SIZE = (7.0, 5.0)
 
-TABLES = ('table1', 'table2', 'table3')
+TABLES = ('table1', 'table2', 'table3', 'table4', 'table5', 'table6')
 _TABLE_TITLES = {
     'table1': 'Table 1: non-linear heads on every block of NIN-3/4/5 RotNets',
     'table2': 'Table 2: number of rotations (non-linear head on conv2)',
     'table3': 'Table 3: supervised, random init., RotNet + heads, fine-tuned',
+    'table4': 'Table 4: ImageNet, non-linear heads on AlexNet conv4 / conv5',
+    'table5': 'Table 5: ImageNet, linear probes on every AlexNet block',
+    'table6': 'Table 6: Places, linear probes on the ImageNet AlexNet',
     'other': 'Experiments without a paper number (ours only)',
 }
+# The legend of starred paper numbers (as the report's footnote).
+UNCONFIRMED_LABEL = 'paper (* no source confirms it)'
 # The head of events that name none (MetricWriter.write without head).
 _NO_HEAD = 'all'
 # The semi table's two networks, the two lines of the paper's figure.
@@ -306,9 +311,9 @@ def _bar_panel(ax, table, groups, keys, show_setting):
     else:
       x_paper.append(x - 0.2)
       h_paper.append(reference)
-      # Marked as the report marks them: not yet checked against the PDF.
-      unchecked = not paper.verified(key[0], key[1])
-      paper_labels.append(f'{reference:.2f}{"*" if unchecked else ""}')
+      # Starred as the report stars them: no source confirms the number.
+      unconfirmed = not paper.confirmed(key[0], key[1])
+      paper_labels.append(f'{reference:.2f}{"*" if unconfirmed else ""}')
       x_ours.append(x + 0.2)
     h_ours.append(mean)
     err_ours.append(std)
@@ -323,8 +328,7 @@ def _bar_panel(ax, table, groups, keys, show_setting):
   if x_paper:
     marked = any(label.endswith('*') for label in paper_labels)
     bars = ax.bar(x_paper, h_paper, width=0.4, color='0.6',
-                  label='paper' + (' (* not yet checked against its PDF)'
-                                   if marked else ''))
+                  label=UNCONFIRMED_LABEL if marked else 'paper')
     ax.bar_label(bars, paper_labels, fontsize='x-small')
   bars = ax.bar(x_ours, h_ours, width=0.4, color='C0', yerr=err_ours,
                 capsize=3, label='ours (final epoch; mean ± std of seeds)')
@@ -360,17 +364,18 @@ def _comparison_figure(rows, root: str):
   axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
   for ax, table in zip(axes, names):
     _bar_panel(ax, table, groups, panels[table], show_setting)
-  fig.suptitle(f'Test accuracy: the paper (CIFAR-10) and ours ({root})')
+  fig.suptitle(f'Test accuracy: the paper and ours ({root})')
   return fig
 
 
 def paper_comparison(root: str):
   """The paper's numbers and ours, a grouped bar chart per table.
 
-  One panel per table with finished runs (``table1``, ``table2``,
-  ``table3``, then the experiments outside them: pretext, variants,
-  smoke), one group per (experiment, block) and setting. Its bars: the
-  paper's number (grey; left out where ``paper.py`` has none) and ours,
+  One panel per table with finished runs (``table1`` .. ``table6``, then
+  the experiments outside them: pretext, variants, smoke), one group per
+  (experiment, block) and setting. Its bars: the paper's number (grey;
+  starred where no source confirms it; left out where ``paper.py`` has
+  none) and ours,
   the final-epoch test accuracy in %, mean over seeds with the sample std
   as error bar when there are several. Semi-supervised runs are
   :func:`semi_supervised`'s. Unfinished runs are left out.

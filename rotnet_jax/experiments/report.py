@@ -12,7 +12,15 @@ epochs) get a difference to the paper; others say why not. The dataset
 check is per row (``paper.comparable``): CIFAR-10 rows accept anything but
 the bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places
 rows only a folder (Places205; TFDS ``places365_small`` is another
-dataset).
+dataset). A paper number that no source confirms is starred
+(``paper.confirmed``). Runs that wrote an experiment name of the old
+table numbering (``table4/rotnet_alexnet/linear``,
+``table5/rotnet_alexnet/places_linear``) are reported under today's
+(``paper.canonical``).
+
+:func:`paper_tables` prints the paper's own tables, every row (other
+methods', supervised and random baselines', PASCAL VOC's) with the
+sources it was read from.
 """
 
 import collections
@@ -26,8 +34,9 @@ from rotnet_jax.workdir import filesystem
 from rotnet_jax.workdir import run_files
 
 
-UNVERIFIED_NOTE = ('\\* not yet checked against the paper\'s PDF '
-                   '(arXiv:1803.07728); see rotnet_jax/experiments/paper.py.')
+UNCONFIRMED_NOTE = ('\\* no source the project could read confirms this '
+                    'number of the paper (arXiv:1803.07728); see '
+                    'rotnet_jax/experiments/paper.py.')
 
 
 def _rows(results: dict, experiment: str) -> list[dict]:
@@ -69,8 +78,10 @@ def collect(root: str, skipped: list[tuple[str, str]] | None = None
     path = filesystem.join(folder, run_files.RESULTS_FILE)
     try:
       results = run_files.read_results(folder)
-      experiment = results.get('experiment') or filesystem.relative(folder,
-                                                                   root)
+      # An old name (the AlexNet tables' numbering before it followed the
+      # paper's) is today's row: old and new runs of a setting average.
+      experiment = paper.canonical(
+          results.get('experiment') or filesystem.relative(folder, root))
       rows.extend(_rows(results, experiment))
     except InputError:
       if skipped is not None:
@@ -132,9 +143,9 @@ def markdown_table(rows: list[dict]) -> str:
     reference = paper.paper_accuracy(key[0], key[1])
     paper_text = '—'
     if reference is not None:
-      unchecked = not paper.verified(key[0], key[1])
-      paper_text = f"{reference:.2f}{'*' if unchecked else ''}"
-      footnote = footnote or unchecked
+      unconfirmed = not paper.confirmed(key[0], key[1])
+      paper_text = f"{reference:.2f}{'*' if unconfirmed else ''}"
+      footnote = footnote or unconfirmed
     diff = _difference(key[0], runs, finals, reference)
     best = _mean_std([r['best'] for r in runs])
     epochs = sorted({r['best_epoch'] for r in runs})
@@ -152,5 +163,59 @@ def markdown_table(rows: list[dict]) -> str:
         f"{key[4]} | {key[3]:g} | "
         f"{', '.join(sorted({r['data'] for r in runs}))} |")
   if footnote:
-    lines += ['', UNVERIFIED_NOTE]
+    lines += ['', UNCONFIRMED_NOTE]
   return '\n'.join(lines)
+
+
+def _number(value: float | None, decimals: int, unconfirmed: bool) -> str:
+  """A paper number with at least `decimals` decimals, more if it has
+  them (70.87 among a table's 54.4s)."""
+  if value is None:
+    return '—'
+  while round(value, decimals) != value and decimals < 4:
+    decimals += 1
+  return f"{value:.{decimals}f}{'*' if unconfirmed else ''}"
+
+
+def paper_tables(names=None) -> str:
+  """The paper's tables as Markdown: every row, ours to reproduce or not.
+
+  Each table is titled with its number and what it measures; a row that
+  one of our experiments reproduces names it (as :func:`markdown_table`
+  does, and its ``experiment`` name). Numbers have the decimals the paper
+  prints; a number no source confirms is starred, with the footnote. The
+  sources follow each table.
+
+  Args:
+    names: the tables to print (``table1``..``table7``); None: all.
+
+  Raises:
+    InputError: an unknown table name.
+  """
+  names = list(names or paper.TABLES_BY_NAME)
+  unknown = [n for n in names if n not in paper.TABLES_BY_NAME]
+  if unknown:
+    raise InputError(f'unknown paper table(s) {unknown}; valid: '
+                     f'{list(paper.TABLES_BY_NAME)}')
+  out, footnote = [], False
+  for name in names:
+    table = paper.TABLES_BY_NAME[name]
+    out += [f'Table {table.number}: {table.title}', '',
+            '| method | ' + ' | '.join(table.columns) + ' | ours |',
+            '| --- |' + ' --- |' * (len(table.columns) + 1)]
+    for row in table.rows:
+      unconfirmed = not paper.reference_confirmed(table, row)
+      footnote = footnote or (unconfirmed and any(
+          v is not None for v in row.values))
+      ours = (f'{paper.describe(row.experiment)} (`{row.experiment}`)'
+              if row.experiment else '—')
+      decimals = table.decimals if row.decimals is None else row.decimals
+      numbers = [_number(v, decimals, unconfirmed) for v in row.values]
+      out.append(f"| {row.method} | {' | '.join(numbers)} | {ours} |")
+    cited = list(table.sources) + [
+        f'{s} ({row.method} row)' for row in table.rows for s in row.sources]
+    out += ['', 'Sources: ' + ('; '.join(cited) if cited else
+                               'none (see the footnote).'), '']
+  if footnote:
+    out.append(UNCONFIRMED_NOTE)
+  return '\n'.join(out).rstrip()

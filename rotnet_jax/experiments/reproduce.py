@@ -2,9 +2,9 @@
 
     python -m rotnet_jax.reproduce table3 --root=/tmp/rotnet_repro
     python -m rotnet_jax.reproduce table3 --root=/tmp/quick --quick
-    python -m rotnet_jax.reproduce table4 --root=/data/rotnet \
+    python -m rotnet_jax.reproduce imagenet --root=/data/rotnet \
         --data_dir=~/tensorflow_datasets
-    python -m rotnet_jax.reproduce table4 --root=/tmp/q --quick \
+    python -m rotnet_jax.reproduce imagenet --root=/tmp/q --quick \
         --dataset=/data/imagenet_small
     python -m rotnet_jax.report /tmp/rotnet_repro
 
@@ -15,19 +15,29 @@ RotNet + heads, fine-tuned), ``semi`` (K labels per class), ``variants``
 linear probes on its conv2 features and on a random NIN's, a few minutes
 on a CPU, which shows the features were learned.
 
-ImageNet and Places (AlexNet): ``table4`` (the RotNet AlexNet pretext run
-on ImageNet, linear probes on conv1..conv5, and the non-linear classifiers
-on conv4 and on conv5, all on ImageNet) and ``table5`` (linear probes on
-conv1..conv5 on Places, on the same ImageNet-trained AlexNet). ``--dataset``
-sets the ImageNet data (every job of table4, the pretext run of table5);
-``--places_dataset`` sets the Places probes' (default: the config's TFDS
-``places365_small``, not the paper's Places205; an image folder of
-Places205 is comparable with the paper). For an image folder whose test
-split is not the config's (``validation``), its own ``val`` or ``test``
-folder is used.
+ImageNet and Places (AlexNet), numbered as the paper's tables, each with
+the RotNet AlexNet pretext run on ImageNet: ``table4`` (the non-linear
+classifiers on conv4 and on conv5, ImageNet), ``table5`` (linear probes on
+conv1..conv5, ImageNet), ``table6`` (linear probes on conv1..conv5,
+Places, on the same ImageNet-trained AlexNet), and ``imagenet``: tables 4
+and 5. ``--dataset`` sets the ImageNet data (every job but the Places
+probes); ``--places_dataset`` sets the Places probes' (default: the
+config's TFDS ``places365_small``, not the paper's Places205; an image
+folder of Places205 is comparable with the paper). For an image folder
+whose test split is not the config's (``validation``), its own ``val`` or
+``test`` folder is used.
 
-Pretext runs are shared between tables: table4 and table5 in one root train
-the AlexNet once.
+Old table names. Before they followed the paper, ``table4`` ran both
+ImageNet tables (today's ``imagenet``) and ``table5`` the Places probes
+(today's ``table6``), in workdirs ``table4/linear`` and
+``table5/places_linear``. In a root that holds a run of that numbering
+(:func:`old_numbering`), ``table4`` and ``table5`` keep their old meaning
+and every job its old workdir and experiment name, so the command that
+started a root still resumes it; in any other root they are the paper's.
+Either way the runner logs one line saying which it ran (:func:`note`).
+
+Pretext runs are shared between tables: the AlexNet tables in one root
+train the AlexNet once.
 
 Each job is an ordinary run of a ``configs/`` file with a few overrides, in
 ``ROOT/seed<S>/<job>``; the command line of each is logged, so any job can
@@ -39,7 +49,7 @@ training images, the bundled digits unless ``--dataset`` is given). Scaled
 runs are not the paper's protocol: the report lists their epochs. The
 quick ImageNet and Places tables need ``--dataset=<image folder>`` (the
 digits are 32 pixels; AlexNet needs at least 63): they train at 64 pixels
-in batches of 16 images, and without ``--places_dataset`` table5's probes
+in batches of 16 images, and without ``--places_dataset`` table6's probes
 read the same folder (this checks the pipeline, not scene recognition).
 """
 
@@ -71,7 +81,10 @@ QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,
                    'batch_size': 32}
 QUICK_DATASET = 'digits'
 # Tables of the AlexNet on ImageNet-sized images.
-ALEXNET_TABLES = ('table4', 'table5')
+ALEXNET_TABLES = ('table4', 'table5', 'table6', 'imagenet')
+# The AlexNet table names of the old numbering -> the tables they ran, in
+# a root of that numbering (see the module docstring).
+OLD_TABLES = {'table4': 'imagenet', 'table5': 'table6'}
 # --quick for them: AlexNet's smallest input is 63 pixels (64 keeps conv5
 # at 3x3, which the non-linear heads' 3x3 max-pool needs), and batches of
 # 16 images (64 rotated) fit small test folders.
@@ -94,6 +107,8 @@ class Job:
       smoke jobs, which have their own short schedule).
     places: trains on Places: ``--places_dataset``, not ``--dataset``,
       sets its dataset.
+    old: ``(name, experiment)`` of the job in a root of the old table
+      numbering (see the module docstring), if they differed.
   """
   name: str
   config_file: str
@@ -102,6 +117,7 @@ class Job:
   pretrained: str | None = None
   scalable: bool = True
   places: bool = False
+  old: tuple[str, str] | None = None
 
 
 def _pretext(name: str, config_file: str, *overrides) -> Job:
@@ -203,13 +219,11 @@ def _smoke():
 
 
 def _table4():
-  # One results row per block: the probes' (conv1..conv5) in one run, the
-  # non-linear heads' (conv4, conv5) in two, under one experiment name.
+  # One results row per block: the non-linear heads' (conv4, conv5) in two
+  # runs under one experiment name (the same in the old numbering).
   pretext = PRETEXT['imagenet_alexnet']
   return [
       pretext,
-      Job('table4/linear', 'imagenet_linear_probes.py',
-          'table4/rotnet_alexnet/linear', pretrained=pretext.name),
       Job('table4/nonlinear_conv4', 'imagenet_nonlinear_conv4.py',
           'table4/rotnet_alexnet/nonlinear', pretrained=pretext.name),
       Job('table4/nonlinear_conv5', 'imagenet_nonlinear_conv5.py',
@@ -218,25 +232,99 @@ def _table4():
 
 
 def _table5():
+  # The probes of every block (conv1..conv5) in one run.
   pretext = PRETEXT['imagenet_alexnet']
-  return [pretext, Job('table5/places_linear', 'places_linear_probes.py',
-                       'table5/rotnet_alexnet/places_linear',
-                       pretrained=pretext.name, places=True)]
+  return [pretext, Job(
+      'table5/linear', 'imagenet_linear_probes.py',
+      'table5/rotnet_alexnet/linear', pretrained=pretext.name,
+      old=('table4/linear', 'table4/rotnet_alexnet/linear'))]
+
+
+def _table6():
+  pretext = PRETEXT['imagenet_alexnet']
+  return [pretext, Job(
+      'table6/places_linear', 'places_linear_probes.py',
+      'table6/rotnet_alexnet/places_linear', pretrained=pretext.name,
+      places=True,
+      old=('table5/places_linear', 'table5/rotnet_alexnet/places_linear'))]
+
+
+def _imagenet():
+  return _table4() + _table5()[1:]  # One pretext run.
 
 
 _TABLE_BUILDERS = {'table1': _table1, 'table2': _table2, 'table3': _table3,
-                   'table4': _table4, 'table5': _table5, 'semi': _semi,
+                   'table4': _table4, 'table5': _table5, 'table6': _table6,
+                   'imagenet': _imagenet, 'semi': _semi,
                    'variants': _variants, 'smoke': _smoke}
 TABLES = tuple(_TABLE_BUILDERS)
+# What each AlexNet table runs, for the notes (see note()).
+_MEANINGS = {
+    'table4': 'the paper\'s Table 4 (ImageNet, non-linear classifiers on '
+              'conv4 and conv5)',
+    'table5': 'the paper\'s Table 5 (ImageNet, linear probes)',
+    'table6': 'the paper\'s Table 6 (Places, linear probes)',
+    'imagenet': 'both ImageNet tables',
+}
+_NUMBERING = ('the AlexNet tables are numbered as the paper\'s: table4 = '
+              'ImageNet non-linear, table5 = ImageNet linear, table6 = '
+              'Places linear, imagenet = table4 + table5')
 
 
-def table_jobs(table: str, ks=DEFAULT_KS) -> list[Job]:
-  """The jobs of `table`, pretext runs first (`ks`: the semi table's K)."""
+def old_numbering(root: str) -> bool:
+  """Whether `root` holds a job of the old AlexNet table numbering (a
+  workdir of a job's ``old`` name, in any ``seed*`` folder)."""
+  folder = filesystem.resolve(root)
+  if not folder.is_dir():
+    return False
+  old_names = [job.old[0] for build in (_table5, _table6)
+               for job in build() if job.old]
+  return any(
+      seed.is_dir() and any((seed / name).exists() for name in old_names)
+      for seed in folder.iterdir() if seed.name.startswith('seed'))
+
+
+def _in_old_numbering(job: Job) -> Job:
+  if not job.old:
+    return job
+  name, experiment = job.old
+  return dataclasses.replace(job, name=name, experiment=experiment)
+
+
+def table_jobs(table: str, ks=DEFAULT_KS, *,
+               root: str | None = None) -> list[Job]:
+  """The jobs of `table`, pretext runs first (`ks`: the semi table's K).
+
+  Args:
+    table: one of :data:`TABLES`.
+    ks: the semi table's K.
+    root: the root the jobs will run in: in a root of the old AlexNet
+      table numbering (:func:`old_numbering`), ``table4`` and ``table5``
+      are their old tables and every job has its old workdir and
+      experiment name. None: the paper's numbering.
+  """
   if table not in _TABLE_BUILDERS:
     raise InputError(f'unknown table {table!r}; valid: {TABLES}')
-  if table == 'semi':
-    return _semi(ks)
-  return _TABLE_BUILDERS[table]()
+  old = root is not None and old_numbering(root)
+  if old:
+    table = OLD_TABLES.get(table, table)
+  jobs = _semi(ks) if table == 'semi' else _TABLE_BUILDERS[table]()
+  return [_in_old_numbering(job) for job in jobs] if old else jobs
+
+
+def note(table: str, root: str | None = None) -> str | None:
+  """One line on what an old AlexNet table name runs in `root` (see
+  :func:`table_jobs`), naming the new table names; None for other tables.
+  """
+  if table not in OLD_TABLES:
+    return None
+  now = OLD_TABLES[table]
+  if root is not None and old_numbering(root):
+    return (f'{table}: {root} holds runs of the old numbering, so {table} '
+            f'runs what it ran there before, {_MEANINGS[now]} (today\'s '
+            f'{now}), in its old workdirs; {_NUMBERING}.')
+  return (f'{table} is {_MEANINGS[table]}; before, it ran '
+          f'{_MEANINGS[now]} (today\'s {now}): {_NUMBERING}.')
 
 
 def load_config_file(config_file: str, configs_dir: str = CONFIGS_DIR):
@@ -430,11 +518,15 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
   """
   filesystem.check_writable_folder(root, '--root')
   root = filesystem.absolute(root)  # A gs:// root stays a URL.
+  table_run = table_jobs(table, ks or DEFAULT_KS, root=root)
+  message = note(table, root)
+  if message:
+    logging.warning('%s', message)
   # Every job's config and workdir is checked before the first one runs:
   # a bad setting stops the table at once, not hours in.
   jobs = {}
   for seed in seeds:
-    for job in table_jobs(table, ks or DEFAULT_KS):
+    for job in table_run:
       workdir = filesystem.join(root, f'seed{seed}', job.name)
       if workdir in jobs:
         continue
