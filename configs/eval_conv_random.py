@@ -5,6 +5,11 @@
 The baseline of paper Table 3 ("Random Init. + conv", 72.50%): the recipe
 of configs/eval_conv.py on the conv2 features of a NIN-4 that was never
 trained (config.pretrained='random', initialised with config.seed).
+
+The random network's shape is the pretext defaults' NIN-4 unless the shape
+keys say otherwise: e.g. --config.model.name=alexnet --config.image_size=64
+--config.model.width=0.0625 gives a random AlexNet of that shape (its 5
+blocks its own).
 """
 
 from rotnet_jax import config_schema

@@ -31,10 +31,14 @@ RANDOM_BATCH_STATS = ('reestimated', 'fresh')
 TRAINING_FREE_HEADS = ('knn',)
 PIPELINES = ('device', 'tfdata')
 # 'cifar': fixed-size images, random crop of the 4-pixel zero-padded image
-# and a flip. 'imagenet': images of any size, a random-sized crop resized to
-# image_size and a flip for training; evaluation resizes the shorter side to
-# eval_resize_size and takes the central image_size square.
-AUGMENTATIONS = ('cifar', 'imagenet')
+# and a flip. 'imagenet' and 'resize_crop': images of any size (tf.data
+# only); evaluation resizes the shorter side to eval_resize_size and takes
+# the central image_size square. Training: 'imagenet' (the official
+# pretext task's), a random-sized crop resized to image_size and a flip;
+# 'resize_crop' (the official ImageNet and Places classifiers'), the
+# shorter side resized to eval_resize_size, a random image_size crop and a
+# flip.
+AUGMENTATIONS = ('cifar', 'imagenet', 'resize_crop')
 
 # CIFAR-10 per-channel statistics on the 0..255 scale (official code).
 CIFAR_MEAN_RGB = (125.3, 123.0, 113.9)
@@ -78,8 +82,10 @@ def defaults() -> config_dict.ConfigDict:
   # Samples per training epoch (0: one pass over the training examples).
   config.epoch_examples = 0
   config.augmentation = 'cifar'  # One of AUGMENTATIONS.
-  # augmentation='imagenet': side the shorter image side is resized to
-  # before the central crop (0: image_size * 8 / 7, i.e. 256 for 224).
+  # Side the shorter image side is resized to: before the central crop of
+  # augmentation='imagenet' and 'resize_crop' evaluation, and before the
+  # random crop of 'resize_crop' training (0: image_size * 8 / 7, i.e. 256
+  # for 224).
   config.eval_resize_size = 0
   config.mean_rgb = CIFAR_MEAN_RGB
   config.std_rgb = CIFAR_STD_RGB
@@ -148,8 +154,8 @@ def defaults() -> config_dict.ConfigDict:
   return config
 
 
-# Keys of the backbone's shape. Evaluation configs leave them unset (None):
-# the pretrained weights say them.
+# Keys of the backbone's shape. Evaluation configs leave them unset (typed
+# placeholders holding None): the pretrained weights say them.
 SHAPE_KEYS = ('model.name', 'model.num_blocks', 'model.width', 'image_size')
 
 # The official code's schedules for the classifiers on frozen features. The
@@ -174,9 +180,11 @@ def evaluation_defaults(head: str) -> config_dict.ConfigDict:
   """``mode='evaluate'`` with `head` and its schedule (all blocks).
 
   The backbone's shape (:data:`SHAPE_KEYS`) is left unset: it is read from
-  the pretrained weights (``validation.fill_shape_from_pretrained``); setting
-  one is only needed to override, and must then match them. Heads are
-  tested after every epoch, as the official code logged them.
+  the pretrained weights (``validation.fill_shape_from_pretrained``). A
+  value set in a config file or on the command line
+  (``--config.image_size=32``) must match them; with
+  ``pretrained='random'`` it shapes the random network. Heads are tested
+  after every epoch, as the official code logged them.
   """
   config = defaults()
   config.mode = 'evaluate'
@@ -184,8 +192,26 @@ def evaluation_defaults(head: str) -> config_dict.ConfigDict:
   config.update(HEAD_SCHEDULES.get(head, {}))  # k-NN trains nothing.
   config.eval_every_epochs = 1
   for key in SHAPE_KEYS:
-    config.update_from_flattened_dict({key: None})
+    unset(config, key)
   return config
+
+
+def unset(config, key: str) -> None:
+  """Leaves the key `key` (dotted) of `config` unset, keeping its type.
+
+  The value becomes a typed placeholder (``config_dict.placeholder``)
+  holding None, not a bare None: ml_collections refuses to override a
+  bare None from the command line ("Type NoneType ... not supported for
+  overriding"), and would take a value of any type for it.
+  """
+  *parents, leaf = key.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  field_type = node.get_type(leaf)
+  if field_type is type(None):
+    raise ValueError(f'config.{key} is a bare None: it has no type to keep')
+  node[leaf] = config_dict.placeholder(field_type)
 
 
 def use_imagenet_input(config, dataset: str = 'imagenet2012') -> None:
@@ -234,7 +260,10 @@ def conform(config) -> config_dict.ConfigDict:
     if name not in known:
       raise unknown_key_error(name)
     try:
-      result.update_from_flattened_dict({name: value})
+      if value is None:
+        unset(result, name)  # Still typed, for the command line and checks.
+      else:
+        result.update_from_flattened_dict({name: value})
     except TypeError as e:
       *parents, leaf = name.split('.')
       node = result

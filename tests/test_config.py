@@ -8,6 +8,7 @@ import sys
 import pytest
 from ml_collections import config_dict
 
+import helpers
 from helpers import REPO_ROOT
 from rotnet_jax import config_schema
 from rotnet_jax.config_schema import ConfigError
@@ -100,7 +101,7 @@ def test_ints_are_accepted_for_floats():
 
 
 def _main(*args):
-  env = dict(os.environ, XLA_FLAGS='')
+  env = helpers.one_device_env()
   return subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quick.py',
        '--workdir=/nonexistent/never/written', *args], cwd=REPO_ROOT,
@@ -139,6 +140,103 @@ def test_command_line_overrides_parse(tmp_path, monkeypatch):
   assert config.learning_rate_table == ((2, 0.5), (4, 0.1))
   assert config.model.width == 0.5 and config.data_dir == str(tmp_path)
   config_schema.validate(config)
+
+
+def test_evaluation_shape_keys_are_unset_but_typed():
+  config = _load_config_file('eval_linear.py')
+  for key, expected in (('image_size', int), ('model.name', str),
+                        ('model.num_blocks', int), ('model.width', float)):
+    *parents, leaf = key.split('.')
+    node = config.model if parents else config
+    assert node[leaf] is None and node.get_type(leaf) is expected, key
+  # Typed: a value of the wrong kind is refused, as for any other key.
+  with pytest.raises(TypeError, match='image_size'):
+    config.image_size = 'big'
+  config.model.width = 1  # An int for a float is converted.
+  assert isinstance(config.model.width, float)
+  # Checking keeps an unset key typed (the command line still applies).
+  config.pretrained = '/a/pretext/workdir'
+  checked = config_schema.validate(config)
+  assert checked.image_size is None and checked.get_type('image_size') is int
+  with pytest.raises(TypeError, match='image_size'):
+    checked.image_size = 'big'
+
+
+def test_command_line_sets_an_evaluation_shape_key(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO_ROOT, 'configs', 'imagenet_linear_probes.py')
+  argv = ['prog', f'--config={path}', '--config.image_size=64',
+          '--config.model.name=alexnet', '--config.model.width=1']
+  monkeypatch.setattr(sys, 'argv', argv)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values,
+                                  lock_config=True)
+  flag_values(argv)
+  config = flag_values.config
+  assert (config.image_size, config.model.name, config.model.width,
+          config.model.num_blocks) == (64, 'alexnet', 1.0, None)
+
+
+def _random_evaluation(**shape):
+  config = _load_config_file('eval_conv_random.py')
+  config.update_from_flattened_dict(shape)
+  return config
+
+
+def test_a_random_backbone_has_the_shape_of_the_named_backbone(
+    one_device_mesh):
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from rotnet_jax import models
+  from rotnet_jax.training import validation
+  from rotnet_jax.weights import restore
+  # pylint: enable=g-import-not-at-top
+  config = validation.check_config(_random_evaluation(**{
+      'model.name': 'alexnet', 'model.width': 1 / 16, 'image_size': 64,
+      'random_batch_stats': 'fresh'}))
+  # AlexNet's 5 blocks, not the NIN defaults' 4.
+  assert (config.model.name, config.model.num_blocks, config.model.width,
+          config.image_size) == ('alexnet', 5, 1 / 16, 64)
+  # The random backbone the evaluation builds, traced (not compiled).
+  built = {}
+
+  def build():
+    backbone = restore.load_backbone(config, one_device_mesh)
+    built['spec'] = backbone.spec
+    return backbone.variables
+
+  variables = jax.eval_shape(build)
+  # The network an AlexNet pretext run of that shape trains.
+  pretext = _load_config_file('imagenet_rotnet_alexnet.py')
+  pretext.model.width = 1 / 16
+  expected = models.backbone_spec(pretext.model, image_size=64,
+                                  num_classes=4)
+  assert built['spec'] == expected
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+  assert shapes(variables) == shapes(models.abstract_variables(expected))
+  # The NIN default stays the default.
+  config = validation.check_config(_random_evaluation())
+  assert (config.model.name, config.model.num_blocks, config.model.width,
+          config.image_size) == ('nin', 4, 1.0, 32)
+
+
+def test_a_random_backbone_takes_its_own_default_image_size(monkeypatch):
+  # pylint: disable=g-import-not-at-top
+  from rotnet_jax import models
+  from rotnet_jax.training import validation
+  # pylint: enable=g-import-not-at-top
+  alexnet = models.get_backbone('alexnet')
+  assert alexnet.default_image_size == 224
+  config = validation.check_config(
+      _random_evaluation(**{'model.name': 'alexnet'}))
+  assert (config.image_size, config.model.num_blocks) == (224, 5)
+  # A default the backbone refuses: set the size, says the one line.
+  monkeypatch.setattr(alexnet, 'default_image_size', 32)
+  with pytest.raises(ConfigError, match=r'config.image_size is unset.*'
+                     r"pretrained='random'.*too small for AlexNet.*set "
+                     r'--config.image_size'):
+    validation.check_config(_random_evaluation(**{'model.name': 'alexnet'}))
 
 
 @pytest.mark.parametrize('env,expected', [

@@ -252,6 +252,7 @@ class AlexNetBackbone(Backbone):
   """
 
   name = 'alexnet'
+  default_image_size = 224  # The ImageNet crop the paper trains it on.
 
   def spec(self, model_config, *, image_size: int,
            num_classes: int) -> dict[str, Any]:

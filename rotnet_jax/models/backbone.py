@@ -34,6 +34,9 @@ class Backbone(abc.ABC):
   """One kind of network (NIN, ...), as the package sees it."""
 
   name: str
+  # The image side of a network with no weights to read it from (an
+  # evaluation's pretrained='random' that leaves config.image_size unset).
+  default_image_size: int = 32
 
   @abc.abstractmethod
   def spec(self, model_config, *, image_size: int,

@@ -8,6 +8,7 @@ one call.
 """
 
 import importlib.util
+from typing import Any
 
 from ml_collections import config_dict
 
@@ -29,9 +30,10 @@ def check_config(config, *, pretrained_must_exist: bool = False
   """Checks `config` and returns it as a typed config of the schema.
 
   An evaluation config's unset shape keys are filled in from the
-  pretrained weights (:func:`fill_shape_from_pretrained`). Where those
-  do not exist yet (a table whose pretext runs are still to come), the
-  checks that need the shape wait for the run's own :func:`check_run`.
+  pretrained weights, and its set ones checked against them
+  (:func:`fill_shape_from_pretrained`). Where those do not exist yet (a
+  table whose pretext runs are still to come), the checks that need the
+  shape wait for the run's own :func:`check_run`.
 
   Args:
     config: the config.
@@ -55,38 +57,45 @@ def check_config(config, *, pretrained_must_exist: bool = False
 
 
 def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
-  """Sets the unset (None) shape keys of an evaluation config.
+  """Sets the unset shape keys of an evaluation config; checks the set ones.
 
   ``config.model.name``, ``model.num_blocks``, ``model.width`` (and any
   other key of the backbone's spec under ``config.model``) and
   ``image_size`` are taken from the spec of the weights
-  ``config.pretrained`` names (``weights.read_spec``: no arrays read);
-  for ``pretrained='random'`` from the pretext defaults. Keys that are set
-  stay as they are (a mismatch is reported when the weights are loaded).
+  ``config.pretrained`` names (``weights.read_spec``: no arrays read).
+  Keys that are set (in the config file or on the command line) must
+  equal the weights' values: a difference is refused here, before
+  anything is opened or written, naming the key and both values.
+
+  For ``pretrained='random'`` there are no weights: the keys that are set
+  shape the network, and the unset ones come from the backbone that
+  ``config.model.name`` names (unset: the pretext defaults' NIN): its
+  spec of the pretext defaults' other keys (so an AlexNet has its own 5
+  blocks, not the NIN's 4), and its ``default_image_size`` where it
+  declares one (else the pretext defaults' 32).
 
   Args:
     config: a validated config; changed in place (it may be locked).
     must_exist: raise if the pretrained weights do not exist yet; else
-      leave the keys unset (``rotnet_jax.reproduce`` checks a whole table
-      before its pretext runs exist).
+      leave the keys unset and unchecked (``rotnet_jax.reproduce`` checks
+      a whole table before its pretext runs exist).
 
   Returns:
     Whether every shape key is now set.
 
   Raises:
+    ConfigError: a set shape key differs from the weights' value, or a
+      random backbone cannot take the default image size.
     MissingInputError, InputError: the weights cannot be read (only with
       `must_exist`, for a missing path).
   """
   unset = shape_keys_unset(config)
-  if not unset:
-    return True
   if config.mode != 'evaluate' or config.pretrained is None:
-    return False  # config_schema.validate reports it.
+    return not unset  # config_schema.validate reports unset keys.
   if config.pretrained == weights_lib.RANDOM:
-    defaults = config_schema.defaults()
-    saved = dict(models.backbone_spec(defaults.model,
-                                      image_size=defaults.image_size,
-                                      num_classes=0))
+    if not unset:
+      return True  # The config alone describes the network.
+    saved = _random_spec(config, unset)
   else:
     try:
       weights_lib.pretrained_kind(config.pretrained)
@@ -96,7 +105,8 @@ def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
       # No weights, or no checkpoint yet (a pretext run still to come).
       if must_exist:
         raise
-      return False
+      return not unset
+    _check_set_keys_match(config, saved, unset)
   for key in unset:
     name = key.split('.')[-1]
     if name not in saved:
@@ -105,8 +115,75 @@ def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
           f'config.pretrained={config.pretrained!r} do not say it: set it')
     # A locked config takes new values for its existing keys.
     target = config.model if key.startswith('model.') else config
-    setattr(target, name, saved[name])
+    try:
+      setattr(target, name, saved[name])
+    except TypeError as e:
+      raise InputError(
+          f'config.pretrained={config.pretrained!r} says {name}='
+          f'{saved[name]!r}, which is not a value config.{key} can take '
+          f'({e}): set config.{key}') from e
   return True
+
+
+def _check_set_keys_match(config, saved: dict[str, Any],
+                          unset: list[str]) -> None:
+  """Raises ConfigError unless every set shape key equals the weights'.
+
+  Exact equality, as the restore's own comparison of the whole spec
+  (``weights.restore``) uses; ``1 == 1.0`` for a width.
+  """
+  differ = []
+  for key in _shape_keys(config):
+    name = key.split('.')[-1]
+    if key in unset or name not in saved:
+      continue
+    value = config.model[name] if key.startswith('model.') else config[name]
+    if value != saved[name]:
+      differ.append((key, value, saved[name]))
+  if differ:
+    given = ', '.join(f'config.{k}={v!r}' for k, v, _ in differ)
+    theirs = ', '.join(f'{k.split(".")[-1]}={w!r}' for k, _, w in differ)
+    flags = ' '.join(f'--config.{k}={w}' for k, _, w in differ)
+    raise ConfigError(
+        f'{given}: the weights at config.pretrained={config.pretrained!r} '
+        f'hold a network with {theirs}. Leave the shape keys unset to take '
+        f"the weights' values, or pass {flags}")
+
+
+def _random_spec(config, unset: list[str]) -> dict[str, Any]:
+  """The spec a random backbone takes its unset shape keys from.
+
+  The backbone named by ``config.model.name`` (the pretext defaults' if
+  unset) makes it from the keys that are set and the pretext defaults
+  for the others, so a key the backbone fixes (AlexNet's 5 blocks) is
+  its own, not the NIN's.
+  """
+  defaults = config_schema.defaults()
+  model = defaults.model
+  for name, value in config.model.items():
+    if value is not None:
+      setattr(model, name, value)
+  backbone = models.get_backbone(model.name)
+  if config.image_size is not None:
+    image_size = config.image_size
+  else:
+    image_size = backbone.default_image_size
+  try:
+    return dict(models.backbone_spec(model, image_size=image_size,
+                                     num_classes=0))
+  except ConfigError as e:
+    if 'image_size' not in unset:
+      raise
+    raise ConfigError(
+        f"config.image_size is unset, and pretrained='random' has no "
+        f'weights to take it from; the default {image_size} does not fit '
+        f'the {model.name} backbone ({e}): set --config.image_size') from e
+
+
+def _shape_keys(config) -> list[str]:
+  """Every shape key of `config` by dotted name: ``model.*`` and
+  ``image_size``."""
+  return [f'model.{k}' for k in config.model] + ['image_size']
 
 
 def shape_keys_unset(config) -> list[str]:
@@ -120,18 +197,19 @@ def shape_keys_unset(config) -> list[str]:
 def _check_augmentation(config) -> None:
   """Raises ConfigError unless the pipeline can give the augmentation.
 
-  ``augmentation='imagenet'`` reads images of any size, which the device
-  pipeline (one resident array of same-size images) cannot hold; and its
-  evaluation crop must fit in the resized image.
+  ``augmentation='imagenet'`` and ``'resize_crop'`` read images of any
+  size, which the device pipeline (one resident array of same-size
+  images) cannot hold; and their crops must fit in the resized image
+  (``resize_crop`` crops its training images from the same resize).
   """
-  if config.augmentation != 'imagenet':
+  if not datasets.any_size(config):
     return
   if config.pipeline == 'device':
     raise ConfigError(
-        "config.augmentation='imagenet' needs config.pipeline='tfdata' (it "
-        'decodes images of any size and crops them on the host); the '
-        "device pipeline keeps same-size images on the devices: use "
-        "augmentation='cifar' with it")
+        f'config.augmentation={config.augmentation!r} needs '
+        "config.pipeline='tfdata' (it decodes images of any size and crops "
+        'them on the host); the device pipeline keeps same-size images on '
+        "the devices: use augmentation='cifar' with it")
   if config.image_size is None:
     return  # An evaluation's, from pretrained weights not yet written.
   resize = datasets.eval_resize_size(config)
