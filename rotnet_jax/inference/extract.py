@@ -13,6 +13,8 @@ global average pooling), ``labels``
 (``int32 [N]``), ``blocks`` (the block names) and ``class_names`` (empty
 when the dataset does not name its classes). It is written to a
 temporary file and renamed: an interrupted run leaves no partial output.
+It is not written inside a workdir a run is training in (checked before
+and after the extraction).
 """
 
 import time
@@ -26,6 +28,7 @@ from rotnet_jax.data import datasets
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import first_line
 from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
 
 # Images per progress step: features are computed (and logged) this many
 # images at a time.
@@ -81,9 +84,11 @@ def extract_split(*, pretrained: str, dataset: str, split: str, blocks,
 
   Raises:
     InputError, MissingInputError: a bad path, dataset, split, block,
-      batch size or output (before anything is written).
+      batch size or output, or an output inside a workdir a run is
+      training in (before anything is written).
   """
   full = check_output(out, overwrite=overwrite)
+  workdir_lock.check_not_inside_locked(full, '--out')
   if batch_size < 1:
     raise InputError(f'--batch_size={batch_size}: must be positive')
   model = inference.load(pretrained, step)
@@ -103,6 +108,8 @@ def extract_split(*, pretrained: str, dataset: str, split: str, blocks,
     with open(tmp, 'wb') as f:
       np.savez(f, **contents)
 
+  # Again: the extraction took minutes, a run may have started there.
+  workdir_lock.check_not_inside_locked(full, '--out')
   try:
     filesystem.write_file_atomically(full, write)
   except OSError as e:

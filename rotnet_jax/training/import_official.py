@@ -19,10 +19,12 @@ in its ``network``.
 
 The workdir is written into a temporary sibling folder and renamed at the
 end: a failure leaves no partial workdir. An existing non-empty ``--workdir``
-is refused unless ``--overwrite``. Bad input is one ``error:`` line and exit
-status 2.
+is refused unless ``--overwrite``; a workdir a run is training in is
+refused even with it, and the import holds the workdir's lock while it
+writes, as a run does. Bad input is one ``error:`` line and exit status 2.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -39,6 +41,7 @@ from rotnet_jax.training import optim
 from rotnet_jax.weights import torch_format
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
 from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
 from rotnet_jax.workdir import run_files
 
 
@@ -161,15 +164,30 @@ def _opt_state(config, params, step: int):
   return jax.tree_util.tree_map_with_path(set_count, state)
 
 
+def _check_empty(full: str, workdir: str, overwrite: bool,
+                 ignored: tuple[str, ...] = ()) -> None:
+  """InputError if `full` holds more than `ignored` and `overwrite` is not
+  set."""
+  if (not overwrite and os.path.isdir(full) and
+      set(os.listdir(full)) - set(ignored)):
+    raise InputError(f'--workdir={workdir} exists and is not empty: pass '
+                     '--overwrite to replace it, or another --workdir')
+
+
 def check_output(workdir: str, overwrite: bool) -> str:
-  """The absolute `workdir`, or InputError if it cannot be written."""
+  """The absolute `workdir`, or InputError if it cannot be written (it, or
+  a workdir it is inside, is locked by a live run; it is not empty and
+  `overwrite` is not set; it cannot be created or replaced)."""
   if not workdir or not workdir.strip():
     raise InputError('--workdir is empty: pass the folder to write')
   full = os.path.abspath(os.path.expanduser(workdir))
   filesystem.check_writable_folder(full, '--workdir')
-  if os.path.isdir(full) and os.listdir(full) and not overwrite:
-    raise InputError(f'--workdir={workdir} exists and is not empty: pass '
-                     '--overwrite to replace it, or another --workdir')
+  if os.path.isdir(full):
+    # Even with --overwrite: a run training there would go on writing
+    # into the replaced workdir, beside the imported network.
+    workdir_lock.check_not_locked(full)
+  workdir_lock.check_not_inside_locked(full, '--workdir')
+  _check_empty(full, workdir, overwrite)
   if os.path.isdir(full) and not os.access(os.path.dirname(full),
                                            os.W_OK | os.X_OK):
     raise InputError(f'--workdir={workdir} cannot be replaced: its parent '
@@ -222,7 +240,8 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
     overwrite: replace an existing non-empty `workdir`.
 
   Raises:
-    InputError: bad input, naming it; nothing is written then.
+    InputError: bad input, naming it, or a run holds `workdir`'s lock
+      (naming it); nothing is written then.
   """
   start = time.time()
   full = check_output(workdir, overwrite)
@@ -287,25 +306,48 @@ def import_file(path: str, workdir: str, *, backbone: str | None = None,
           'config': config_dict, 'best': {},
           'imported_from': {'file': source, 'format': 'FeatureLearningRotNet',
                             'epoch': epoch}}
+  _write_workdir(full, workdir, overwrite, model=model,
+                 opt_state=_opt_state(config, model['params'], step),
+                 meta=meta, config=config, network=network)
+  return (f'imported {what}, epoch {epoch}, from {source} into {full} in '
+          f'{time.time() - start:.1f} s')
+
+
+def _write_workdir(full: str, workdir: str, overwrite: bool,
+                   **contents) -> None:
+  """Writes `contents` (see :func:`_write`) as the workdir `full`.
+
+  Under the workdir's lock, as a run writes its workdir: a run started
+  meanwhile is refused, and one that got there first refuses the import
+  (InputError, nothing changed). The new workdir is written in a
+  temporary sibling that carries the lock too, then renamed onto `full`.
+  """
   parent = os.path.dirname(full)
+  created = not os.path.lexists(full)
+  published = False
   try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(full)}.'
-                           'importing-')
-    # mkdtemp makes it private (0700); a workdir gets the usual mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-  except OSError as e:
-    raise InputError(f'--workdir={workdir} cannot be written: {e}') from e
-  try:
-    _write(tmp, model=model, opt_state=_opt_state(config, model['params'],
-                                                  step),
-           meta=meta, config=config, network=network)
-    _publish(tmp, full)
+    # The lock creates `full` if need be (a lock file needs a folder).
+    with workdir_lock.lock(full):
+      # Again under the lock: a run may have started here since the check.
+      _check_empty(full, workdir, overwrite, ignored=(run_files.LOCK_FILE,))
+      tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(full)}.'
+                             'importing-')
+      try:
+        # mkdtemp makes it private (0700); a workdir gets the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        _write(tmp, **contents)
+        workdir_lock.copy_into(full, tmp)
+        _publish(tmp, full)
+        published = True
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
   except OSError as e:
     raise InputError(f'--workdir={workdir} cannot be written: {e}') from e
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return (f'imported {what}, epoch {epoch}, from {source} into {full} in '
-          f'{time.time() - start:.1f} s')
+    if created and not published:
+      # A failed import leaves nothing behind, not even the folder the
+      # lock needed (empty once the lock is released).
+      with contextlib.suppress(OSError):
+        os.rmdir(full)

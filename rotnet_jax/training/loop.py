@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import jax
@@ -403,7 +404,8 @@ class _Saver:
 
 
 def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
-        steps: CompiledSteps, train_source, test_source, images_per_step: int
+        steps: CompiledSteps, train_source, test_source, images_per_step: int,
+        on_complete: Callable[[dict[str, dict[str, Any]]], None] | None = None
         ) -> tuple[TrainState, dict[str, dict[str, Any]]]:
   """Trains `state` for ``config.num_epochs``, resuming from `workdir`.
 
@@ -417,6 +419,9 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
     steps: the compiled train and eval steps.
     train_source, test_source: data sources.
     images_per_step: samples a train step consumes (for images/s).
+    on_complete: called with the per-head records (see Returns) once the
+      last epoch is saved, while the run still holds the workdir's lock
+      (the driver writes ``results.json`` there).
 
   Returns:
     The final state, and per head ``{'final_accuracy', 'final_epoch',
@@ -491,7 +496,9 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
         saver.close()
       finally:
         log.close()
-    return run.state, run.best
+    if on_complete is not None and run.best:
+      on_complete(run.best)
+  return run.state, run.best
 
 
 def _host_sums(pending) -> list[dict[str, dict[str, float]]]:

@@ -26,6 +26,7 @@ from rotnet_jax.training import steps as steps_lib
 from rotnet_jax.training import validation
 from rotnet_jax.training.steps import TrainState
 from rotnet_jax.workdir import filesystem
+from rotnet_jax.workdir import lock as workdir_lock
 from rotnet_jax.workdir import run_files
 
 
@@ -97,8 +98,11 @@ def train_and_evaluate(config, workdir: str, *, mesh=None
                    heads=heads)
     if jax.process_index() == 0:
       filesystem.resolve(workdir).mkdir(parents=True, exist_ok=True)
-    run_files.write_config(workdir, config, network)
-    run_files.write_results(workdir, summary)
+    # Written under the lock, as a training run writes: a run that started
+    # in this workdir meanwhile stops this one here.
+    with workdir_lock.lock(workdir):
+      run_files.write_config(workdir, config, network)
+      run_files.write_results(workdir, summary)
     return summary
   train_source = data_lib.make_source(config, config.train_split, mesh,
                                       train=True)
@@ -114,7 +118,10 @@ def train_and_evaluate(config, workdir: str, *, mesh=None
     state, best = loop.fit(
         config, workdir, network=objective.network, state=state,
         steps=steps, train_source=train_source, test_source=test_source,
-        images_per_step=config.batch_size * objective.inputs_per_image)
+        images_per_step=config.batch_size * objective.inputs_per_image,
+        # results.json while the run still holds the workdir's lock.
+        on_complete=lambda best: run_files.write_results(
+            workdir, results(config, objective, best)))
   except Exception as e:  # pylint: disable=broad-except
     if not _disk_full(e):
       raise
@@ -123,8 +130,6 @@ def train_and_evaluate(config, workdir: str, *, mesh=None
     loop.check_disk_space(workdir, state)
     raise InputError(f'no space left on the device of --workdir={workdir}: '
                      'free some space and rerun the same command.') from None
-  if best:  # Empty when there was nothing left to train.
-    run_files.write_results(workdir, results(config, objective, best))
   return state
 
 

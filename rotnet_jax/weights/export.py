@@ -6,7 +6,9 @@ WORKDIR may be a run's workdir (its latest checkpoint, or ``--step``), an
 exported file, or an official PyTorch file. The file's layout and metadata:
 ``safetensors_format``. Besides the arrays, an export keeps what the
 source says about them: the run's config and the angles the backbone's
-classifier predicts (:func:`rotations_at`).
+classifier predicts (:func:`rotations_at`). The file is not written inside
+a workdir a run is training in: a workdir's lock keeps out every writer
+but its run.
 """
 
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.weights import safetensors_format
+from rotnet_jax.workdir import lock as workdir_lock
 from rotnet_jax.workdir import run_files
 
 # The angles of an official FeatureLearningRotNet classifier.
@@ -99,11 +102,15 @@ def export(path: str, out: str, *, step: int = 0,
 
   Raises:
     MissingInputError, InputError: see ``weights.read`` and
-      ``safetensors_format.write``.
+      ``safetensors_format.write``; or `out` is inside a workdir a run is
+      training in (``lock.check_not_inside_locked``).
   """
   # Checked before the (slow) read too: a bad `out` fails at once.
-  safetensors_format.check_output(out, overwrite=overwrite)
+  full = safetensors_format.check_output(out, overwrite=overwrite)
+  workdir_lock.check_not_inside_locked(full, 'the output')
   weights = weights_lib.read(path, step)
+  # Again: a run may have started in that workdir during the read.
+  workdir_lock.check_not_inside_locked(full, 'the output')
   return safetensors_format.write(
       weights, out, overwrite=overwrite, config=source_config(path),
       rotations=rotations_at(path, weights))

@@ -5,9 +5,10 @@ checkpoint (``weights.workdir_format``): parameters and BatchNorm
 statistics, into the shardings of the current mesh. Before any array is
 read, the checkpoint's network (its saved spec and array shapes) is
 compared with the one the config describes, and a mismatch names the
-differing arrays and the flags that would match. An exported or official
-file is read with ``weights.read`` and checked the same way; ``'random'``
-is a freshly initialised backbone.
+differing arrays and the flags that would match; the restored arrays
+must be finite. An exported or official file is read with
+``weights.read`` and checked the same way; ``'random'`` is a freshly
+initialised backbone.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ from rotnet_jax import parallel
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.weights import batch_stats as batch_stats_lib
+from rotnet_jax.weights import types
 from rotnet_jax.weights import workdir_format
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
 from rotnet_jax.workdir import filesystem
@@ -71,8 +73,9 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
   Raises:
     MissingInputError: no such workdir or file, no checkpoint, no such step.
     InputError: the weights' network is not the one ``config.model``
-      describes (naming the arrays whose shapes differ), or the file is
-      not one the package can read.
+      describes (naming the arrays whose shapes differ), the file is not
+      one the package can read, or an array holds NaN or infinite values
+      (naming it).
   """
   if config.pretrained == RANDOM:
     return _random_backbone(config, mesh, train_source)
@@ -106,6 +109,12 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
         lambda: checkpoints.restore(step, model=target))['model']
   finally:
     checkpoints.close()
+  # Replicated, so every process holds the whole of each array: np.asarray
+  # reads its own copy (also with several processes).
+  types.check_finite(
+      f'config.pretrained={config.pretrained!r}: the checkpoint in '
+      f'{checkpoints.directory} (step {step})',
+      jax.tree.map(np.asarray, variables))
   return RestoredBackbone(spec, variables, {
       'pretrained': filesystem.parent(checkpoints.directory),
       'pretrained_step': step})

@@ -27,7 +27,8 @@ feeds the network: ``format`` (plain ``rotnet-jax``) and, JSON-encoded,
 
 :func:`write` writes it; :func:`read` reads it back into a
 ``weights.Weights``, checking every key and shape against the network its
-spec describes; :func:`read_spec` reads the metadata header alone.
+spec describes and every value for NaN and infinities; :func:`read_spec`
+reads the metadata header alone.
 """
 
 import contextlib
@@ -252,8 +253,9 @@ def read(path: str) -> types.Weights:
 
   Raises:
     InputError: `path` is not a safetensors file (or is cut short), not a
-      rotnet-jax export, names an unknown backbone, or its arrays are not
-      exactly those of the network its spec describes (naming the keys).
+      rotnet-jax export, names an unknown backbone, its arrays are not
+      exactly those of the network its spec describes (naming the keys),
+      or some hold NaN or infinite values (naming them).
   """
   path = filesystem.absolute(path)
   meta = read_metadata(path)
@@ -277,6 +279,7 @@ def read(path: str) -> types.Weights:
   not_float = sorted(k for k, v in flat.items() if v.dtype != np.float32)
   if not_float:
     raise InputError(f'{path}: arrays {not_float[:4]} are not float32')
+  types.check_finite(path, flat)
   heads = None
   if heads_meta is None and head_arrays:
     raise InputError(f'{path}: unexpected head arrays '

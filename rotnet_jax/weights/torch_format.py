@@ -365,11 +365,11 @@ def _fill(target, state: dict[str, np.ndarray], entries: list[tuple],
                       if len(wrong) > _LISTED else ''))
   if set(values) != set(shapes):  # A bug of this module, not of the file.
     raise AssertionError(f'unfilled: {sorted(set(shapes) - set(values))}')
-  bad = [key for key, our_path, _ in entries
-         if not np.all(np.isfinite(values[our_path]))]
-  if bad:
-    raise InputError(f'{path}: {_describe_keys(bad)} hold NaN or infinite '
-                     'values')
+  # Keyed as the file names them; counted after the conversion to
+  # float32, which is what would be used (a float64 beyond float32's
+  # range becomes an infinity).
+  types.check_finite(path, {key: values[our_path]
+                            for key, our_path, _ in entries})
   return jax.tree_util.tree_map_with_path(
       lambda p, _: values[_path_key(p)], target)
 

@@ -142,7 +142,8 @@ def read(path: str, step: int = 0) -> types.Weights | HeadsOnly:
 
   Raises:
     MissingInputError, InputError: see :func:`pretrained_checkpoint` and
-      :func:`read_checkpoint_part`.
+      :func:`read_checkpoint_part`; or an array holds NaN or infinite
+      values (``types.check_finite``).
   """
   checkpoints, step = pretrained_checkpoint(path, step)
   try:
@@ -153,6 +154,8 @@ def read(path: str, step: int = 0) -> types.Weights | HeadsOnly:
   finally:
     checkpoints.close()
   model = _to_numpy(model)
+  types.check_finite(
+      f'the checkpoint in {checkpoints.directory} (step {step})', model)
   config = run_files.read_config(path) or {}
   mean_rgb = tuple(config.get('mean_rgb', config_schema.CIFAR_MEAN_RGB))
   std_rgb = tuple(config.get('std_rgb', config_schema.CIFAR_STD_RGB))

@@ -6,6 +6,10 @@ file's creation atomic depends on where it lives: a LockStore per kind of
 path (``O_EXCL`` locally, a generation precondition on Cloud Storage). A
 live run renews a heartbeat in the file, so that the lock of a run that is
 gone (a preempted VM) is taken over after a lease.
+
+Every command that writes a workdir takes the lock (training,
+``import_torch``) or respects it (``export`` and ``extract`` write no
+file inside a locked workdir: :func:`check_not_inside_locked`).
 """
 
 import contextlib
@@ -322,8 +326,16 @@ def _heartbeat_age(holder: dict[str, Any]) -> float | None:
   return time.time() - beat
 
 
-def _is_stale(holder: dict[str, Any]) -> bool:
-  """Whether the run that wrote `holder` is known to be gone.
+# The lock files this process holds (a `lock` body is running). A lock
+# naming this process is live only if it is one of them; otherwise an
+# earlier process that had the same id left it (ids are reused, soon in a
+# container).
+_held: set[str] = set()
+
+
+def _is_stale(holder: dict[str, Any], file_path: str) -> bool:
+  """Whether the run that wrote `holder` into `file_path` is known to be
+  gone.
 
   A process of this host is checked by its pid. A lock of another host is
   stale once its heartbeat is older than :data:`LOCK_LEASE_S`; one without
@@ -342,10 +354,24 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     return True
   except PermissionError:
     return False  # Alive, another user's.
-  return int(holder['pid']) == os.getpid()  # Our own: a leftover of ours.
+  if int(holder['pid']) != os.getpid():
+    return False
+  # This process: live while a `lock` of ours holds the file (another
+  # writer in this process, e.g. an import while a notebook trains).
+  return file_path not in _held
 
 
-def _locked_error(workdir: str, holder: dict[str, Any]) -> InputError:
+def _locked_error(workdir: str, holder: dict[str, Any],
+                  subject: str | None = None,
+                  instead: str = 'use another --workdir') -> InputError:
+  """The refusal of a writer onto the locked `workdir`.
+
+  Args:
+    workdir: the locked workdir.
+    holder: what its lock says of the run holding it.
+    subject: what the writer was asked to write (default: the workdir).
+    instead: what the user may do instead of waiting.
+  """
   lock_path = path(workdir, LOCK_FILE)
   delete = (f'gcloud storage rm {lock_path}' if is_remote(lock_path) else
             f'delete {lock_path}')
@@ -353,18 +379,69 @@ def _locked_error(workdir: str, holder: dict[str, Any]) -> InputError:
   beat = ('' if age is None else
           f', last heard from {max(age, 0):.0f} s ago; taken over by itself '
           f'{LOCK_LEASE_S:.0f} s after that')
+  subject = subject or f'--workdir={workdir}'
   return InputError(
-      f'--workdir={workdir} is in use by another run (host '
+      f'{subject} is in use by another run (host '
       f"{holder.get('host')}, process {holder.get('pid')}, started "
-      f"{holder.get('started')}{beat}): wait for it, or use another "
-      f'--workdir. If that run is gone (killed on another host), {delete}.')
+      f"{holder.get('started')}{beat}): wait for it, or {instead}. If that "
+      f'run is gone (killed on another host), {delete}.')
+
+
+def _live_holder(workdir: str) -> dict[str, Any] | None:
+  """The holder of `workdir`'s lock if its run is live, else None."""
+  holder = _lock_holder(workdir)
+  if holder is None or _is_stale(holder, path(workdir, LOCK_FILE)):
+    return None
+  return holder
 
 
 def check_not_locked(workdir: str) -> None:
   """Raises InputError if a live run holds `workdir` (reads only)."""
-  holder = _lock_holder(workdir)
-  if holder is not None and not _is_stale(holder):
+  holder = _live_holder(workdir)
+  if holder is not None:
     raise _locked_error(workdir, holder)
+
+
+def check_not_inside_locked(file_path: str, what: str) -> None:
+  """Raises InputError if `file_path` is inside a workdir a live run holds.
+
+  For commands that write one file of their own (an export, extracted
+  features) wherever the user asks: a workdir's lock means that nothing
+  but its run writes there, so such a file goes elsewhere until the run
+  ends (an import replacing the workdir would also delete it). Reads
+  only: the lock of every folder above `file_path`.
+
+  Args:
+    file_path: the file to be written.
+    what: how the command names it (``'--out'``, ``'the output'``).
+  """
+  folder = filesystem.parent(file_path)
+  while True:
+    holder = _live_holder(folder)
+    if holder is not None:
+      raise _locked_error(
+          folder, holder, subject=f'{what} {file_path} is inside the '
+          f'workdir {folder}, which', instead=f'write {what} elsewhere')
+    above = filesystem.parent(folder)
+    if above == folder:
+      return
+    folder = above
+
+
+def copy_into(workdir: str, folder: str) -> None:
+  """Puts the lock this process holds on local `workdir` into `folder` too.
+
+  For a writer that replaces the whole workdir by renaming `folder` onto
+  it (``import_torch --overwrite``): the new workdir is locked from the
+  moment it appears, and :func:`lock` releases it there as usual.
+  """
+  file_path = path(workdir, LOCK_FILE)
+  if file_path not in _held:
+    raise ValueError(f'{file_path} is not held by this process')
+  with open(file_path) as f:
+    text = f.read()
+  with open(os.path.join(folder, LOCK_FILE), 'w') as f:
+    f.write(text)
 
 
 @contextlib.contextmanager
@@ -396,7 +473,7 @@ def lock(workdir: str):
     if found is None:
       continue  # Released in between: try again.
     previous = _parse_holder(found[0])
-    if not _is_stale(previous):
+    if not _is_stale(previous, file_path):
       raise _locked_error(workdir, previous) from None
     logging.warning('Taking over the stale lock of a run that is gone '
                     '(%s): %s', previous or 'unreadable', file_path)
@@ -407,12 +484,14 @@ def lock(workdir: str):
   beating = threading.Thread(target=_beat, args=(store, file_path, holder,
                                                  stop),
                              name='rotnet-lock-heartbeat', daemon=True)
+  _held.add(file_path)
   beating.start()
   try:
     yield
   finally:
     stop.set()
     beating.join()
+    _held.discard(file_path)
     store.delete(file_path)
 
 
