@@ -1,4 +1,5 @@
-"""The weighted k-NN vote of ``rotnet_jax.training.knn`` on hand-made features.
+"""The weighted k-NN vote of ``rotnet_jax.training.knn`` on hand-made features,
+and the memory bank of a K-per-class evaluation.
 
 The end-to-end k-NN evaluation of a trained RotNet (against a random
 network) is in ``test_inference.py``, which trains one.
@@ -10,6 +11,9 @@ import numpy as np
 import pytest
 
 import helpers
+import rotnet_jax
+from rotnet_jax.data import datasets
+from rotnet_jax.data import digits
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.training import knn
 from rotnet_jax.training import train
@@ -137,3 +141,39 @@ def test_knn_refuses_finetuning_before_writing(tmp_path):
   with pytest.raises(ConfigError, match='config.finetune=True'):
     train.train_and_evaluate(config, str(workdir))
   assert not os.path.exists(workdir)
+
+
+def test_a_k_per_class_evaluation_votes_with_the_k_per_class_bank_alone(
+    tiny_pretext_run, tmp_path, monkeypatch, one_device_mesh):
+  """``examples_per_class=K`` (the paper's semi-supervised setting): the
+  neighbours come from the first K training images of each class, not
+  from the whole split (a larger bank, reported as the K-per-class
+  score)."""
+  per_class = 3
+  banks = []
+  real_predict = knn.knn_predict
+
+  def recording(train_features, train_labels, test_features, **kwargs):
+    banks.append((np.asarray(train_features), np.asarray(train_labels)))
+    return real_predict(train_features, train_labels, test_features,
+                        **kwargs)
+
+  monkeypatch.setattr(knn, 'knn_predict', recording)
+  results = train.train_and_evaluate(
+      helpers.tiny_config(mode='evaluate', head='knn',
+                          pretrained=tiny_pretext_run, blocks=('conv2',),
+                          num_train_examples=0,
+                          examples_per_class=per_class, knn_k=5),
+      str(tmp_path / 'knn'), mesh=one_device_mesh)
+  images, labels = digits.load('train')
+  keep = datasets.training_subset(labels, examples_per_class=per_class)
+  assert len(keep) == 10 * per_class
+  (bank, bank_labels), = banks
+  np.testing.assert_array_equal(bank_labels, labels[keep])
+  # The bank's rows are those images' pooled conv2 features.
+  expected = rotnet_jax.load(tiny_pretext_run).features(
+      images[keep], 'conv2', pool=True)['conv2']
+  np.testing.assert_allclose(bank, expected, rtol=1e-5, atol=1e-6)
+  (head,) = results['heads']
+  assert head['train_samples'] == 10 * per_class
+  assert head['test_samples'] == 297  # The whole test split.

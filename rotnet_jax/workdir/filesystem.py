@@ -263,9 +263,15 @@ def write_text(file_path: str, text: str) -> None:
     resolve(file_path).write_text(text)
     return
   tmp = f'{file_path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, file_path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, file_path)
+  except BaseException:
+    # A failed write (a full disk, Ctrl-C) leaves no half file beside.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def write_json(file_path: str, data: Any) -> None:
