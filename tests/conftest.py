@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices, fast failure of stuck collectives.
+"""Test setup: 8 fake CPU devices, fast failure of stuck collectives, fast
+compilation (helpers.FAST_COMPILE_XLA_FLAGS).
 
 XLA reads these flags once, when JAX first creates its CPU backend, so they
 are set here before any test imports JAX. Tests that need one device build a
@@ -20,8 +21,13 @@ MULTI_DEVICE_XLA_FLAGS = (
     '--xla_cpu_collective_call_terminate_timeout_seconds=15')
 
 os.environ['JAX_PLATFORMS'] = 'cpu'
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
-                           MULTI_DEVICE_XLA_FLAGS).strip()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import FAST_COMPILE_XLA_FLAGS
+
+os.environ['XLA_FLAGS'] = ' '.join(
+    (os.environ.get('XLA_FLAGS', ''), FAST_COMPILE_XLA_FLAGS,
+     MULTI_DEVICE_XLA_FLAGS)).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -48,10 +54,14 @@ def pytest_configure(config):
 
   Set before collection (programs compiled while test modules are imported
   are cached too) and in the environment, for the processes tests start.
+  With pytest-xdist (``-n``), the workers inherit the folder of the process
+  that started them, so they share one cache; that process removes it.
   """
-  cache_dir = tempfile.mkdtemp(prefix='rotnet_jax_cache_')
-  config.add_cleanup(functools.partial(shutil.rmtree, cache_dir,
-                                       ignore_errors=True))
+  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  if not (os.environ.get('PYTEST_XDIST_WORKER') and cache_dir):
+    cache_dir = tempfile.mkdtemp(prefix='rotnet_jax_cache_')
+    config.add_cleanup(functools.partial(shutil.rmtree, cache_dir,
+                                         ignore_errors=True))
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = cache_dir
   for name, value in _CACHE_OPTIONS.items():

@@ -342,6 +342,9 @@ def _head_outputs(heads, spec, features):
   return outputs
 
 
+# Every ImageNet head of the official AlexNet: the slow tier (the default
+# run checks the imported AlexNet itself, above).
+@pytest.mark.slow
 def test_imported_imagenet_classifiers_compute_what_pytorch_computes(
     official, tmp_path):
   path, net = official

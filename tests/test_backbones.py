@@ -79,6 +79,8 @@ def _config(**overrides):
                                         **overrides})
 
 
+# Four runs: the slow tier (the default run checks the registry below).
+@pytest.mark.slow
 def test_a_registered_backbone_trains_and_is_evaluated(two_stages, tmp_path,
                                                        one_device_mesh):
   del two_stages

@@ -105,6 +105,10 @@ def _snapshot(workdir, config, mesh):
           metrics, config_json)
 
 
+# A run and four refused ones: the slow tier (the default run checks a
+# refused config against a trained workdir through the command line,
+# test_hostile_input.py, and the network check below).
+@pytest.mark.slow
 def test_bad_input_leaves_a_trained_workdir_restorable(tmp_path,
                                                        one_device_mesh,
                                                        eight_device_mesh):
@@ -134,6 +138,10 @@ def test_bad_input_leaves_a_trained_workdir_restorable(tmp_path,
   assert after[2:] == before[2:]
 
 
+# Two runs: the slow tier (the default run refuses an evaluation's shape
+# that differs from its weights', test_command_lines.py and
+# test_evaluate.py).
+@pytest.mark.slow
 def test_resuming_a_different_network_names_the_difference(tmp_path,
                                                            one_device_mesh):
   _run(tiny_config(), tmp_path, one_device_mesh)

@@ -251,6 +251,9 @@ def _events(local_or_url):
                   '\n')[:-1])]
 
 
+# A run, its resume, an evaluation and a report on the fake bucket: the slow
+# tier (the default run keeps the bucket's lock, probe and URL tests).
+@pytest.mark.slow
 def test_a_run_its_resume_an_evaluation_and_the_report_work_on_gs(
     gcs, tmp_path, one_device_mesh):
   config = tiny_config(batch_size=100, num_epochs=2)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import jax
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
+import helpers
 from helpers import REPO_ROOT, tiny_config, write_image_folder
 from helpers import evaluation_rows
 from helpers import source_batches as _batches
@@ -311,6 +314,8 @@ def test_a_global_batch_is_split_over_eight_devices(pipeline,
       np.concatenate([np.asarray(s.data) for s in shards]), np.asarray(image))
 
 
+# A run in a fresh process: the slow tier.
+@pytest.mark.slow
 def test_device_source_imports_no_tensorflow(tmp_path):
   # A fresh process: build the device source, gather a batch and take a
   # train step, then look for TensorFlow among the loaded modules.
@@ -326,8 +331,12 @@ def test_device_source_imports_no_tensorflow(tmp_path):
       print('LOADED', loaded)
       assert not loaded, loaded
   ''')
+  # One device (not the session's 8 fake ones): what is imported does not
+  # depend on it, and an 8-device program takes far longer to compile.
+  env = helpers.one_device_env()
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'LOADED []' in result.stdout
 
@@ -363,3 +372,99 @@ def test_tfdata_processes_split_each_global_batch(monkeypatch,
     np.testing.assert_array_equal(joined[order(joined)],
                                   whole['image'][order(whole['image'])])
     assert not np.array_equal(first['label'], second['label'])
+
+
+class _RecordedIterator:
+  """A tf.data numpy iterator that notes in `events` each batch read, the
+  read that finds the end, and its own release."""
+
+  def __init__(self, iterator, events):
+    self._iterator = iterator
+    self._events = events
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    try:
+      batch = next(self._iterator)
+    except StopIteration:
+      self._events.append('end read')
+      raise
+    self._events.append('read')
+    return batch
+
+  def __del__(self):
+    self._events.append('released')
+
+
+class _RecordedDataset:
+  """A ``tf.data.Dataset`` whose numpy iterator is a _RecordedIterator."""
+
+  def __init__(self, dataset, events):
+    self._dataset = dataset
+    self._events = events
+
+  def as_numpy_iterator(self):
+    return _RecordedIterator(self._dataset.as_numpy_iterator(), self._events)
+
+
+def _wait_for(events, event, seconds=60):
+  """Whether `event` is in `events` within `seconds`; then waits for the
+  teardown threads to end, so that no pipeline outlives the test."""
+  deadline = time.monotonic() + seconds
+  while event not in events and time.monotonic() < deadline:
+    time.sleep(0.01)
+  for thread in threading.enumerate():
+    if thread.name == 'tfdata-teardown':
+      thread.join(max(deadline - time.monotonic(), 1))
+  return event in events
+
+
+def test_tfdata_yields_its_last_batches_before_its_teardown(
+    monkeypatch, one_device_mesh):
+  """Releasing a tf.data iterator waits for the pipeline's threads to stop
+  (5 ms to 2.5 s on the project's loaded 2-core machine): the epoch's last
+  batches must not wait for it (nor for a read that finds the end), the
+  batches must stay those of the pipeline, and the teardown must still
+  happen, also when the caller stops early."""
+  config = tiny_config(pipeline='tfdata', batch_size=100)
+  source = data_lib.make_source(config, 'train', one_device_mesh,
+                                train=True)
+  # pylint: disable-next=protected-access
+  expected = list(source._dataset(0).as_numpy_iterator())
+  assert len(expected) == source.steps_per_epoch == 5
+  real_dataset = source._dataset  # pylint: disable=protected-access
+  events = []
+  monkeypatch.setattr(source, '_dataset', lambda *args, **kwargs: (
+      _RecordedDataset(real_dataset(*args, **kwargs), events)))
+
+  got = []
+  for batch in source.epoch(0):
+    events.append('yielded')
+    got.append(jax.tree.map(np.asarray, batch))
+  last_yield = len(events) - 1 - events[::-1].index('yielded')
+  assert 'end read' not in events[:last_yield], events
+  assert 'released' not in events[:last_yield], events
+  assert events.count('yielded') == events.count('read') == 5, events
+  assert _wait_for(events, 'released'), events
+  # The same batches, in the same order.
+  for a, b in zip(got, expected, strict=True):
+    for key in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+  # A run resumed mid-epoch: the tail of the same epoch.
+  events.clear()
+  tail = [jax.tree.map(np.asarray, b) for b in source.epoch(0, start_step=3)]
+  for a, b in zip(tail, expected[3:], strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  assert _wait_for(events, 'released'), events
+
+  # A caller that stops after one batch (a preempted run) still releases
+  # the pipeline, without reading on to its end.
+  events.clear()
+  batches = source.epoch(0)
+  next(batches)
+  batches.close()
+  assert _wait_for(events, 'released'), events
+  assert 'end read' not in events, events

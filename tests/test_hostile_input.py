@@ -17,7 +17,6 @@ is the slow tier (``python -m pytest -q -m slow``).
 """
 
 import concurrent.futures
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import time
 
 import pytest
 
-from helpers import REPO_ROOT, write_image_folder
+from helpers import REPO_ROOT, one_device_env, snapshot, write_image_folder
 from rotnet_jax import config_schema
 
 # A quick.py run shrunk to seconds: 256 digits, 1/32 width, 1 epoch.
@@ -48,7 +47,7 @@ def _command(module_or_script, *args):
 
 def _run(argv, timeout=300):
   # A plain single-device machine: drop the tests' fake-device XLA flags.
-  env = dict(os.environ, XLA_FLAGS='')
+  env = one_device_env()
   return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
                         timeout=timeout, env=env)
 
@@ -64,18 +63,6 @@ def _cli_value(value) -> str:
   return repr(value) if isinstance(value, tuple) else str(value)
 
 
-def _snapshot(folder) -> dict[str, str]:
-  """Every file under `folder` and its SHA-256; folders as ``'dir'``."""
-  result = {}
-  for root, dirs, files in os.walk(folder):
-    for name in dirs:
-      result[os.path.relpath(os.path.join(root, name), folder)] = 'dir'
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        result[os.path.relpath(path, folder)] = hashlib.sha256(
-            f.read()).hexdigest()
-  return result
 
 
 def _assert_one_error_line(result, *names):
@@ -96,7 +83,7 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('trained') / 'run')
   result = _run(_command('main.py', *_main_args(workdir)))
   assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, _snapshot(workdir)
+  return workdir, snapshot(workdir)
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +143,7 @@ def _config_case_param(case):
 @pytest.fixture(scope='module')
 def config_case_results(trained, request):
   workdir, _ = trained
-  # The cases this session runs (one in the fast tier), all at once.
+  # The cases this session runs (one in the fast tier), two at a time.
   selected = {item.callspec.params['case'] for item in request.session.items
               if getattr(item, 'originalname', None) == _CONFIG_TEST}
   cases = [case for case in _CONFIG_CASES if case in selected]
@@ -169,8 +156,25 @@ def config_case_results(trained, request):
             f'--config.{key}={value}']
     return _run(_command('main.py', *args))
 
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    # pytest-xdist hands the cases out to its workers one test at a time:
+    # each worker runs the cases of its own tests (all of them here would
+    # run every case once per worker).
+    return _RunOnFirstUse(run)
   with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
     return dict(zip(cases, pool.map(run, cases)))
+
+
+class _RunOnFirstUse(dict):
+  """``{case: result}`` that runs a case when it is first looked up."""
+
+  def __init__(self, run):
+    super().__init__()
+    self._run = run
+
+  def __missing__(self, case):
+    self[case] = result = self._run(case)
+    return result
 
 
 @pytest.mark.parametrize('case',
@@ -180,7 +184,7 @@ def test_a_bad_config_value_is_one_line_and_changes_nothing(
   workdir, before = trained
   key = case[0]
   _assert_one_error_line(config_case_results[case], f'config.{key}')
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def test_a_noop_rerun_writes_nothing(trained):
   result = _main(workdir)  # The same finished run again.
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Nothing to train' in result.stderr
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.slow
@@ -204,12 +208,12 @@ def test_a_shorter_rerun_of_a_finished_run_writes_nothing(tmp_path):
   workdir = str(tmp_path / 'run')
   two = {'num_epochs': 2, 'learning_rate_table': ((1, 0.1), (2, 0.02))}
   assert _main(workdir, **two).returncode == 0
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
     assert json.load(f)['complete']
   result = _main(workdir, num_epochs=1)
   assert result.returncode == 0 and 'Nothing to train' in result.stderr
-  assert _snapshot(workdir) == before  # results.json still says complete.
+  assert snapshot(workdir) == before  # results.json still says complete.
 
 
 @pytest.mark.slow
@@ -227,12 +231,12 @@ def test_a_workdir_entry_of_the_wrong_kind_fails_before_training(
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained[0], workdir)
   make_bad(workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _main(workdir, num_epochs=2,
                  learning_rate_table=((1, 0.1), (2, 0.02)))
   _assert_one_error_line(result, *names)
   assert 'epoch 2/2' not in result.stderr  # No training step ran.
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def _replace_with_file(workdir, name):
@@ -277,11 +281,11 @@ def test_a_damaged_metrics_line_before_the_last_stops_the_run(trained,
   lines[0] = 'garbage\n'
   with open(metrics, 'w') as f:
     f.writelines(lines)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _main(workdir, num_epochs=2,
                  learning_rate_table=((1, 0.1), (2, 0.02)))
   _assert_one_error_line(result, 'metrics.jsonl line 1')
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.slow
@@ -293,11 +297,11 @@ def test_damaged_metrics_and_checkpoint_together_change_nothing(tmp_path):
     lines = f.readlines()
   with open(metrics, 'w') as f:
     f.writelines(['garbage\n'] + lines)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _main(workdir, num_epochs=3,
                  learning_rate_table=((1, 0.1), (3, 0.02)))
   _assert_one_error_line(result, 'metrics.jsonl line 1')
-  assert _snapshot(workdir) == before  # The damaged step was not moved.
+  assert snapshot(workdir) == before  # The damaged step was not moved.
 
 
 @pytest.mark.slow
@@ -316,7 +320,7 @@ def test_a_damaged_pretrained_checkpoint_is_one_line(tmp_path):
 def test_a_workdir_under_the_home_folder(tmp_path):
   env_home = tmp_path / 'home'
   env_home.mkdir()
-  env = dict(os.environ, XLA_FLAGS='', HOME=str(env_home))
+  env = one_device_env(HOME=str(env_home))
   result = subprocess.run(
       _command('main.py', *_main_args('~/run')), cwd=REPO_ROOT,
       capture_output=True, text=True, timeout=300, env=env)
@@ -333,7 +337,7 @@ def test_an_unwritable_default_cache_is_named(tmp_path):
   write_image_folder(str(data), per_class=4)
   home = tmp_path / 'home_is_a_file'
   home.write_text('')
-  env = dict(os.environ, XLA_FLAGS='', HOME=str(home))
+  env = one_device_env(HOME=str(home))
   result = subprocess.run(
       _command('main.py', *_main_args(str(tmp_path / 'run'),
                                       dataset=str(data), batch_size=4,
@@ -385,11 +389,11 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(tmp_path):
   workdir = _two_checkpoints(tmp_path)
   _break_checkpoint(workdir, 8)
   _break_checkpoint(workdir, 4)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _main(workdir, num_epochs=3,
                  learning_rate_table=((1, 0.1), (3, 0.02)))
   _assert_one_error_line(result, 'no checkpoint', 'can be read', 'step 8')
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def _fill(args, tmp_path, **extra):
@@ -483,7 +487,7 @@ def test_the_label_map_is_saved_with_the_run(tmp_path):
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['network']['classes'] == [
         'class_0', 'class_1', 'class_2']
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   # Renamed in both splits (so the splits agree): the labels the
   # checkpoints learned would now mean other classes.
   for split in ('train', 'test'):
@@ -491,7 +495,7 @@ def test_the_label_map_is_saved_with_the_run(tmp_path):
   result = _main(workdir, num_epochs=2,
                  learning_rate_table=((1, 0.1), (2, 0.02)), **settings)
   _assert_one_error_line(result, 'classes', 'class_9')
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.slow
@@ -543,10 +547,10 @@ def test_a_full_disk_is_one_line_before_training(tmp_path):
     assert _main(small).returncode == 0
     with open(mount / 'filler', 'wb') as f:
       f.write(b'x' * (shutil.disk_usage(mount).free - 4096))
-    before = _snapshot(small)
+    before = snapshot(small)
     result = _main(small)
     assert result.returncode == 0 and 'Nothing to train' in result.stderr
-    assert _snapshot(small) == before
+    assert snapshot(small) == before
   finally:
     subprocess.run(['umount', str(mount)], check=False)
 
@@ -593,7 +597,7 @@ def test_report_names_unreadable_results_and_reports_the_rest(tmp_path):
   (incomplete / 'results.json').write_text('{"experiment": "y"}')
   result = _run(_command('rotnet_jax.report', str(tmp_path)))
   assert result.returncode == 0, result.stderr
-  assert '| RotNet + conv | conv2 | 91.16* | 50.00 |' in result.stdout
+  assert '| RotNet + conv | conv2 | 91.16 | 50.00 |' in result.stdout
   warnings = result.stderr.strip().splitlines()
   assert len(warnings) == 2 and 'Traceback' not in result.stderr
   assert str(truncated / 'results.json') in result.stderr
@@ -661,7 +665,7 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_its_checkpoint(
 @pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
   workdir = tmp_path / 'run'
-  env = dict(os.environ, XLA_FLAGS='')
+  env = one_device_env()
   first = subprocess.Popen(
       _command('main.py', *_main_args(workdir, num_epochs=30)),
       cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -706,7 +710,7 @@ def test_a_stale_lock_is_taken_over_and_another_hosts_is_not(tmp_path):
   # A lock of another host cannot be checked: refused, nothing changed.
   lock_file.write_text(json.dumps({'host': 'elsewhere', 'pid': 1,
                                    'started': '2026-01-01T00:00:00'}))
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _run(_command('main.py', *_main_args(workdir, num_epochs=2)))
   _assert_one_error_line(result, 'host elsewhere', 'delete')
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before

@@ -26,9 +26,11 @@ from rotnet_jax import weights as weights_lib
 from rotnet_jax.data import digits
 from rotnet_jax.errors import InputError
 from rotnet_jax.inference import extract
+from rotnet_jax.training import import_official
 from rotnet_jax.training import train
 from rotnet_jax.weights import export
 from rotnet_jax.weights import safetensors_format
+from rotnet_jax.weights import torch_format
 import rotnet_jax
 
 WIDTH = 1 / 16
@@ -328,6 +330,83 @@ def test_predict_rotation_beats_chance(rotnet, test_digits):
   assert accuracy > 0.4, accuracy
 
 
+# An official RotNet that tells rotations apart by construction: its first
+# convolution's channel k responds to a sharp rise of brightness in the
+# direction np.rot90(., k) turns "to the right" into; every later layer
+# passes channels 0-3 on, and the classifier reads channel k as class k.
+_RIGHTWARD_STEP = np.zeros((5, 5), np.float32)
+_RIGHTWARD_STEP[2, 2], _RIGHTWARD_STEP[2, 3] = -1.0, 1.0  # x[c + 1] - x[c].
+# On the three normalised channels, a step from black to white rises by
+# about 12 and the image's border (zero padding) by about 6.
+_STEP_THRESHOLD = 9.0
+
+
+def _official_rotation_detector(out, width=1 / 16):
+  """Writes, as the official code saves its RotNet (``torch.save({'epoch':
+  N, 'network': state_dict})``, official names, PyTorch's OIHW layout),
+  a NIN-3 whose class ``k`` is a black-to-white edge turned by
+  ``np.rot90(., k)`` from a vertical one (black left, white right)."""
+  torch = pytest.importorskip('torch')
+  config = config_schema.defaults()
+  config.model.num_blocks, config.model.width = 3, width
+  spec = models.backbone_spec(config.model, image_size=32, num_classes=4)
+  shapes = {tuple(str(getattr(k, 'key', k)) for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(
+                models.abstract_variables(spec))[0]}
+  first_conv = '_feature_blocks.0.Block1_ConvB1.layers.'
+  state = {}
+  # The importer's table: (official key, our path, layout); only the keys
+  # and shapes are taken from it.
+  # pylint: disable-next=protected-access
+  for key, our_path, how in torch_format._backbone_entries(3):
+    shape = shapes[tuple(map(str, our_path))]
+    if how == 'conv':  # HWIO -> OIHW.
+      value = np.zeros((shape[3], shape[2], shape[0], shape[1]), np.float32)
+      if key.startswith(first_conv):
+        for k in range(4):
+          value[k, :] = np.rot90(_RIGHTWARD_STEP, k)
+      else:
+        for c in range(4):
+          value[c, c, shape[0] // 2, shape[1] // 2] = 1.0
+    elif how == 'linear':  # [out, in].
+      value = np.eye(shape[1], shape[0], dtype=np.float32)
+    elif key.endswith(('.weight', 'running_var')):
+      value = np.ones(shape, np.float32)
+    elif key == first_conv + 'BatchNorm.bias':
+      value = np.full(shape, -_STEP_THRESHOLD, np.float32)
+    else:
+      value = np.zeros(shape, np.float32)
+    state[key] = torch.from_numpy(value)
+  torch.save({'epoch': 200, 'network': state}, str(out))
+  return str(out)
+
+
+def test_an_official_file_answers_the_angles_np_rot90_applied(tmp_path):
+  """Class ``k`` of an official RotNet is ``np.rot90(image, k)``: the
+  official ``rotate_img`` turns 90 degrees as ``flipud(transpose(img))``
+  and 270 as ``transpose(flipud(img))``, counter-clockwise as rot90. An
+  official file read with another order (90 and 270 swapped, say) names
+  the wrong angle of every image turned a quarter.
+
+  A RotNet that knows the rotation of an edge image by construction (the
+  RotNet trained above tells 0 from 180 degrees and 90 from 270 apart no
+  better than chance) must answer the angle np.rot90 turned each image by,
+  read from the official file and after ``import_torch``.
+  """
+  official = _official_rotation_detector(tmp_path / 'model_net_epoch200')
+  imported = str(tmp_path / 'imported')
+  import_official.import_file(official, imported)
+  edges = np.zeros((3, 32, 32, 3), np.uint8)
+  for image, column in zip(edges, (9, 16, 22)):
+    image[:, column:] = 255  # Black on the left, white from `column` on.
+  for path in (official, imported):
+    model = rotnet_jax.load(path)
+    for k in range(4):
+      turned = np.ascontiguousarray(np.rot90(edges, k, axes=(1, 2)))
+      angles = np.take(model.rotations, model.predict_rotation(turned))
+      assert angles.tolist() == [90 * k] * 3, (path, k, angles)
+
+
 @pytest.mark.parametrize('images,match', [
     (np.zeros((2, 32, 32, 3), np.float32), 'got dtype float32'),
     (np.zeros((2, 3, 32, 32), np.uint8), r'channels first'),
@@ -367,6 +446,10 @@ def _model(path):
 
 # Heads: an evaluation run's classifiers.
 
+# An evaluation run: the slow tier (the default run checks an exported file
+# against its workdir's evaluation,
+# test_an_exported_file_evaluates_like_its_workdir).
+@pytest.mark.slow
 def test_classify_reproduces_the_evaluation_run(rotnet, tmp_path, test_digits):
   workdir, _ = rotnet
   evaluation = str(tmp_path / 'eval')
@@ -480,6 +563,9 @@ def _knn(pretrained, workdir):
       workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
 
 
+# Two k-NN evaluations of full networks: the slow tier (the default run's
+# k-NN tests are in test_knn.py).
+@pytest.mark.slow
 def test_knn_on_a_rotnet_beats_a_random_network(rotnet, tmp_path):
   workdir, _ = rotnet
   results = _knn(workdir, str(tmp_path / 'knn'))

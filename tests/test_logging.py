@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
 from helpers import REPO_ROOT
 from helpers import tiny_config
 from rotnet_jax import parallel
@@ -117,6 +118,9 @@ def test_a_run_logs_its_parameter_overview(tmp_path, caplog):
   assert 'classifier/kernel' in text and ' 29 arrays ' in text
 
 
+# Two runs: the slow tier (the default run's runs log their lines, the
+# tests above).
+@pytest.mark.slow
 def test_a_progress_bar_for_people_and_log_lines_for_logs(tmp_path, capsys,
                                                          monkeypatch):
   assert not loop.interactive()  # pytest captures the output.
@@ -146,6 +150,9 @@ class _FakeWandb(types.ModuleType):
     self.finished += 1
 
 
+# Three runs: the slow tier (the default run refuses a missing wandb, below,
+# and compares metrics.jsonl with TensorBoard's events).
+@pytest.mark.slow
 def test_weights_and_biases_only_when_asked(tmp_path, monkeypatch):
   fake = _FakeWandb()
   monkeypatch.setitem(sys.modules, 'wandb', fake)
@@ -204,7 +211,7 @@ def test_every_console_script_names_a_run_function():
 def test_console_scripts_are_the_commands(tmp_path):
   if shutil.which('rotnet-report') is None:
     pytest.skip('the package is not installed with its console scripts')
-  env = dict(os.environ, XLA_FLAGS='')
+  env = helpers.one_device_env()
   report = subprocess.run(['rotnet-report', str(tmp_path / 'none')],
                           capture_output=True, text=True, env=env,
                           timeout=120)

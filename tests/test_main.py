@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from helpers import REPO_ROOT, tiny_config
+import pytest
+
+from helpers import REPO_ROOT, one_device_env, tiny_config
 from rotnet_jax.training import benchmark
 
 # A quick.py run shrunk to seconds: 256 digits, 1/32 width, 1 epoch.
@@ -18,7 +20,7 @@ _SMALL = ['--config.num_epochs=1', '--config.num_train_examples=256',
 
 def _main(workdir, *args):
   # A plain single-device machine: drop the tests' fake-device XLA flags.
-  env = dict(os.environ, XLA_FLAGS='')
+  env = one_device_env()
   return subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quick.py',
        f'--workdir={workdir}', *_SMALL, *args], cwd=REPO_ROOT,
@@ -63,6 +65,9 @@ def test_main_trains_writes_outputs_and_resumes(tmp_path):
   assert 'Resumed from' in again.stderr and 'Nothing to train' in again.stderr
 
 
+# Both sources, timed: the slow tier (the default run checks the benchmark's
+# flags in test_hostile_input.py and its 1x1 forms in test_conv1x1.py).
+@pytest.mark.slow
 def test_benchmark_reports_both_sources(tmp_path, one_device_mesh):
   config = tiny_config(batch_size=32)
   report = benchmark.run_benchmark(config, steps=2, warmup=1, examples=64,
@@ -82,9 +87,13 @@ def test_bad_input_prints_one_line_and_exits_2(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+# Two sources in bfloat16 in a fresh process: the slow tier (the default
+# run has the benchmark in-process above and the command's bad input in
+# test_hostile_input.py).
+@pytest.mark.slow
 def test_benchmark_command_writes_json(tmp_path):
   output = tmp_path / 'bench.json'
-  env = dict(os.environ, XLA_FLAGS='')
+  env = one_device_env()
   result = subprocess.run(
       [sys.executable, '-m', 'rotnet_jax.benchmark',
        '--config=configs/quick.py', '--config.half_precision=True',

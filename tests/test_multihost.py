@@ -88,6 +88,9 @@ def _check_run_files(workdir):
   assert head['final_test_accuracy'] == events[-1]['accuracy']
 
 
+# Three processes each: both tests are the slow tier (a distributed start-up
+# is in the default run: test_startup_errors.py).
+@pytest.mark.slow
 def test_two_processes_train_what_two_devices_in_one_process_train(
     tmp_path):
   overrides = dict(_OVERRIDES, pipeline='device')
@@ -103,7 +106,6 @@ def test_two_processes_train_what_two_devices_in_one_process_train(
     np.testing.assert_array_equal(a, b)
 
 
-# The slow tier: the test above is the default run's multi-process one.
 @pytest.mark.slow
 def test_two_processes_reading_their_own_batches_train_what_one_device_trains(
     tmp_path, enable_x64):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import helpers
 from helpers import tiny_config
 from helpers import write_results as _write_results
 from rotnet_jax import parallel
@@ -185,7 +186,7 @@ def test_paper_comparison_and_semi_supervised(tmp_path):
   assert titles[1].startswith('Table 3') and titles[2].startswith('Exp')
   table1, table3, other = fig.axes
   ours = 'ours (final epoch; mean ± std of seeds)'
-  paper = 'paper (* not yet checked against its PDF)'
+  paper = 'paper'  # Every CIFAR-10 number has a source: none is starred.
   assert _bars(table1, paper)[0] == [85.07, 89.06]
   heights, bars = _bars(table1, ours)
   np.testing.assert_allclose(heights, [85.0, 89.0])  # Seeds 0 and 1 only.
@@ -213,6 +214,33 @@ def test_paper_comparison_and_semi_supervised(tmp_path):
       'paper_comparison.png', 'semi_supervised.png']
   assert _size(written[0]) == ('PNG', (1200, 1350))  # 3 panels x 4.5 in.
   assert _size(written[1]) == ('PNG', (700, 500))
+
+
+def test_alexnet_tables_have_panels_and_only_unconfirmed_numbers_starred(
+    tmp_path):
+  blocks = {f'conv{b}': 0.3 for b in range(1, 6)}
+  _write_results(tmp_path / 'nonlinear', 'table4/rotnet_alexnet/nonlinear',
+                 {'conv4': 0.52, 'conv5': 0.46}, dataset='imagenet2012',
+                 num_epochs=40)
+  # Both numberings' names (an old root's runs are today's rows).
+  _write_results(tmp_path / 'linear', 'table4/rotnet_alexnet/linear', blocks,
+                 dataset='imagenet2012', num_epochs=35)
+  _write_results(tmp_path / 'places', 'table5/rotnet_alexnet/places_linear',
+                 {'conv1': 0.2}, dataset='/data/places205', num_epochs=35)
+  fig = plots.paper_comparison(str(tmp_path))
+  assert [ax.get_title().split(':')[0] for ax in fig.axes] == [
+      'Table 4', 'Table 5', 'Table 6']
+  table4, table5, table6 = fig.axes
+  assert _bars(table4, 'paper')[0] == [50.0, 43.8]
+  # The bars' labels: the paper's (first), then ours.
+  assert [t.get_text() for t in table4.texts][:2] == ['50.00', '43.80']
+  assert _bars(table5, 'paper')[0] == [18.8, 31.7, 38.7, 38.2, 36.5]
+  # Places (Table 6): no source confirms it; the bar and legend say so.
+  heights, _ = _bars(table6, plots.UNCONFIRMED_LABEL)
+  assert heights == [21.5]
+  assert '21.50*' in [t.get_text() for t in table6.texts]
+  assert not any('*' in t.get_text() for ax in (table4, table5)
+                 for t in ax.texts)
 
 
 def _bad_inputs(tmp_path):
@@ -255,6 +283,9 @@ def test_bad_input_is_one_error_naming_the_path(tmp_path):
     assert not os.path.exists(tmp_path / 'out')  # Nothing written.
 
 
+# Two processes: the slow tier (the default run draws a real run's curves
+# in this process, test_curves_of_a_real_run).
+@pytest.mark.slow
 def test_command_prints_files_and_fails_in_one_line(workdir, tmp_path):
   # Two kinds through the real command (the rest: the test above).
   cases = _bad_inputs(tmp_path)[1:2] + [(tmp_path / 'good',
@@ -262,7 +293,7 @@ def test_command_prints_files_and_fails_in_one_line(workdir, tmp_path):
   runs = [([str(path)] + ([f'--out={out}'] if out else []), message)
           for path, out, message in cases]
   runs += [([], 'pass one folder'), ([workdir, f'--out={tmp_path}/ok'], None)]
-  env = dict(os.environ, XLA_FLAGS='')
+  env = helpers.one_device_env()
   # Started together: each is mostly Python start-up (JAX, matplotlib).
   processes = [(subprocess.Popen(
       [sys.executable, '-m', 'rotnet_jax.plot'] + args, cwd=REPO_ROOT,

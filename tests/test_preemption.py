@@ -119,6 +119,11 @@ def reference(tmp_path_factory):
   return {'final': _final(workdir), 'events': _events(workdir)}
 
 
+# A worker run stopped by SIGTERM and its rerun: the slow tier (the default
+# run stops a run with a signal in this process, test_interrupt.py, and
+# resumes mid-epoch bit-identically,
+# test_checkpoint_every_steps_saves_mid_epoch_and_resumes_from_there).
+@pytest.mark.slow
 def test_sigterm_saves_the_step_in_flight_and_the_rerun_ends_identically(
     tmp_path, reference):
   workdir = tmp_path / 'run'
@@ -248,6 +253,8 @@ def test_an_epoch_from_a_start_step_is_the_tail_of_the_whole_epoch(
     assert not _batches(source, start_step=source.steps_per_epoch)
 
 
+# Five runs in one workdir: the slow tier.
+@pytest.mark.slow
 def test_a_changed_config_is_refused_unless_allowed(tmp_path, one_device_mesh,
                                                     caplog):
   workdir, mesh = str(tmp_path), one_device_mesh

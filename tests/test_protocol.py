@@ -179,6 +179,9 @@ def _features(backbone, images, *, train_mode):
   return model(images, train=train_mode)[1]
 
 
+# Both protocols: the slow tier (the default run restores random backbones
+# in test_safety_net.py and test_config.py).
+@pytest.mark.slow
 @pytest.mark.parametrize('protocol', ['reestimated', 'fresh'])
 def test_random_backbone_batch_statistics(protocol, one_device_mesh):
   config, source, backbone = _random_backbone(protocol, one_device_mesh)

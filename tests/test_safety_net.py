@@ -5,10 +5,12 @@ every shape, parameter count and "it runs" check still passes: which pool a
 NIN block uses, whether the config's optimiser settings reach the real
 training step, which block an evaluation head reads, exact evaluation over
 padded batches, BatchNorm in inference mode during evaluation, fresh random
-draws at every step, and test-selected best-epoch tracking. Every test was
-checked to fail with its bug planted in the package source.
+draws at every step, test-selected best-epoch tracking, and an infinite
+loss stopping the run. Every test was checked to fail with its bug planted
+in the package source.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -28,6 +30,7 @@ from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import arrays
 from rotnet_jax.data import digits
 from rotnet_jax.data import transforms
+from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.models.nin import NIN
 from rotnet_jax.training import loop
 from rotnet_jax.training import metrics as metrics_lib
@@ -190,6 +193,9 @@ def _one_step_run(workdir, mesh, **overrides):
   return state, init
 
 
+# Three runs: the slow tier (the default run takes three steps of the
+# config's optimiser against PyTorch's SGD, test_torch_parity.py).
+@pytest.mark.slow
 def test_real_runs_apply_the_configs_sgd_and_learning_rate_table(
     tmp_path, one_device_mesh):
   """momentum, nesterov, weight_decay and the rate table reach the step.
@@ -604,3 +610,42 @@ def test_real_run_reports_its_best_evaluated_epoch(trained_run):
   assert head['best_epoch_test_selected'] == best['epoch'] == 1
   assert head['final_test_accuracy'] == accuracies[-1]
   assert head['final_epoch'] == 2
+
+
+# ---------------------------------------------------------------------------
+# 8. An infinite loss stops the run, as a NaN one does.
+
+
+def test_an_infinite_loss_stops_the_run_before_it_is_tested_or_saved(
+    tmp_path, monkeypatch, one_device_mesh):
+  """A loss of +inf (a probability of 0 in the cross-entropy) with finite
+  parameters: the divergence guard must stop the run at the end of its
+  epoch, naming the step, before the epoch's test pass and checkpoint.
+  A guard that looked for NaN alone would log, test and save on."""
+  poisoned_step = 2  # 0-based: the 3rd of the epoch's 5 steps.
+  real_compile = steps_lib.compile_steps
+
+  def compile_steps(*args, **kwargs):
+    compiled = real_compile(*args, **kwargs)
+
+    def train_fn(state, constants, inputs, step):
+      state, sums = compiled.train_fn(state, constants, inputs, step)
+      if step == poisoned_step:
+        sums = {head: dict(head_sums, loss_sum=jnp.full_like(
+            head_sums['loss_sum'], jnp.inf))
+                for head, head_sums in sums.items()}
+      return state, sums
+
+    return dataclasses.replace(compiled, train_fn=train_fn)
+
+  monkeypatch.setattr(steps_lib, 'compile_steps', compile_steps)
+  workdir = str(tmp_path)
+  with pytest.raises(TrainingDiverged, match=(
+      r'rotation loss is inf at step 3 \(epoch 0.60\)')):
+    train.train_and_evaluate(tiny_config(log_every_steps=100), workdir,
+                             mesh=one_device_mesh)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  assert checkpoints.all_steps() == []
+  checkpoints.close()
+  assert metrics_lib.read_jsonl(workdir) == []  # Nothing logged or tested.
+  assert not os.path.exists(os.path.join(workdir, run_files.RESULTS_FILE))

@@ -13,7 +13,7 @@ import time
 import jax
 import pytest
 
-from helpers import REPO_ROOT, tiny_config
+from helpers import REPO_ROOT, one_device_env, tiny_config
 from rotnet_jax import models
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.training import train
@@ -32,7 +32,7 @@ def test_a_coordinator_that_never_answers_stops_the_process(tmp_path):
             f"parallel.initialize_distributed('localhost:{port}', 2, 1, "
             'timeout_s=3)\n'
             "print('joined')\n")
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env = one_device_env(JAX_PLATFORMS='cpu')
   start = time.monotonic()
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True,

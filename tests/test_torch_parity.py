@@ -627,6 +627,10 @@ def _command(*args):
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
 
 
+# Three processes: the slow tier (the default run imports in this process,
+# test_import_command_writes_a_workdir_evaluation_restores, and refuses bad
+# command input, test_bad_command_input_is_refused_before_writing).
+@pytest.mark.slow
 def test_command_line(tmp_path, nin3_file):
   """Bad input: one ``error:`` line, status 2, nothing written."""
   path, _ = nin3_file

@@ -62,6 +62,9 @@ def _uneven_batch(size=16):
           'mask': np.ones(size, np.float32)}
 
 
+# The slow tier, with the other 8-device equivalences; the default run's is
+# the BatchNorm test below (the same 8-device step).
+@pytest.mark.slow
 def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
                                                  eight_device_mesh):
   config = tiny_config(**{'model.width': 1 / 16})
@@ -142,6 +145,10 @@ def _final_params(workdir, config, mesh):
   return jax.device_get(restored['model']), restored['meta']
 
 
+# Four runs: the slow tier (the default run's bit-identical resume is a
+# mid-epoch one, test_preemption.py, and the tf.data source's mid-epoch
+# start is checked there too).
+@pytest.mark.slow
 @pytest.mark.parametrize('pipeline', ['device', 'tfdata'])
 def test_interrupted_then_resumed_training_is_bit_identical(
     pipeline, tmp_path, one_device_mesh):
@@ -170,6 +177,8 @@ def test_interrupted_then_resumed_training_is_bit_identical(
   assert epochs == [1, 2]
 
 
+# Two runs, the first cut short: the slow tier.
+@pytest.mark.slow
 def test_a_crash_after_the_last_checkpoint_logs_each_event_once(
     tmp_path, one_device_mesh):
   config = tiny_config(batch_size=100, num_epochs=2)
@@ -186,8 +195,8 @@ def _variables(state):
   return jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
-# Two float64 runs: the slow tier (one 8-device step against one device's,
-# and the resume across device counts below, are in the default run).
+# Two float64 runs: the slow tier (the default run's 8-device step is the
+# BatchNorm test above).
 @pytest.mark.slow
 def test_eight_devices_train_the_model_one_device_trains(
     tmp_path, one_device_mesh, eight_device_mesh, enable_x64):
@@ -208,6 +217,8 @@ def test_eight_devices_train_the_model_one_device_trains(
   assert max_relative_difference(one.params, init.params) > 1e-2
 
 
+# Three float64 runs: the slow tier.
+@pytest.mark.slow
 def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
                                             eight_device_mesh, enable_x64):
   del enable_x64  # Float64: see the test above.
@@ -254,7 +265,9 @@ def test_supervised_mode_trains_a_classifier(tmp_path, one_device_mesh):
 
 @pytest.mark.parametrize('overrides', [
     {'rotation_mode': 'random'},
-    {'rotations': (0, 45, 90, 135, 180, 225, 270, 315)},
+    # Twice the rotated batch: the slow tier.
+    pytest.param({'rotations': (0, 45, 90, 135, 180, 225, 270, 315)},
+                 marks=pytest.mark.slow),
 ])
 def test_pretext_variants_run(overrides, tmp_path, one_device_mesh):
   config = tiny_config(batch_size=100, **overrides)
@@ -274,6 +287,9 @@ def test_pretext_variants_run(overrides, tmp_path, one_device_mesh):
   assert head['rotations'] == list(config.rotations)
 
 
+# Three epochs with a poisoned optimiser: the slow tier (the default run
+# stops a run whose loss is infinite, test_safety_net.py).
+@pytest.mark.slow
 def test_parameters_that_diverge_in_the_last_step_are_never_saved(
     tmp_path, monkeypatch):
   """The loss of an epoch's last step is computed before its update: NaN

@@ -20,7 +20,6 @@ initialised, never trained.
 
 import contextlib
 import functools
-import hashlib
 import os
 import socket
 import subprocess
@@ -132,17 +131,6 @@ def _official_file(path, flat, num_blocks=3) -> str:
   return str(path)
 
 
-def _snapshot(folder) -> dict[str, str]:
-  """Every entry under `folder`: a file's SHA-256, a folder as ``'dir'``."""
-  result = {}
-  for root, dirs, files in os.walk(folder):
-    for name in dirs:
-      result[os.path.relpath(os.path.join(root, name), folder)] = 'dir'
-    for name in files:
-      with open(os.path.join(root, name), 'rb') as f:
-        result[os.path.relpath(os.path.join(root, name), folder)] = (
-            hashlib.sha256(f.read()).hexdigest())
-  return result
 
 
 def _command(module, *args):
@@ -208,7 +196,7 @@ def test_import_onto_a_locked_workdir_is_refused_and_changes_nothing(
   official = _official_file(tmp_path / 'model_net_epoch7', flat)
   workdir = tmp_path / 'imported'
   import_official.import_file(official, str(workdir))
-  before = _snapshot(tmp_path)
+  before = helpers.snapshot(tmp_path)
   with workdir_lock.lock(str(workdir)):
     result = _command('rotnet_jax.import_torch', official,
                       f'--workdir={workdir}', '--overwrite')
@@ -220,7 +208,7 @@ def test_import_onto_a_locked_workdir_is_refused_and_changes_nothing(
     # Nor into a folder inside it.
     with pytest.raises(InputError, match='is inside the workdir'):
       import_official.import_file(official, str(workdir / 'sub'))
-  assert _snapshot(tmp_path) == before
+  assert helpers.snapshot(tmp_path) == before
   # No run holds it: replaced, and the import's own lock is gone.
   import_official.import_file(official, str(workdir), overwrite=True)
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json']
@@ -239,7 +227,7 @@ def test_a_run_that_starts_during_an_import_stops_it_or_is_stopped(
   official = _official_file(tmp_path / 'model_net_epoch7', flat)
   workdir = tmp_path / 'imported'
   import_official.import_file(official, str(workdir))
-  before = _snapshot(tmp_path)
+  before = helpers.snapshot(tmp_path)
   run = contextlib.ExitStack()
   read = torch_format.read
 
@@ -252,7 +240,7 @@ def test_a_run_that_starts_during_an_import_stops_it_or_is_stopped(
   with run, pytest.raises(InputError) as error:
     import_official.import_file(official, str(workdir), overwrite=True)
   _holder_named(str(error.value), workdir)
-  assert _snapshot(tmp_path) == before
+  assert helpers.snapshot(tmp_path) == before
   monkeypatch.setattr(torch_format, 'read', read)
 
   publish = import_official._publish  # pylint: disable=protected-access
@@ -283,13 +271,13 @@ def test_export_into_a_locked_workdir_is_refused(tmp_path, tiny):
                                     str(tmp_path / 'nin3.safetensors'))
   workdir = _write_workdir(tmp_path / 'run', config, spec, flat)
   out = os.path.join(workdir, 'nin3.safetensors')
-  before = _snapshot(workdir)
+  before = helpers.snapshot(workdir)
   with workdir_lock.lock(workdir):
     for target in (out, os.path.join(workdir, 'checkpoints', 'x.safetensors')):
       with pytest.raises(InputError, match='is inside the workdir') as error:
         export.export(source, target)
       _holder_named(str(error.value), workdir)
-  assert _snapshot(workdir) == before
+  assert helpers.snapshot(workdir) == before
   assert export.export(source, out) == out  # No run there now.
 
 
@@ -302,7 +290,7 @@ def test_export_and_extract_command_lines_into_a_locked_workdir(
   source = safetensors_format.write(_weights(spec, flat),
                                     str(tmp_path / 'nin3.safetensors'))
   workdir = _write_workdir(tmp_path / 'run', config, spec, flat)
-  before = _snapshot(workdir)
+  before = helpers.snapshot(workdir)
   with workdir_lock.lock(workdir):
     for result in (
         _command('rotnet_jax.export', source,
@@ -311,7 +299,7 @@ def test_export_and_extract_command_lines_into_a_locked_workdir(
                  '--dataset=digits', f'--out={workdir}/feats.npz')):
       _one_error_line(result, workdir)
       assert 'is inside the workdir' in result.stderr
-  assert _snapshot(workdir) == before
+  assert helpers.snapshot(workdir) == before
 
 
 def test_extract_into_a_locked_workdir_is_refused_before_and_after(
@@ -323,7 +311,7 @@ def test_extract_into_a_locked_workdir_is_refused_before_and_after(
                                     str(tmp_path / 'nin3.safetensors'))
   workdir = _write_workdir(tmp_path / 'run', config, spec, flat)
   out = os.path.join(workdir, 'feats.npz')
-  before = _snapshot(workdir)
+  before = helpers.snapshot(workdir)
   arguments = dict(pretrained=source, dataset='digits', split='test',
                    blocks=['conv2'], out=out, pool=True)
   features = extract.extract
@@ -336,7 +324,7 @@ def test_extract_into_a_locked_workdir_is_refused_before_and_after(
     with pytest.raises(InputError) as error:
       extract.extract_split(**arguments)
   _holder_named(str(error.value), workdir)
-  assert _snapshot(workdir) == before
+  assert helpers.snapshot(workdir) == before
   run = contextlib.ExitStack()
 
   def extract_while_a_run_starts(*args, **kwargs):
@@ -347,7 +335,7 @@ def test_extract_into_a_locked_workdir_is_refused_before_and_after(
   with run, pytest.raises(InputError) as error:
     extract.extract_split(**arguments)
   _holder_named(str(error.value), workdir)
-  assert _snapshot(workdir) == before
+  assert helpers.snapshot(workdir) == before
   monkeypatch.setattr(extract, 'extract', features)
   summary = extract.extract_split(**arguments)
   assert summary['out'] == out and summary['images'] > 0
