@@ -143,10 +143,6 @@ def _config_case_param(case):
 @pytest.fixture(scope='module')
 def config_case_results(trained, request):
   workdir, _ = trained
-  # The cases this session runs (one in the fast tier), two at a time.
-  selected = {item.callspec.params['case'] for item in request.session.items
-              if getattr(item, 'originalname', None) == _CONFIG_TEST}
-  cases = [case for case in _CONFIG_CASES if case in selected]
 
   def run(case):
     key, _, value = case
@@ -161,6 +157,10 @@ def config_case_results(trained, request):
     # each worker runs the cases of its own tests (all of them here would
     # run every case once per worker).
     return _RunOnFirstUse(run)
+  # The cases this session runs (one in the fast tier), two at a time.
+  selected = {item.callspec.params['case'] for item in request.session.items
+              if getattr(item, 'originalname', None) == _CONFIG_TEST}
+  cases = [case for case in _CONFIG_CASES if case in selected]
   with concurrent.futures.ThreadPoolExecutor(_PARALLEL) as pool:
     return dict(zip(cases, pool.map(run, cases)))
 
