@@ -22,6 +22,18 @@ into this package's trees:
   ``MultipleNonLinearClassifiers`` of type ``Alexnet_conv4`` /
   ``Alexnet_conv5`` (our ``alexnet_nonlinear`` heads).
 
+and writes them:
+
+* :func:`write`: a NIN or AlexNet backbone (its classifier included) as
+  ``torch.save({'epoch': N, 'network': state_dict})`` with the official
+  keys and layouts, in the order the official module's ``state_dict()``
+  lists them: the file loads with ``load_state_dict(..., strict=True)``
+  into the official ``NetworkInNetwork`` / ``AlexNet`` (at width 1; a
+  narrower network into one with its channels scaled likewise), and
+  :func:`read` gives back the same arrays, bit for bit. Heads are not
+  written (the official classifiers are files of their own);
+  :func:`state_dict` is the same dict as numpy arrays, without PyTorch.
+
 The layouts differ only in conventions: PyTorch convolutions are OIHW
 (ours HWIO), linear weights ``[out, in]`` (ours ``[in, out]``), BatchNorm
 ``weight``/``running_mean``/``running_var`` are our ``scale``/``mean``/
@@ -41,10 +53,21 @@ trained with it cannot be told apart by its keys. Import only networks
 trained with ``use_avg_on_conv3=False`` (or with 3 blocks, where it has no
 effect).
 
+The official layout has no place for the image size or the input
+normalisation: a file is read back as the official networks were trained
+(a 32-pixel NIN on CIFAR-10's normalisation; a 224-pixel AlexNet, or the
+smallest size its fc layer fits, on ImageNet's). :func:`unrecorded` says
+where the weights written differ from that.
+
+BatchNorm's ``num_batches_tracked`` is not written: the official files
+(PyTorch 0.2) have none, and PyTorch's BatchNorm fills in a missing one
+when it loads a state dict.
+
 PyTorch is an optional dependency (``pip install -e '.[torch]'``); only
-this module imports it, and only when a file is read.
+this module imports it, and only when a file is read or written.
 """
 
+import collections
 import math
 import os
 import pickle
@@ -85,6 +108,9 @@ IMAGENET_STD_RGB = config_schema.IMAGENET_STD_RGB
 DEFAULT_BLOCK = 'conv2'
 # Names listed in one message, at most.
 _LISTED = 6
+# The endings of a PyTorch file by which the export tells its format (the
+# official files have none: any name but *.safetensors reads as one).
+SUFFIXES = ('.pth', '.pt')
 
 _BACKBONE_PREFIX = '_feature_blocks.'
 _HEAD_PREFIX = 'classifier.'
@@ -106,14 +132,15 @@ _LINEAR = 'linear'  # [out, in] -> [in, out].
 _LINEAR_CHW = 'linear_chw'  # [out, C*H*W] -> [H*W*C, out] (NCHW flatten).
 
 
-def _import_torch():
-  # Lazy: PyTorch is an optional extra, needed only to read these files.
+def _import_torch(purpose: str = 'reading an official PyTorch file'):
+  # Lazy: PyTorch is an optional extra, needed only to read or write these
+  # files.
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise InputError(
-        'reading an official PyTorch file needs PyTorch, which is not '
-        "installed: pip install -e '.[torch]' (or pip install torch)") from e
+        f'{purpose} needs PyTorch, which is not installed: '
+        "pip install -e '.[torch]' (or pip install torch)") from e
   return torch
 
 
@@ -805,3 +832,225 @@ def _read_alexnet_heads(state, path: str, head_type: str, spec,
     batch_stats[chosen] = variables['batch_stats']
   return types.Heads(head_type, tuple(chosen_blocks), classes,
                        {'params': params, 'batch_stats': batch_stats})
+
+
+# ---------------------------------------------------------------------------
+# Writing: our backbone in the official layout.
+
+
+def _unconvert(value: np.ndarray, how: str,
+               feature_shape: tuple[int, ...] | None) -> np.ndarray:
+  """The PyTorch tensor (as numpy) of our array `value`: inverts
+  :func:`_convert`."""
+  if how == _CONV:
+    return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW.
+  if how == _LINEAR:
+    return value.T
+  if how == _LINEAR_CHW:
+    # Our input index (h*W + w)*C + c; the official c*H*W + h*W + w.
+    height, width, channels = feature_shape
+    outputs = value.shape[1]
+    return (value.reshape(height, width, channels, outputs)
+            .transpose(3, 2, 0, 1).reshape(outputs, -1))
+  return value
+
+
+def _module_order(entries: list[tuple]) -> list[tuple]:
+  """`entries` in the order the official ``state_dict()`` lists them.
+
+  A state dict lists modules by their index in each ``ModuleList`` /
+  ``Sequential`` and, within one, parameters before buffers; the entries
+  are already in that order within a module, so a stable sort on the
+  indices suffices (AlexNet's fc block lists its two linear layers first).
+  """
+  return sorted(entries, key=lambda entry: tuple(
+      int(part) for part in entry[0].split('.') if part.isdigit()))
+
+
+def _layout(spec: dict[str, Any], what: str
+            ) -> tuple[list[tuple], tuple[int, ...] | None]:
+  """The entries of the backbone `spec` and the input shape of its
+  channel-major linear layer (AlexNet's first fc layer; None for a NIN).
+
+  Raises:
+    InputError: a backbone without an official PyTorch counterpart.
+  """
+  if spec.get('name') == alexnet.AlexNetBackbone.name:
+    return _alexnet_entries(), _pool5_shape(spec)
+  if spec.get('name') == nin.NINBackbone.name:
+    return _backbone_entries(spec['num_blocks']), None
+  raise InputError(
+      f"{what} is a {spec.get('name')!r} backbone: only the NIN and AlexNet "
+      'have an official PyTorch layout; export it to a .safetensors file')
+
+
+def _source(weights: types.Weights) -> str:
+  return str(weights.origin.get('pretrained') or 'the weights')
+
+
+def check_writable(weights: types.Weights) -> None:
+  """Raises InputError unless :func:`write` can write `weights`: a NIN or
+  AlexNet backbone without heads (only backbones have an official file of
+  this layout; the classifiers are files of their own)."""
+  source = _source(weights)
+  if weights.heads is not None:
+    heads = weights.heads
+    heads_from = weights.origin.get('heads_from')
+    # A frozen evaluation's backbone is another path, which exports alone
+    # (a fine-tuned one is in the evaluation's own checkpoint).
+    alone = (f'export its backbone ({source}) with --format=torch, or '
+             if heads_from and heads_from != source else '')
+    raise InputError(
+        f'{heads_from or source} holds {heads.head_type} heads on '
+        f'{", ".join(heads.blocks)}: only backbones export to PyTorch; '
+        f'{alone}export everything, heads included, to a .safetensors file')
+  _layout(weights.spec, source)
+
+
+def state_dict(weights: types.Weights) -> dict[str, np.ndarray]:
+  """The official ``state_dict()`` of the backbone of `weights`, in numpy.
+
+  Keys are the official names (``_feature_blocks.0.Block1_ConvB1.layers.
+  Conv.weight``, ...; AlexNet's ``_feature_blocks.0.0.weight``, ...) in the
+  official module's order; convolution kernels OIHW, linear weights
+  ``[out, in]``, AlexNet's first fc layer's inputs in the channel-major
+  order of its NCHW flatten; float32, C-contiguous. No
+  ``num_batches_tracked`` (see the module docstring).
+
+  Raises:
+    InputError: see :func:`check_writable`; or the arrays are not those
+      their spec describes, or hold NaN or infinities
+      (``types.check_finite``, keyed by the official names).
+  """
+  check_writable(weights)
+  source = _source(weights)
+  entries, feature_shape = _layout(weights.spec, source)
+  target = models.abstract_variables(weights.spec)
+  wanted = {tuple(map(str, _path_key(p))): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  found = {tuple(map(str, _path_key(p))): np.asarray(x)
+           for p, x in jax.tree_util.tree_flatten_with_path(
+               weights.variables)[0]}
+  parts = []
+  for label, keys in (('missing', set(wanted) - set(found)),
+                      ('unexpected', set(found) - set(wanted))):
+    if keys:
+      parts.append(f"{label} {_describe_keys('/'.join(k) for k in keys)}")
+  parts += [f"{'/'.join(k)} of shape {found[k].shape}, expected {wanted[k]}"
+            for k in sorted(set(wanted) & set(found))
+            if found[k].shape != wanted[k]][:_LISTED]
+  if parts:
+    raise InputError(
+        f'{source}: not the arrays of its backbone {weights.spec} '
+        f"({'; '.join(parts)}): expected the tree of "
+        'models.init_variables(spec)')
+  state = collections.OrderedDict()
+  for key, our_path, how in _module_order(entries):
+    state[key] = np.array(
+        _unconvert(found[tuple(map(str, our_path))], how, feature_shape),
+        np.float32, order='C')
+  types.check_finite(source, state)
+  return state
+
+
+def check_output(out: str, *, overwrite: bool) -> str:
+  """The absolute path `out` if a PyTorch file may be written there.
+
+  Any name but ``*.safetensors`` (which every reader takes for an exported
+  safetensors file); ``.pth`` and ``.pt`` are the usual endings, the
+  official files have none (``model_net_epoch200``).
+
+  Raises:
+    InputError: empty, ``*.safetensors``, a folder, an existing file
+      without `overwrite` (``filesystem.check_output_file``).
+  """
+  if not out or not out.strip():
+    raise InputError('output is empty: name the .pth file to write')
+  if out.endswith(types.SAFETENSORS_SUFFIX):
+    raise InputError(
+        f'output={out!r} ends in {types.SAFETENSORS_SUFFIX}, which the '
+        'readers take for a safetensors file: name the PyTorch file '
+        f'{" or ".join(SUFFIXES)}')
+  suffix = next((s for s in SUFFIXES if out.endswith(s)), '')
+  return filesystem.check_output_file(out, what='output', suffix=suffix,
+                                      overwrite=overwrite)
+
+
+def write(weights: types.Weights, out: str, *, epoch: int = 0,
+          overwrite: bool = False) -> str:
+  """Writes the backbone of `weights` as an official file; returns its path.
+
+  ``torch.save({'epoch': epoch, 'network': state_dict}, out)``, the
+  state dict as :func:`state_dict` gives it (as tensors), written
+  atomically (a temporary file beside `out`, renamed once complete).
+
+  Args:
+    weights: a NIN or AlexNet backbone without heads.
+    out: the file (see :func:`check_output`).
+    epoch: what the file says it was saved at (the official files' number
+      of epochs trained).
+    overwrite: replace an existing file.
+
+  Raises:
+    InputError: see :func:`check_output` and :func:`state_dict`; PyTorch
+      is not installed; or the disk refused the write.
+  """
+  full = check_output(out, overwrite=overwrite)
+  if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or (
+      epoch < 0):
+    raise InputError(f'epoch={epoch!r}: expected a whole number >= 0')
+  state = state_dict(weights)
+  torch = _import_torch('writing a PyTorch file')
+  network = collections.OrderedDict(
+      (key, torch.from_numpy(value)) for key, value in state.items())
+  try:
+    # torch.save looked up at the call (a test interrupts it halfway).
+    filesystem.write_file_atomically(full, lambda tmp: torch.save(
+        {'epoch': int(epoch), 'network': network}, tmp))
+  except OSError as e:
+    raise InputError(f'cannot write {out!r}: {first_line(e)}') from e
+  return full
+
+
+def _read_back_image_size(spec: dict[str, Any]) -> int:
+  """The image size :func:`read` gives a file of the backbone `spec`."""
+  if spec['name'] != alexnet.AlexNetBackbone.name:
+    return IMAGE_SIZE
+  side = alexnet.feature_sides(spec['image_size'])['pool5']
+  return next(s for s in [ALEXNET_IMAGE_SIZE] + list(
+      range(alexnet.MIN_IMAGE_SIZE, spec['image_size'] + 1))
+              if alexnet.feature_sides(s)['pool5'] == side)
+
+
+def unrecorded(weights: types.Weights) -> list[str]:
+  """What a file :func:`write` writes cannot say about `weights`.
+
+  The official layout holds the arrays alone; :func:`read` takes the
+  image size and the normalisation the official networks were trained
+  with. One sentence for each that differs from `weights`' (none for
+  weights that came from an official file).
+  """
+  spec = weights.spec
+  notes = []
+  read_size = _read_back_image_size(spec)
+  if spec['image_size'] != read_size:
+    how = ('import it with python -m rotnet_jax.import_torch '
+           f"--image_size={spec['image_size']}"
+           if spec['name'] == alexnet.AlexNetBackbone.name else
+           "a NIN's weights do not depend on it")
+    notes.append(f"its images are {spec['image_size']} pixels, which the "
+                 f'file does not record: it reads back as a {read_size}-pixel '
+                 f"{spec['name']} ({how})")
+  if spec['name'] == alexnet.AlexNetBackbone.name:
+    mean, std, name = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, "ImageNet's"
+  else:
+    mean, std, name = (config_schema.CIFAR_MEAN_RGB,
+                       config_schema.CIFAR_STD_RGB, "CIFAR-10's")
+  ours = (tuple(map(float, weights.mean_rgb)),
+          tuple(map(float, weights.std_rgb)))
+  if ours != (tuple(map(float, mean)), tuple(map(float, std))):
+    notes.append(
+        f'its inputs were normalised with mean_rgb={ours[0]}, '
+        f'std_rgb={ours[1]} (0..255 scale), which the file does not '
+        f'record: it reads back with {name} {tuple(mean)}, {tuple(std)}')
+  return notes
