@@ -1,0 +1,482 @@
+"""PASCAL VOC: classification targets and segmentation masks, checked.
+
+Two kinds of dataset name reach here (:func:`is_voc`):
+
+* a folder: a ``VOCdevkit`` (holding ``VOC2007/`` and/or ``VOC2012/``) or
+  one ``VOC20xx`` folder itself, as the devkit's archives unpack.
+  Classification reads ``VOC2007/`` of a devkit::
+
+    VOC2007/JPEGImages/<id>.jpg
+    VOC2007/Annotations/<id>.xml
+    VOC2007/ImageSets/Main/{trainval,test,train,val}.txt
+
+  segmentation ``VOC2012/``::
+
+    VOC2012/JPEGImages/<id>.jpg
+    VOC2012/SegmentationClass/<id>.png   (palette PNG: index = class)
+    VOC2012/ImageSets/Segmentation/{train,val}.txt
+
+* a TFDS name, ``voc/2007`` (``voc/2012``, ``voc``): classification only,
+  read through TFDS (imported here only then, with TensorFlow); TFDS keeps
+  no segmentation masks.
+
+A split is checked when it is opened, before anything is written: missing
+folders, split files, annotations and images, unknown class names, masks
+whose size differs from their image's or that hold other values than the
+21 classes and 255 are each an ``InputError`` of one line naming the file.
+
+Classification targets follow the devkit (its ``<class>_<split>.txt``
+files): for each class, 1 if the image has an object of the class not
+marked ``difficult``, 0 (ignored by the metric) if all its objects of the
+class are ``difficult``, -1 if it has none.
+
+Images stay encoded (``encoded(index)``: the JPEG file's bytes); the
+source (``voc_source``) decodes them with PIL. A TFDS split holds its
+encoded images in memory (VOC2007 trainval: about 450 MB).
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import re
+import xml.etree.ElementTree
+
+import numpy as np
+from PIL import Image
+
+from rotnet_jax.errors import InputError
+from rotnet_jax.errors import first_line
+from rotnet_jax.errors import MissingInputError
+
+# The devkit's class order (VOCdevkit/VOCcode/VOCinit.m); TFDS uses it too.
+CLASSES = (
+    'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
+    'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person',
+    'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
+# Label k of a SegmentationClass PNG; 0 is background.
+SEGMENTATION_CLASSES = ('background',) + CLASSES
+# Segmentation pixels not scored: object borders (and our padding).
+IGNORE_LABEL = 255
+# Classification target values, the devkit's convention.
+POSITIVE, IGNORED, NEGATIVE = 1, 0, -1
+
+CLASSIFICATION_SPLITS = ('trainval', 'test', 'train', 'val')
+SEGMENTATION_SPLITS = ('train', 'val')
+# The TFDS splits each classification split is made of.
+_TFDS_SPLITS = {'trainval': ('train', 'validation'), 'test': ('test',),
+                'train': ('train',), 'val': ('validation',)}
+_TFDS_NAMES = ('voc', 'voc/2007', 'voc/2012')
+_YEAR_FOLDER = re.compile(r'VOC20\d\d')
+_CLASSIFICATION_LAYOUT = ('VOCdevkit/VOC2007/{JPEGImages/<id>.jpg, '
+                          'Annotations/<id>.xml, ImageSets/Main/<split>.txt}')
+_SEGMENTATION_LAYOUT = ('VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, '
+                        'SegmentationClass/<id>.png, '
+                        'ImageSets/Segmentation/<split>.txt}')
+# Values of a mask that are not a class label nor IGNORE_LABEL, by value.
+_BAD_MASK_VALUES = np.ones(256, bool)
+_BAD_MASK_VALUES[:len(SEGMENTATION_CLASSES)] = False
+_BAD_MASK_VALUES[IGNORE_LABEL] = False
+_IO_THREADS = 16
+_MAX_SHOWN = 10
+
+
+def _path(dataset: str) -> str:
+  return os.path.abspath(os.path.expanduser(dataset))
+
+
+def _is_folder_name(dataset: str) -> bool:
+  """Read as a folder (as ``datasets.dataset_kind`` decides): a path-like
+  name or an existing directory."""
+  return dataset.startswith(('/', '.', '~')) or os.path.isdir(dataset)
+
+
+def _is_tfds_name(dataset: str) -> bool:
+  return (not _is_folder_name(dataset) and
+          dataset.split(':')[0] in _TFDS_NAMES)
+
+
+def is_voc(dataset: str) -> bool:
+  """Whether `dataset` is PASCAL VOC: a TFDS name ``voc/2007``,
+  ``voc/2012`` or ``voc`` (a version ``:5.0.0`` may follow), a VOCdevkit
+  folder (holding ``VOC2007/`` or ``VOC2012/``) or a ``VOC20xx`` folder."""
+  if _is_tfds_name(dataset):
+    return True
+  path = _path(dataset)
+  if not os.path.isdir(path):
+    return False
+  return bool(_YEAR_FOLDER.fullmatch(os.path.basename(path)) or any(
+      os.path.isdir(os.path.join(path, year))
+      for year in ('VOC2007', 'VOC2012')))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassificationSplit:
+  """One split of VOC classification, checked.
+
+  Attributes:
+    dataset: the dataset name or folder it was opened from.
+    split: the split's name.
+    ids: image ids (``'000005'``) in the split file's order (a TFDS split:
+      sorted, which is the devkit files' order).
+    targets: ``int8 [N, 20]``: :data:`POSITIVE`, :data:`IGNORED` (only
+      ``difficult`` objects of the class) or :data:`NEGATIVE`, columns in
+      :data:`CLASSES` order.
+    paths: the image file of every id (a folder); empty for TFDS.
+    blobs: the encoded image of every id held in memory (TFDS); empty for
+      a folder.
+  """
+  dataset: str
+  split: str
+  ids: tuple[str, ...]
+  targets: np.ndarray
+  paths: tuple[str, ...] = ()
+  blobs: tuple[bytes, ...] = ()
+
+  def encoded(self, index: int) -> bytes:
+    """The image of example `index` as its file's bytes (JPEG)."""
+    if self.blobs:
+      return self.blobs[index]
+    with open(self.paths[index], 'rb') as f:
+      return f.read()
+
+  def describe(self, index: int) -> str:
+    """Names example `index`'s image in a message."""
+    if self.paths:
+      return f'image file {self.paths[index]}'
+    return (f'image {self.ids[index]!r} of {self.dataset!r} split '
+            f'{self.split!r}')
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SegmentationSplit:
+  """One split of VOC segmentation, checked (a folder only).
+
+  Attributes:
+    dataset: the folder it was opened from.
+    split: the split's name.
+    ids: image ids in the split file's order.
+    paths: the JPEG file of every id.
+    mask_paths: the ``SegmentationClass`` PNG of every id.
+  """
+  dataset: str
+  split: str
+  ids: tuple[str, ...]
+  paths: tuple[str, ...] = ()
+  mask_paths: tuple[str, ...] = ()
+
+  def encoded(self, index: int) -> bytes:
+    """The image of example `index` as its file's bytes (JPEG)."""
+    with open(self.paths[index], 'rb') as f:
+      return f.read()
+
+  def mask(self, index: int) -> np.ndarray:
+    """The labels of example `index`, ``uint8 [H, W]``: 0..20 and 255.
+
+    The PNG's palette indices (VOC stores labels as indices into a colour
+    palette; the colours themselves are only for viewing).
+    """
+    return _read_mask(self.mask_paths[index])
+
+  def describe(self, index: int) -> str:
+    """Names example `index`'s image in a message."""
+    return f'image file {self.paths[index]}'
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+def targets_of(objects) -> np.ndarray:
+  """The devkit's target of one image, ``int8 [20]``.
+
+  Args:
+    objects: ``(class index, difficult)`` of each annotated object.
+
+  Returns:
+    Per class: 1 if some object of it is not difficult, 0 if all its
+    objects are difficult, -1 if there is none.
+  """
+  targets = np.full(len(CLASSES), NEGATIVE, np.int8)
+  for label, difficult in objects:
+    if not difficult:
+      targets[label] = POSITIVE
+    elif targets[label] == NEGATIVE:
+      targets[label] = IGNORED
+  return targets
+
+
+def read_annotation(path: str) -> list[tuple[int, bool]]:
+  """``(class index, difficult)`` of every object of a devkit XML file.
+
+  Raises:
+    MissingInputError: the file does not exist.
+    InputError: it is not XML, an object has no name, names a class not in
+      :data:`CLASSES`, or has a ``difficult`` other than 0 or 1.
+  """
+  try:
+    root = xml.etree.ElementTree.parse(path).getroot()
+  except FileNotFoundError as e:
+    raise MissingInputError(
+        f'annotation file {path} does not exist (expected one '
+        f'Annotations/<id>.xml per listed id: {_CLASSIFICATION_LAYOUT})'
+    ) from e
+  except (xml.etree.ElementTree.ParseError, OSError) as e:
+    raise InputError(f'annotation file {path} is not readable XML '
+                     f'({first_line(e)})') from e
+  objects = []
+  for number, element in enumerate(root.findall('object'), 1):
+    name = (element.findtext('name') or '').strip()
+    if name not in CLASSES:
+      what = f'class {name!r}' if name else 'no class <name>'
+      raise InputError(
+          f'annotation file {path}: object {number} has {what}; valid '
+          f'classes: {", ".join(CLASSES)}')
+    difficult = (element.findtext('difficult') or '0').strip()
+    if difficult not in ('0', '1'):
+      raise InputError(
+          f'annotation file {path}: object {number} ({name}) has '
+          f'<difficult>{difficult}</difficult>, expected 0 or 1')
+    objects.append((CLASSES.index(name), difficult == '1'))
+  return objects
+
+
+def open_classification(dataset: str, split: str, *,
+                        data_dir: str | None = None) -> ClassificationSplit:
+  """Opens a classification split of a VOC folder or of TFDS ``voc/2007``.
+
+  Args:
+    dataset: a VOCdevkit folder (its ``VOC2007/`` is read), a ``VOC20xx``
+      folder, or a TFDS name (``voc/2007``).
+    split: ``trainval`` or ``test`` (also ``train`` and ``val``). For TFDS
+      ``trainval`` is its ``train`` + ``validation``.
+    data_dir: TFDS's data folder (a TFDS name only).
+
+  Raises:
+    InputError: an unknown split, a folder without the devkit's layout, a
+      missing annotation or image, an unknown class; TFDS's VOC2012 test
+      split, which has no annotations.
+    MissingInputError: the folder, a split file or a file it lists is
+      missing; the TFDS dataset is not prepared and cannot be downloaded.
+  """
+  if split not in CLASSIFICATION_SPLITS:
+    raise InputError(f'VOC classification split {split!r} is not one of '
+                     f'{", ".join(CLASSIFICATION_SPLITS)}')
+  if _is_tfds_name(dataset):
+    return _open_tfds_classification(dataset, split, data_dir)
+  year_dir = _year_folder(dataset, 'VOC2007', _CLASSIFICATION_LAYOUT)
+  _check_folders(year_dir, ('JPEGImages', 'Annotations',
+                            os.path.join('ImageSets', 'Main')),
+                 _CLASSIFICATION_LAYOUT)
+  split_file = os.path.join(year_dir, 'ImageSets', 'Main', f'{split}.txt')
+  ids = _read_split_file(split_file, _CLASSIFICATION_LAYOUT)
+  paths = _image_paths(year_dir, ids, split_file)
+  targets = np.stack([
+      targets_of(read_annotation(
+          os.path.join(year_dir, 'Annotations', f'{image_id}.xml')))
+      for image_id in ids])
+  return ClassificationSplit(dataset, split, ids, targets, paths=paths)
+
+
+def open_segmentation(dataset: str, split: str) -> SegmentationSplit:
+  """Opens a segmentation split of a VOC folder, every mask checked.
+
+  Args:
+    dataset: a VOCdevkit folder (its ``VOC2012/`` is read) or a
+      ``VOC20xx`` folder.
+    split: ``train`` or ``val``.
+
+  Raises:
+    InputError: a TFDS name (TFDS has no VOC masks), an unknown split, a
+      folder without the devkit's layout, a mask that is not a palette or
+      grayscale PNG, whose size differs from its image's, or that holds
+      values other than 0-20 and 255.
+    MissingInputError: the folder, the split file, or an image or mask it
+      lists is missing.
+  """
+  if _is_tfds_name(dataset):
+    raise InputError(
+        f'dataset={dataset!r}: TFDS has no VOC segmentation masks (its voc '
+        'datasets hold boxes and labels only); pass a VOCdevkit folder '
+        f'with {_SEGMENTATION_LAYOUT}')
+  if split not in SEGMENTATION_SPLITS:
+    raise InputError(f'VOC segmentation split {split!r} is not one of '
+                     f'{", ".join(SEGMENTATION_SPLITS)}')
+  year_dir = _year_folder(dataset, 'VOC2012', _SEGMENTATION_LAYOUT)
+  _check_folders(year_dir, ('JPEGImages', 'SegmentationClass',
+                            os.path.join('ImageSets', 'Segmentation')),
+                 _SEGMENTATION_LAYOUT)
+  split_file = os.path.join(year_dir, 'ImageSets', 'Segmentation',
+                            f'{split}.txt')
+  ids = _read_split_file(split_file, _SEGMENTATION_LAYOUT)
+  paths = _image_paths(year_dir, ids, split_file)
+  mask_paths = tuple(os.path.join(year_dir, 'SegmentationClass',
+                                  f'{image_id}.png') for image_id in ids)
+  # Reading every mask costs a PNG decode each (VOC2012: 1,464 + 1,449);
+  # decoding releases the GIL, so threads share it out.
+  with concurrent.futures.ThreadPoolExecutor(_IO_THREADS) as pool:
+    list(pool.map(_check_mask, paths, mask_paths))
+  return SegmentationSplit(dataset, split, ids, paths, mask_paths)
+
+
+def _open_tfds_classification(name: str, split: str,
+                              data_dir: str | None) -> ClassificationSplit:
+  """Reads a TFDS VOC split: encoded images and their objects, by id."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+  from rotnet_jax.data import tfds_util
+  # pylint: enable=g-import-not-at-top
+  builder = tfds_util.prepared_builder(name, data_dir)
+  year = builder.builder_config.name
+  if year == '2012' and split == 'test':
+    raise InputError(
+        f'dataset={name!r} split {split!r}: the VOC2012 test split has no '
+        'annotations (TFDS gives it none); use trainval/train/val, or '
+        'voc/2007 whose test split is annotated')
+  for part in _TFDS_SPLITS[split]:
+    tfds_util.check_split(builder, part)
+  names = tuple(builder.info.features['objects']['label'].names)
+  if names != CLASSES:
+    raise InputError(f'TFDS dataset {name!r} names its classes {names}, '
+                     f'expected the 20 VOC classes {CLASSES}')
+  examples = builder.as_dataset(
+      split='+'.join(_TFDS_SPLITS[split]), shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()})
+  rows = []
+  for example in tfds.as_numpy(examples):
+    filename = example['image/filename'].decode()
+    objects = zip(example['objects']['label'].tolist(),
+                  example['objects']['is_difficult'].tolist())
+    rows.append((os.path.splitext(filename)[0], targets_of(objects),
+                 bytes(example['image'])))
+  if not rows:
+    raise InputError(f'TFDS dataset {name!r} split {split!r} is empty')
+  # TFDS stores examples shuffled; the devkit's split files list ids in
+  # sorted order, which both readers then share.
+  rows.sort(key=lambda row: row[0])
+  ids, targets, blobs = zip(*rows)
+  return ClassificationSplit(name, split, tuple(ids), np.stack(targets),
+                             blobs=tuple(blobs))
+
+
+def _year_folder(dataset: str, year: str, layout: str) -> str:
+  """The ``VOC20xx`` folder to read: `dataset` itself if it is one, else
+  its `year` subfolder."""
+  path = _path(dataset)
+  if not os.path.isdir(path):
+    raise MissingInputError(
+        f'VOC folder {path} does not exist (dataset={dataset!r}); expected '
+        f'the layout {layout}')
+  if _YEAR_FOLDER.fullmatch(os.path.basename(path)):
+    return path
+  year_dir = os.path.join(path, year)
+  if not os.path.isdir(year_dir):
+    present = sorted(name for name in os.listdir(path)
+                     if _YEAR_FOLDER.fullmatch(name))
+    raise MissingInputError(
+        f'VOC folder {path} has no {year}/ (it has '
+        f'{", ".join(present) or "no VOC20xx folder"}); expected the layout '
+        f'{layout}, or pass a VOC20xx folder itself')
+  return year_dir
+
+
+def _check_folders(year_dir: str, folders, layout: str) -> None:
+  missing = [f'{folder}/' for folder in folders
+             if not os.path.isdir(os.path.join(year_dir, folder))]
+  if missing:
+    raise MissingInputError(
+        f'VOC folder {year_dir} lacks {", ".join(missing)}; expected the '
+        f'layout {layout}')
+
+
+def _read_split_file(split_file: str, layout: str) -> tuple[str, ...]:
+  """The ids a split file lists, one per line, in its order."""
+  try:
+    with open(split_file) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError as e:
+    folder = os.path.dirname(split_file)
+    present = sorted(name for name in os.listdir(folder)
+                     if name.endswith('.txt') and '_' not in name)
+    raise MissingInputError(
+        f'VOC split file {split_file} does not exist (split files there: '
+        f'{", ".join(present) or "none"}); expected the layout {layout}'
+    ) from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise InputError(f'VOC split file {split_file} is not readable text '
+                     f'({first_line(e)})') from e
+  ids = tuple(line.split()[0] for line in lines if line.strip())
+  if not ids:
+    raise InputError(f'VOC split file {split_file} lists no image ids '
+                     '(expected one id per line, e.g. 000005)')
+  return ids
+
+
+def _image_paths(year_dir: str, ids, split_file: str) -> tuple[str, ...]:
+  """``JPEGImages/<id>.jpg`` of every id, each checked to exist."""
+  paths = tuple(os.path.join(year_dir, 'JPEGImages', f'{image_id}.jpg')
+                for image_id in ids)
+  missing = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
+  if missing:
+    first = missing[0]
+    raise MissingInputError(
+        f'image file {paths[first]} does not exist (id {ids[first]!r} '
+        f'listed in {split_file}; {len(missing)} of {len(ids)} listed ids '
+        'have no JPEGImages/<id>.jpg)')
+  return paths
+
+
+def _read_mask(path: str) -> np.ndarray:
+  """A SegmentationClass PNG's labels (palette indices), ``uint8 [H, W]``.
+
+  Raises:
+    InputError: not readable, or neither a palette nor a grayscale image
+      (an RGB copy of a mask has colours, not labels).
+  """
+  try:
+    with Image.open(path) as mask:
+      if mask.mode not in ('P', 'L'):
+        raise InputError(
+            f'segmentation mask {path} is a {mask.mode} image; expected a '
+            'palette (mode P) PNG whose indices are the labels 0-20 and '
+            '255, as VOC\'s SegmentationClass PNGs are')
+      return np.asarray(mask, np.uint8)
+  except FileNotFoundError as e:
+    raise MissingInputError(
+        f'segmentation mask {path} does not exist; expected the layout '
+        f'{_SEGMENTATION_LAYOUT}') from e
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'cannot read segmentation mask {path} '
+                     f'({first_line(e)})') from e
+
+
+def _image_size(path: str) -> tuple[int, int]:
+  """``(width, height)`` from the image file's header (nothing decoded)."""
+  try:
+    with Image.open(path) as image:
+      return image.size
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'cannot read image file {path} '
+                     f'({first_line(e)})') from e
+
+
+def _check_mask(image_path: str, mask_path: str) -> None:
+  """Raises InputError unless the mask fits its image and holds labels."""
+  labels = _read_mask(mask_path)
+  width, height = _image_size(image_path)
+  if labels.shape != (height, width):
+    raise InputError(
+        f'segmentation mask {mask_path} is {labels.shape[1]}x'
+        f'{labels.shape[0]}, its image {image_path} is {width}x{height}; '
+        'expected the same size')
+  present = np.bincount(labels.ravel(), minlength=256) > 0
+  values = np.flatnonzero(present & _BAD_MASK_VALUES)
+  if len(values):
+    shown = ', '.join(str(v) for v in values[:_MAX_SHOWN])
+    if len(values) > _MAX_SHOWN:
+      shown += f', ... ({len(values)} values)'
+    raise InputError(
+        f'segmentation mask {mask_path} holds labels {shown}; expected '
+        f'0-{len(SEGMENTATION_CLASSES) - 1} (the classes) and '
+        f'{IGNORE_LABEL} (not scored)')
