@@ -30,6 +30,64 @@ from rotnet_jax.errors import InputError
 from rotnet_jax.weights import export
 
 DEFAULT_BATCH_SIZE = 256
+# What features(pool=...) does to each block's [N, h, w, C] map: nothing,
+# a global average ([N, C]), or the linear-SVM benchmark's average pooling
+# to about SVM_FEATURES values ([N, s, s, C], see svm_pool_sides).
+POOLS = ('none', 'global', 'svm')
+# Goyal et al. pool AlexNet's blocks to 9,216-9,600 values each (VISSL's
+# eval_alexnet_8gpu_transfer_voc07_svm.yaml: AvgPool2d 19/4, 12/3, 9/1,
+# 9/1, 8/1 on 96-, 256-, 384-, 384-, 256-channel maps).
+SVM_FEATURES = 9216
+
+
+def pool_mode(pool) -> str:
+  """`pool` as one of :data:`POOLS`; the boolean spelling of older code
+  (``pool=True``: global average; False or None: none) is accepted.
+
+  Raises:
+    InputError: anything else.
+  """
+  if pool is None or pool is False:
+    return 'none'
+  if pool is True:
+    return 'global'
+  if isinstance(pool, str) and pool in POOLS:
+    return pool
+  raise InputError(f'pool={pool!r}: expected one of {", ".join(POOLS)}')
+
+
+def svm_pool_sides(spec: dict[str, Any]) -> dict[str, int]:
+  """The side ``s`` each block is average-pooled to by ``pool='svm'``.
+
+  ``s = round(sqrt(SVM_FEATURES / C))`` for a block of ``C`` channels, at
+  most the map's side, so that ``s * s * C`` is about 9,216 as in Goyal
+  et al.'s AlexNet: our AlexNet (64, 192, 384, 256, 256 channels at 224)
+  gets 12, 7, 5, 6, 6 (9,216, 9,408, 9,600, 9,216, 9,216 values; its
+  ImageNet probes' sides, ``alexnet.LINEAR_POOL_SIZES``) and ``fc_block``
+  1; the CIFAR NIN (96, then 192 channels) 10 and 7 (9,600 and 9,408).
+  """
+  sides = {}
+  for block, (height, width, channels) in models.feature_shapes(
+      spec).items():
+    side = max(1, round(math.sqrt(SVM_FEATURES / channels)))
+    sides[block] = min(side, height, width)
+  return sides
+
+
+def adaptive_average_pool(x: jax.Array, size: int) -> jax.Array:
+  """PyTorch's ``AdaptiveAvgPool2d(size)`` on ``[B, H, W, C]``.
+
+  Window ``i`` of an axis of length ``n`` spans
+  ``[floor(i * n / size), ceil((i + 1) * n / size))``.
+  """
+
+  def windows(n):
+    return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
+
+  rows = [jnp.mean(x[:, r0:r1], axis=1) for r0, r1 in windows(x.shape[1])]
+  x = jnp.stack(rows, axis=1)  # [B, size, W, C]
+  cols = [jnp.mean(x[:, :, c0:c1], axis=2) for c0, c1 in windows(x.shape[2])]
+  return jnp.stack(cols, axis=2)
 
 
 class Model:
@@ -96,10 +154,11 @@ class Model:
     For a RotNet these are rotation logits (label ``k`` is
     ``rotations[k]``); for a supervised backbone, class logits.
     """
-    return self._run(images, ('logits',), (), False, batch_size)['logits']
+    return self._run(images, ('logits',), (), 'none', batch_size)['logits']
 
   def features(self, images, blocks: Sequence[str] = ('conv2',), *,
-               pool: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+               pool: bool | str = False,
+               batch_size: int = DEFAULT_BATCH_SIZE
                ) -> dict[str, np.ndarray]:
     """The outputs of `blocks`: ``{block: float32 [N, h, w, C]}`` (NHWC).
 
@@ -107,11 +166,16 @@ class Model:
       images: ``uint8 [N, H, W, 3]``.
       blocks: names from :attr:`block_names`; the network runs up to the
         deepest one.
-      pool: global average pooling: ``[N, C]`` per block.
+      pool: ``'none'`` (or False); ``'global'`` (or True): global average
+        pooling, ``[N, C]`` per block; ``'svm'``: average pooling to the
+        sides of :func:`svm_pool_sides`, ``[N, s, s, C]`` per block.
       batch_size: images per device program (split over the devices).
+
+    Raises:
+      InputError: bad images, blocks, pool or batch size.
     """
     blocks = self.check_blocks(blocks)
-    return self._run(images, blocks, (), pool, batch_size)
+    return self._run(images, blocks, (), pool_mode(pool), batch_size)
 
   def predict_rotation(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE
                        ) -> np.ndarray:
@@ -141,7 +205,7 @@ class Model:
       raise InputError(
           'classify: these weights have no classifier heads; load the '
           "workdir of an evaluation run (mode='evaluate') or its export")
-    return self._run(images, (), self.heads.blocks, False, batch_size)
+    return self._run(images, (), self.heads.blocks, 'none', batch_size)
 
   # How they run.
 
@@ -203,7 +267,7 @@ class Model:
     return graphdefs
 
   def _program(self, outputs: tuple[str, ...], heads: tuple[str, ...],
-               pool: bool):
+               pool: str):
     """The jitted ``(variables, uint8 batch) -> {name: float32}``."""
     key = (outputs, heads, pool)
     if key not in self._programs:
@@ -212,6 +276,7 @@ class Model:
 
   def _compile(self, outputs, heads, pool):
     order = self.block_names
+    sides = svm_pool_sides(self.spec) if pool == 'svm' else {}
     wanted = [b for b in outputs if b != 'logits'] + list(heads)
     up_to = (None if 'logits' in outputs or not wanted
              else max(wanted, key=order.index))
@@ -226,8 +291,10 @@ class Model:
       result = {}
       for name in outputs:
         value = logits if name == 'logits' else features[name]
-        if pool and name != 'logits':
+        if pool == 'global' and name != 'logits':
           value = jnp.mean(value, axis=(1, 2))
+        elif pool == 'svm' and name != 'logits':
+          value = adaptive_average_pool(value, sides[name])
         result[name] = value.astype(jnp.float32)
       for block in heads:
         head = nnx.merge(self._head_graphdefs[block],
@@ -246,7 +313,7 @@ class Model:
     if not isinstance(batch_size, int) or batch_size < 1:
       raise InputError(f'batch_size={batch_size!r}: expected a positive '
                        'integer')
-    program = self._program(tuple(outputs), tuple(heads), bool(pool))
+    program = self._program(tuple(outputs), tuple(heads), pool)
     devices = self.num_devices
     sharding = parallel.batch_sharding(self.mesh)
     chunks = []

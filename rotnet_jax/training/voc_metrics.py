@@ -1,0 +1,253 @@
+"""PASCAL VOC's metrics: average precision of classification, mean IoU of
+segmentation.
+
+Classification targets follow the devkit: per image and class, 1 (the
+class is present), -1 (absent) or 0 (only ``difficult`` objects of the
+class: the image is ignored for that class). Three forms of AP, each per
+class over the images not ignored for it:
+
+* :func:`average_precision` (``mAP``), what the RotNet paper's VOC numbers
+  use: Krähenbühl et al.'s ``voc-classification`` (``src/train_cls.py``)
+  scores each class with scikit-learn's ``average_precision_score`` after
+  subtracting ``1e-5`` from the score of every positive image
+  (``scr - 1e-5 * gts``, "to make AP work for tied scores"): a positive
+  tied with a negative ranks below it. The offset also moves a positive
+  scored less than ``1e-5`` above a negative below it, as there.
+* :func:`average_precision_11point` (``mAP_11point``): the VOC2007
+  devkit's ``VOCevalcls``, the mean of the interpolated precision (the
+  best precision at that recall or more) at recall 0, 0.1, ..., 1.
+* :func:`average_precision_all_points` (``mAP_all_points``): the VOC2010+
+  devkit's area under the interpolated precision-recall curve, which is
+  what Goyal et al.'s linear-SVM benchmark (``tools/svm/svm_helper.py``,
+  ``calculate_ap``) reports.
+
+The two devkit forms rank tied scores as one block (precision and recall
+are taken only after the last of a run of equal scores), so they do not
+depend on the order of tied images; the devkit's MATLAB sort would order
+them by index, Goyal et al.'s ``np.argsort`` arbitrarily. The 11 recall
+levels are compared exactly (``tp * 10 >= k * positives``): the devkit's
+floating ``0:0.1:1`` makes a recall of exactly 0.3 miss the level 0.3.
+
+A class with no positive image in a split has no AP (NaN) and is left out
+of the means.
+
+Segmentation: :func:`confusion_sums` counts (true label, predicted label)
+pixel pairs inside ``jax.jit`` (summed over a split, outside), and
+:func:`mean_iou` turns the split's counts into the devkit's per-class
+``TP / (TP + FP + FN)`` and its mean.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rotnet_jax.errors import InputError
+
+# What voc-classification subtracts from the scores of positive images.
+TIE_OFFSET = 1e-5
+# The devkit's VOC2007 recall levels: k / 10 for k = 0..10.
+_RECALL_LEVELS = 10
+
+
+def _check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+  """`scores` as float64 and `targets` as int8, both ``[N, C]``."""
+  scores = np.asarray(scores, np.float64)
+  targets = np.asarray(targets)
+  if scores.ndim != 2 or scores.shape != targets.shape:
+    raise InputError(f'scores {scores.shape} and targets {targets.shape}: '
+                     'expected two arrays of the same shape [N, C]')
+  values = np.unique(targets)
+  if not np.isin(values, (-1, 0, 1)).all():
+    raise InputError(f'targets hold {values.tolist()}: expected 1 '
+                     '(present), 0 (ignored) and -1 (absent)')
+  if not np.isfinite(scores).all():
+    raise InputError(f'scores hold {int(np.sum(~np.isfinite(scores)))} '
+                     'NaN or infinite values')
+  return scores, targets.astype(np.int8)
+
+
+def _per_class(scores, targets, average_precision_of) -> np.ndarray:
+  """``average_precision_of(scores, positive)`` of each class over its
+  images not ignored; NaN for a class without a positive image."""
+  scores, targets = _check_scores(scores, targets)
+  result = np.full(scores.shape[1], np.nan)
+  for c in range(scores.shape[1]):
+    kept = targets[:, c] != 0
+    positive = targets[kept, c] > 0
+    if positive.any():
+      result[c] = average_precision_of(scores[kept, c], positive)
+  return result
+
+
+def average_precision(scores, targets) -> np.ndarray:
+  """Per-class AP as voc-classification computes it (module docstring).
+
+  Args:
+    scores: ``[N, C]``, higher means more likely present.
+    targets: ``[N, C]`` of 1 (present), 0 (ignored) and -1 (absent).
+
+  Returns:
+    ``float64 [C]``: scikit-learn's ``average_precision_score`` of each
+    class over its non-ignored images, the scores of positives lowered by
+    :data:`TIE_OFFSET`; NaN for a class without a positive image.
+
+  Raises:
+    InputError: shapes that differ or are not ``[N, C]``, other target
+      values, or scores that are not finite.
+  """
+  # Imported here: every run imports this module (through
+  # training/metrics.py), and scikit-learn takes seconds to import.
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
+  return _per_class(scores, targets, lambda s, positive: float(
+      sklearn_metrics.average_precision_score(
+          positive, s - TIE_OFFSET * positive)))
+
+
+def _precision_recall(scores: np.ndarray, positive: np.ndarray):
+  """Precision and true-positive counts after each run of equal scores,
+  in decreasing score order."""
+  order = np.argsort(-scores, kind='stable')
+  ranked = scores[order]
+  true_positives = np.cumsum(positive[order])
+  seen = np.arange(1, len(ranked) + 1)
+  last_of_run = np.append(ranked[1:] != ranked[:-1], True)
+  true_positives, seen = true_positives[last_of_run], seen[last_of_run]
+  return true_positives / seen, true_positives
+
+
+def _eleven_point(scores: np.ndarray, positive: np.ndarray) -> float:
+  precision, true_positives = _precision_recall(scores, positive)
+  positives = int(positive.sum())
+  total = 0.0
+  for level in range(_RECALL_LEVELS + 1):
+    # recall >= level / 10, in integers.
+    reached = true_positives * _RECALL_LEVELS >= level * positives
+    total += precision[reached].max() if reached.any() else 0.0
+  return total / (_RECALL_LEVELS + 1)
+
+
+def average_precision_11point(scores, targets) -> np.ndarray:
+  """Per-class AP of the VOC2007 devkit (``VOCevalcls``): the mean over
+  recall 0, 0.1, ..., 1 of the best precision at that recall or more.
+
+  Args and Raises: as :func:`average_precision`.
+
+  Returns:
+    ``float64 [C]``; NaN for a class without a positive image.
+  """
+  return _per_class(scores, targets, _eleven_point)
+
+
+def _all_points(scores: np.ndarray, positive: np.ndarray) -> float:
+  precision, true_positives = _precision_recall(scores, positive)
+  recall = true_positives / positive.sum()
+  # The best precision at each recall or more, then the area of the steps.
+  envelope = np.maximum.accumulate(precision[::-1])[::-1]
+  return float(np.sum(np.diff(recall, prepend=0.0) * envelope))
+
+
+def average_precision_all_points(scores, targets) -> np.ndarray:
+  """Per-class AP of the VOC2010+ devkit (and of Goyal et al.'s SVM
+  benchmark): the area under the precision-recall curve, each precision
+  replaced by the best one at that recall or more.
+
+  Args and Raises: as :func:`average_precision`.
+
+  Returns:
+    ``float64 [C]``; NaN for a class without a positive image.
+  """
+  return _per_class(scores, targets, _all_points)
+
+
+def _mean(values: np.ndarray) -> float:
+  """The mean of the values that are not NaN (NaN if none is)."""
+  kept = values[~np.isnan(values)]
+  return float(kept.mean()) if len(kept) else float('nan')
+
+
+def mean_average_precision(scores, targets) -> dict:
+  """Every form of AP of every class, and their means.
+
+  Args and Raises: as :func:`average_precision`.
+
+  Returns:
+    ``{'mAP', 'mAP_11point', 'mAP_all_points'}``: means over the classes
+    with a positive image (NaN if none has one), and ``{'ap',
+    'ap_11point', 'ap_all_points'}``, the ``float64 [C]`` per-class values
+    (NaN for a class without a positive image).
+  """
+  result = {'ap': average_precision(scores, targets),
+            'ap_11point': average_precision_11point(scores, targets),
+            'ap_all_points': average_precision_all_points(scores, targets)}
+  for name in list(result):
+    result['mAP' + name[2:]] = _mean(result[name])
+  return result
+
+
+def confusion_sums(logits: jax.Array, labels: jax.Array, num_classes: int,
+                   ignore_label: int = 255) -> jax.Array:
+  """Pixel counts by true and predicted label, for use inside ``jax.jit``.
+
+  Args:
+    logits: ``[..., num_classes]`` per-pixel class scores; the prediction
+      is their argmax.
+    labels: ``[...]`` true labels, the shape of ``logits`` without its last
+      axis; `ignore_label` (VOC's object borders) and any value outside
+      ``0..num_classes - 1`` are not counted.
+    num_classes: ``C``, static.
+    ignore_label: the label of pixels that are not scored.
+
+  Returns:
+    ``int32 [C, C]``: entry ``[t, p]`` counts the scored pixels of true
+    label ``t`` predicted as ``p``. Counts of one batch; sum them over a
+    split in int64 outside (a split of VOC has about 2^28 pixels).
+
+  Raises:
+    ValueError: shapes that do not match (at trace time).
+  """
+  if logits.shape[-1] != num_classes or labels.shape != logits.shape[:-1]:
+    raise ValueError(f'logits {logits.shape} and labels {labels.shape}: '
+                     f'expected [..., {num_classes}] and [...]')
+  predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  labels = labels.astype(jnp.int32)
+  scored = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  cells = jnp.where(scored, labels * num_classes + predicted, 0)
+  counts = jnp.bincount(cells.ravel(), weights=scored.ravel().astype(
+      jnp.int32), length=num_classes * num_classes)
+  return counts.astype(jnp.int32).reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion) -> dict:
+  """The devkit's segmentation scores of a split's pixel counts.
+
+  Args:
+    confusion: ``[C, C]`` counts summed over the whole split (rows: true
+      label, columns: predicted), as :func:`confusion_sums` gives them.
+
+  Returns:
+    ``{'iou': float64 [C], 'mIoU', 'pixel_accuracy'}``: per class
+    ``TP / (TP + FP + FN)`` over the split's pixels, where TP is the
+    diagonal, FP the rest of the class's column and FN the rest of its
+    row; a class absent from both the truth and the predictions has no
+    IoU (NaN) and is left out of the mean (a class predicted but never
+    true has IoU 0 and counts). ``pixel_accuracy`` is the fraction of
+    scored pixels predicted right. NaN where nothing was counted.
+
+  Raises:
+    InputError: not a square matrix of non-negative counts.
+  """
+  confusion = np.asarray(confusion)
+  if (confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or
+      (confusion < 0).any()):
+    raise InputError(f'confusion of shape {confusion.shape}: expected '
+                     'non-negative counts [C, C]')
+  confusion = confusion.astype(np.int64)
+  true_positives = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - true_positives
+  iou = np.full(len(confusion), np.nan)
+  present = union > 0
+  iou[present] = true_positives[present] / union[present]
+  total = confusion.sum()
+  return {'iou': iou, 'mIoU': _mean(iou),
+          'pixel_accuracy': (float(true_positives.sum() / total) if total
+                             else float('nan'))}
