@@ -22,7 +22,13 @@ from ml_collections import config_dict
 
 from rotnet_jax.errors import ConfigError
 
-MODES = ('pretext', 'supervised', 'evaluate')
+MODES = ('pretext', 'supervised', 'evaluate', 'transfer')
+# Modes that start from pretrained weights (config.pretrained): heads on a
+# backbone, and the whole network fine-tuned on another task.
+PRETRAINED_MODES = ('evaluate', 'transfer')
+# mode='transfer' tasks (PASCAL VOC): multi-label classification of
+# VOC2007, and semantic segmentation of VOC2012 (FCN-32s).
+TRANSFER_TASKS = ('voc_classification', 'voc_segmentation')
 ROTATION_MODES = ('all', 'random')
 BN_SCALE_INITS = ('uniform', 'ones')
 RANDOM_BATCH_STATS = ('reestimated', 'fresh')
@@ -55,14 +61,17 @@ TRAJECTORY_KEYS = (
     'dataset', 'batch_size', 'seed', 'learning_rate_table', 'momentum',
     'nesterov', 'weight_decay', 'num_train_examples', 'examples_per_class',
     'epoch_examples', 'half_precision', 'rotations', 'rotation_mode',
-    'pipeline', 'augmentation', 'eval_resize_size', 'float64')
+    'pipeline', 'augmentation', 'eval_resize_size', 'float64',
+    'transfer_task', 'frozen_up_to', 'transfer_image_size', 'scale_range',
+    'grad_clip_norm', 'learning_rate_steps_table')
 
 
 def defaults() -> config_dict.ConfigDict:
   """The RotNet CIFAR-10 pretext recipe of the official code (locked)."""
   config = config_dict.ConfigDict()
-  # 'pretext' (predict rotations), 'supervised' (predict classes), or
-  # 'evaluate' (classifier heads on a pretrained backbone).
+  # 'pretext' (predict rotations), 'supervised' (predict classes),
+  # 'evaluate' (classifier heads on a pretrained backbone), or 'transfer'
+  # (the pretrained network fine-tuned on PASCAL VOC).
   config.mode = 'pretext'
   config.experiment = ''  # Row name in reports (set by rotnet_jax.reproduce).
 
@@ -133,6 +142,27 @@ def defaults() -> config_dict.ConfigDict:
   # images (weights stay random), or the 'fresh' 0/1 of a new network.
   config.random_batch_stats = 'reestimated'
 
+  # Transfer (mode='transfer'): the pretrained network fine-tuned on a
+  # TRANSFER_TASKS task of PASCAL VOC.
+  config.transfer_task = 'voc_classification'
+  # The blocks up to this one (included) stay frozen, in inference mode
+  # ('conv5': the paper's "fc6-8" setting); '': every layer trains.
+  config.frozen_up_to = ''
+  # Side of the images fed to the network (0: the network's image_size):
+  # the crops of classification, the canvas of segmentation.
+  config.transfer_image_size = 0
+  # Classification: the test scores of this many random crops are summed.
+  config.test_crops = 10
+  # Classification crops: the window's side is s * S (S the network's
+  # input side), s uniform in this range and capped so the window fits in
+  # the image, then resized to S (the image is zoomed by 1 / s).
+  config.scale_range = (0.5, 2.0)
+  # Gradients clipped to this global norm before the update (0: off).
+  config.grad_clip_norm = 0.0
+  # (end_step, lr) pairs over optimiser steps; when set, replaces
+  # learning_rate_table (schedules given in iterations, as VOC's).
+  config.learning_rate_steps_table = ()
+
   config.half_precision = False  # bf16 compute, float32 parameters.
   # float64 parameters and compute (needs jax_enable_x64): for tests that
   # compare runs exactly across device and process counts.
@@ -191,6 +221,51 @@ def evaluation_defaults(head: str) -> config_dict.ConfigDict:
   config.head = head
   config.update(HEAD_SCHEDULES.get(head, {}))  # k-NN trains nothing.
   config.eval_every_epochs = 1
+  for key in SHAPE_KEYS:
+    unset(config, key)
+  return config
+
+
+# Krähenbühl et al.'s VOC2007 classification schedule (``train_cls.py``,
+# the protocol the paper cites): base rate 0.001 halved every 10,000
+# iterations, for 80,000 iterations of 16 images.
+VOC_CLASSIFICATION_STEPS = 80_000
+VOC_CLASSIFICATION_STEP_TABLE = tuple(
+    (end, 0.001 * 0.5 ** i)
+    for i, end in enumerate(range(10_000, VOC_CLASSIFICATION_STEPS + 1,
+                                  10_000)))
+
+
+def transfer_defaults(task: str) -> config_dict.ConfigDict:
+  """``mode='transfer'`` on `task` (one of :data:`TRANSFER_TASKS`).
+
+  The backbone's shape is read from the pretrained weights, as an
+  evaluation's is. Classification follows Krähenbühl et al.'s
+  ``voc-classification`` code: SGD with momentum 0.9 (no Nesterov),
+  weight decay 1e-6, gradients clipped at norm 10, batches of 16,
+  :data:`VOC_CLASSIFICATION_STEP_TABLE`, on TFDS ``voc/2007`` trainval,
+  tested on test with 10 random crops per image. 5,011 trainval images
+  give 313 full batches per epoch: 256 epochs are 80,128 iterations, the
+  nearest whole number of epochs above 80,000. Segmentation (FCN-32s) is
+  in ``configs/voc12_segmentation.py``.
+  """
+  config = defaults()
+  config.mode = 'transfer'
+  config.transfer_task = task
+  config.dataset = 'voc/2007'
+  config.train_split = 'trainval'
+  config.test_split = 'test'
+  config.mean_rgb = IMAGENET_MEAN_RGB
+  config.std_rgb = IMAGENET_STD_RGB
+  config.batch_size = 16
+  config.num_epochs = 256
+  config.learning_rate_steps_table = VOC_CLASSIFICATION_STEP_TABLE
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-6
+  config.grad_clip_norm = 10.0
+  config.eval_every_epochs = 32
+  config.checkpoint_every_epochs = 4
   for key in SHAPE_KEYS:
     unset(config, key)
   return config
@@ -362,6 +437,14 @@ def _learning_rate_table(table) -> bool:
   return True
 
 
+def _learning_rate_steps_table(table) -> bool:
+  return not table or _learning_rate_table(table)
+
+
+def _scale_range(v) -> bool:
+  return (_numbers(2, positive=True)(v) and v[0] <= v[1])
+
+
 # Anything of the key's type is valid.
 _FREE = Rule(lambda v: True, 'anything')
 
@@ -414,6 +497,18 @@ RULES: dict[str, Rule] = {
     'knn_k': _count(1),
     'knn_temperature': _number(0, 100, low_open=True),
     'random_batch_stats': _choice(RANDOM_BATCH_STATS),
+    'transfer_task': _choice(TRANSFER_TASKS),
+    'frozen_up_to': Rule(None, "must be a block name of the backbone, or '' "
+                         '(nothing frozen)', ('conv9',)),
+    'transfer_image_size': _count(0, 4096),
+    'test_crops': _count(1, 100),
+    'scale_range': Rule(_scale_range, 'must be (low, high) with 0 < low <= '
+                        'high, finite', ((2.0, 0.5), (0.0, 1.0))),
+    'grad_clip_norm': _number(0, 1e9),
+    'learning_rate_steps_table': Rule(
+        _learning_rate_steps_table, 'must be () or ((end_step, lr), ...) '
+        'with positive, increasing end steps and finite rates >= 0',
+        (((100, 0.1), (50, 0.01)),)),
     'half_precision': _FREE,
     'float64': _FREE,
     'seed': _count(0, 2**31 - 1),
@@ -439,7 +534,7 @@ def validate(config) -> config_dict.ConfigDict:
   """
   config = conform(config)
   flat = flatten(config)
-  evaluate = flat['mode'] == 'evaluate'
+  evaluate = flat['mode'] in PRETRAINED_MODES
   for name, rule in RULES.items():
     if evaluate and name in SHAPE_KEYS and flat[name] is None:
       continue  # Taken from the pretrained weights.
@@ -451,11 +546,11 @@ def validate(config) -> config_dict.ConfigDict:
       raise ConfigError(f'config.{name}={flat[name]!r}: {what}')
 
   require(not evaluate or flat['pretrained'], 'pretrained',
-          "mode='evaluate' needs the pretext run's workdir (or 'random' for "
-          'a randomly initialised backbone)')
+          f"mode={flat['mode']!r} needs the pretext run's workdir (or "
+          "'random' for a randomly initialised backbone)")
   require(evaluate or flat['pretrained'] is None, 'pretrained',
-          f"is only used by mode='evaluate' (mode is {flat['mode']!r}): "
-          'leave it unset')
+          f"is only used by mode='evaluate' and 'transfer' (mode is "
+          f"{flat['mode']!r}): leave it unset")
   require(not (flat['head'] in TRAINING_FREE_HEADS and flat['finetune'] and
                evaluate), 'finetune',
           f"head={flat['head']!r} trains nothing, so there is no backbone "

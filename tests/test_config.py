@@ -27,10 +27,11 @@ def _load_config_file(name):
     if f.endswith('.py')))
 def test_shipped_configs_are_valid(name):
   config = _load_config_file(name)
-  if config.mode == 'evaluate' and not config.pretrained:
-    # Evaluation configs get the pretext workdir on the command line.
-    with pytest.raises(ConfigError, match="pretrained=None: mode='evaluate' "
-                       "needs the pretext run's workdir"):
+  if config.mode in ('evaluate', 'transfer') and not config.pretrained:
+    # Evaluation and transfer configs get the pretext workdir on the
+    # command line.
+    with pytest.raises(ConfigError, match=f"pretrained=None: mode="
+                       f"'{config.mode}' needs the pretext run's workdir"):
       config_schema.validate(config)
     config.pretrained = '/a/pretext/workdir'
   config_schema.validate(config)

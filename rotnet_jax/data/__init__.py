@@ -12,6 +12,11 @@ same batches, ``{'image': uint8 [B, S, S, 3], 'label': int32 [B],
 
 Both read the split through ``rotnet_jax.data.datasets.open_split``, which
 decides how the dataset is read, checks it and applies the training subset.
+
+PASCAL VOC (``mode='transfer'``) has targets of other shapes (20 labels
+per image, a label per pixel) and its own protocol's augmentations: its
+splits are read by ``data/voc.py`` and batched by ``VOCSource``, a host
+pipeline of numpy and PIL (no TensorFlow, whatever ``pipeline`` says).
 """
 
 from jax.sharding import Mesh
@@ -36,6 +41,8 @@ def make_source(config, split: str, mesh: Mesh, *, train: bool):
       the order and pad the last batch (``mask`` 0) if False. Evaluation
       always reads the whole split.
   """
+  if config.mode == 'transfer':
+    return _voc_source(config, split, mesh, train=train)
   device = config.pipeline == 'device'
   opened = datasets.open_split(config, split, train=train, decoded=device)
   common = dict(mesh=mesh, batch_size=config.batch_size, train=train,
@@ -49,6 +56,23 @@ def make_source(config, split: str, mesh: Mesh, *, train: bool):
   from rotnet_jax.data import tfdata_source  # pylint: disable=g-import-not-at-top
   return tfdata_source.TFDataSource(
       opened, shuffle_buffer_size=config.shuffle_buffer_size, **common)
+
+
+def _voc_source(config, split: str, mesh: Mesh, *, train: bool):
+  """The VOC split of ``config.transfer_task``, batched by VOCSource."""
+  from rotnet_jax.data import voc  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.data import voc_source  # pylint: disable=g-import-not-at-top
+  if config.transfer_task == 'voc_segmentation':
+    opened = voc.open_segmentation(config.dataset, split)
+  else:
+    opened = voc.open_classification(config.dataset, split,
+                                     data_dir=config.data_dir)
+  return voc_source.VOCSource(
+      opened, mesh=mesh, batch_size=config.batch_size, train=train,
+      seed=config.seed,
+      image_size=config.transfer_image_size or config.image_size,
+      test_crops=config.test_crops, scale_range=tuple(config.scale_range),
+      epoch_length=config.epoch_examples if train else 0)
 
 
 __all__ = ['DeviceSource', 'PIPELINES', 'make_source']

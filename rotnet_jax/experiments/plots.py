@@ -8,8 +8,9 @@
   accuracy against epochs (train and test), images/s, and the learning
   rate when the events carry ``learning_rate``.
 * :func:`paper_comparison`: a ``reproduce`` root: per table, a grouped bar
-  chart of the paper's number and ours (final-epoch test accuracy, mean
-  over seeds, error bars the sample std) for every (experiment, block).
+  chart of the paper's number and ours (final-epoch test accuracy, or
+  PASCAL VOC's mAP and mIoU; mean over seeds, error bars the sample std)
+  for every (experiment, block).
 * :func:`semi_supervised`: accuracy against K, the labelled images per
   class, for the ``semi`` table's two networks, as in the paper's figure.
 
@@ -51,7 +52,8 @@ COMPARISON_WIDTH = 12.0
 COMPARISON_PANEL_HEIGHT = 4.5
 SEMI_SIZE = (7.0, 5.0)
 
-TABLES = ('table1', 'table2', 'table3', 'table4', 'table5', 'table6')
+TABLES = ('table1', 'table2', 'table3', 'table4', 'table5', 'table6',
+          'table7')
 _TABLE_TITLES = {
     'table1': 'Table 1: non-linear heads on every block of NIN-3/4/5 RotNets',
     'table2': 'Table 2: number of rotations (non-linear head on conv2)',
@@ -59,8 +61,12 @@ _TABLE_TITLES = {
     'table4': 'Table 4: ImageNet, non-linear heads on AlexNet conv4 / conv5',
     'table5': 'Table 5: ImageNet, linear probes on every AlexNet block',
     'table6': 'Table 6: Places, linear probes on the ImageNet AlexNet',
+    'table7': 'Table 7: PASCAL VOC, the ImageNet AlexNet fine-tuned',
     'other': 'Experiments without a paper number (ours only)',
 }
+# A panel's y axis: accuracy, but PASCAL VOC's scores (the bars' names say
+# which of the two).
+_SCORES = {'table7': 'test mAP / mIoU (%)'}
 # The legend of starred paper numbers (as the report's footnote).
 UNCONFIRMED_LABEL = 'paper (* no source confirms it)'
 # The head of events that name none (MetricWriter.write without head).
@@ -139,8 +145,9 @@ def _title(workdir: str) -> str:
 def training_curves(workdir: str):
   """One run's ``metrics.jsonl`` as curves against epochs.
 
-  A row per head (``rotation``, ``classifier`` or the evaluated blocks), in
-  the order the file first names them: loss and accuracy, train and test.
+  A row per head (``rotation``, ``classifier``, the evaluated blocks or a
+  PASCAL VOC task), in the order the file first names them: loss and the
+  head's metric (accuracy; mAP or mIoU for VOC), train and test.
   A last row: images/s (train steps, and evaluation) and, when the train
   events carry ``learning_rate``, the learning rate (else no such panel).
   The plotted points are the file's numbers (accuracy as a fraction).
@@ -163,7 +170,10 @@ def training_curves(workdir: str):
             'test': dict(color='C1', marker='o', markersize=3)}
   for row, head in enumerate(heads):
     of_head = [e for e in events if e.get('head', _NO_HEAD) == head]
-    for column, key in enumerate(('loss', 'accuracy')):
+    # The head's own metric: accuracy, or a PASCAL VOC head's mAP / mIoU.
+    metric = next((m for m in metrics.HEADLINE_METRICS
+                   if any(m in e for e in of_head)), 'accuracy')
+    for column, key in enumerate(('loss', metric)):
       ax = axes[row, column]
       for split in ('train', 'test'):
         x, y = _series([e for e in of_head if e['split'] == split], key)
@@ -340,7 +350,7 @@ def _bar_panel(ax, table, groups, keys, show_setting):
   # Room above 100 % for the legend, clear of the bars.
   ax.set_ylim(0, 118)
   ax.set_yticks(range(0, 101, 20))
-  ax.set_ylabel('test accuracy (%)')
+  ax.set_ylabel(_SCORES.get(table, 'test accuracy (%)'))
   title = _TABLE_TITLES[table]
   off_protocol = [k for k in keys if not _protocol(k)]
   if off_protocol:  # Say so where the bars cannot be compared.
@@ -364,20 +374,23 @@ def _comparison_figure(rows, root: str):
   axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
   for ax, table in zip(axes, names):
     _bar_panel(ax, table, groups, panels[table], show_setting)
-  fig.suptitle(f'Test accuracy: the paper and ours ({root})')
+  scores = ('Test accuracy, mAP and mIoU' if 'table7' in names
+            else 'Test accuracy')
+  fig.suptitle(f'{scores}: the paper and ours ({root})')
   return fig
 
 
 def paper_comparison(root: str):
   """The paper's numbers and ours, a grouped bar chart per table.
 
-  One panel per table with finished runs (``table1`` .. ``table6``, then
+  One panel per table with finished runs (``table1`` .. ``table7``, then
   the experiments outside them: pretext, variants, smoke), one group per
   (experiment, block) and setting. Its bars: the paper's number (grey;
   starred where no source confirms it; left out where ``paper.py`` has
   none) and ours,
-  the final-epoch test accuracy in %, mean over seeds with the sample std
-  as error bar when there are several. Semi-supervised runs are
+  the final-epoch test accuracy in % (Table 7: PASCAL VOC's mAP and mIoU),
+  mean over seeds with the sample std as error bar when there are
+  several. Semi-supervised runs are
   :func:`semi_supervised`'s. Unfinished runs are left out.
 
   Args:

@@ -106,9 +106,20 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
   if examples < config.batch_size:
     raise InputError(f'--examples={examples} must be at least '
                      f'config.batch_size={config.batch_size} (one batch)')
+  transfer = config.mode == 'transfer'
+  if transfer and 'device' in sources:
+    raise InputError(
+        "a mode='transfer' config reads PASCAL VOC through its host "
+        "pipeline only: benchmark it with --sources=tfdata (the step on "
+        'batches already on the devices)')
+  if transfer and config.pretrained == 'random':
+    # No data here to re-estimate BatchNorm statistics on; the step's
+    # cost does not depend on them.
+    config.random_batch_stats = 'fresh'
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  size = config.image_size
+  size = (config.transfer_image_size or config.image_size if transfer else
+          config.image_size)
   rng = np.random.default_rng(0)
   by_form = {}
   for form in conv1x1_forms:
@@ -126,6 +137,8 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       'rotated_batch_size': config.batch_size * objective.inputs_per_image,
       'precision': 'bfloat16' if config.half_precision else 'float32',
       'model': objective.network['backbone'], 'timed_steps': steps,
+      'mode': config.mode, 'transfer_task': (
+          config.transfer_task if transfer else None), 'image_size': size,
       'warmup_steps': warmup, 'conv1x1_forms': list(conv1x1_forms),
       'conv1x1_default': layers.conv1x1_form(),
       'results': []}
@@ -142,7 +155,7 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       batch = {
           'image': rng.integers(0, 256, (config.batch_size, size, size, 3),
                                 dtype=np.uint8),
-          'label': np.zeros(config.batch_size, np.int32),
+          'label': _labels(config, size, rng),
           'mask': np.ones(config.batch_size, np.float32)}
       local = jax.tree.map(
           lambda x: np.split(x, jax.process_count())[jax.process_index()],
@@ -163,6 +176,17 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
     report['results'].append(_source_result(name, timings,
                                             report['conv1x1_default']))
   return report
+
+
+def _labels(config, size: int, rng: np.random.Generator) -> np.ndarray:
+  """Synthetic labels of a training batch, shaped as the objective reads
+  them: a class per image, VOC's 20 targets (1, 0, -1) per image, or a
+  VOC class per pixel."""
+  if config.mode != 'transfer':
+    return np.zeros(config.batch_size, np.int32)
+  if config.transfer_task == 'voc_classification':
+    return rng.integers(-1, 2, (config.batch_size, 20), dtype=np.int8)
+  return rng.integers(0, 21, (config.batch_size, size, size), dtype=np.uint8)
 
 
 def _source_result(source: str, timings: dict, default_form: str) -> dict:

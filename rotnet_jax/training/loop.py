@@ -90,12 +90,28 @@ class _Pace:
     self._last_time += time.time() - start
 
 
+def _metric_text(summary: dict[str, float], loss_digits: int) -> str:
+  text = f"loss {summary['loss']:.{loss_digits}f}"
+  name = metrics_lib.headline(summary)
+  if name is not None:
+    label = 'acc' if name == 'accuracy' else name
+    text += f' {label} {100 * summary[name]:.2f}%'
+  return text
+
+
 def _describe(summaries: dict[str, dict[str, float]]) -> str:
   if len(summaries) == 1:
     (summary,) = summaries.values()
-    return f"loss {summary['loss']:.4f} acc {100 * summary['accuracy']:.2f}%"
-  return ', '.join(f"{head} loss {s['loss']:.3f} acc {100 * s['accuracy']:.2f}%"
+    return _metric_text(summary, 4)
+  return ', '.join(f'{head} {_metric_text(s, 3)}'
                    for head, s in summaries.items())
+
+
+def _metric_fields(summary: dict[str, float]) -> dict[str, float]:
+  """A summary's fields for ``metrics.jsonl``: the loss and every metric
+  (``accuracy``; ``mAP`` and ``mAP_11point``; ``mIoU`` and
+  ``pixel_accuracy``)."""
+  return {k: v for k, v in summary.items() if k != 'count'}
 
 
 def interactive() -> bool:
@@ -152,12 +168,19 @@ def check_disk_space(workdir: str, state: TrainState) -> None:
 
 
 def _track_best(record, summary, epoch: int) -> dict[str, Any]:
-  """Final and best-so-far test accuracy of one head, after an evaluation."""
-  record = dict(record or {'best_accuracy': -1.0, 'best_epoch': 0})
-  if summary['accuracy'] > record['best_accuracy']:
-    record.update(best_accuracy=summary['accuracy'], best_epoch=epoch)
-  record.update(final_accuracy=summary['accuracy'], final_epoch=epoch,
-                count=summary['count'])
+  """Final and best-so-far test score of one head, after an evaluation.
+
+  The score is the summary's :func:`metrics.headline` metric (accuracy,
+  mAP or mIoU); the record names it (``metric``) and keeps
+  ``final_<metric>`` and ``best_<metric>``.
+  """
+  name = metrics_lib.headline(summary)
+  record = dict(record or {'metric': name, f'best_{name}': -1.0,
+                           'best_epoch': 0})
+  if summary[name] > record[f'best_{name}']:
+    record.update({f'best_{name}': summary[name], 'best_epoch': epoch})
+  record.update({f'final_{name}': summary[name], 'final_epoch': epoch,
+                 'count': summary['count']})
   return record
 
 
@@ -269,8 +292,7 @@ class _RunLog:
     self._steps_per_epoch = train_source.steps_per_epoch
     self._images_per_step = images_per_step
     self._total_steps = config.num_epochs * self._steps_per_epoch
-    self._learning_rate = optim.epoch_table_schedule(
-        config.learning_rate_table, self._steps_per_epoch)
+    self._learning_rate = optim.schedule(config, self._steps_per_epoch)
     self._pace = _Pace(run.step, self._total_steps)
     logging.info('Training %d epochs x %d steps of %d images (%d per step '
                  'after the task), pipeline=%s, %d examples. Trained '
@@ -295,9 +317,8 @@ class _RunLog:
     rate = float(self._learning_rate(step - 1))
     for head, summary in summaries.items():
       self._writer.write(step=step, epoch=step / self._steps_per_epoch,
-                         split='train', head=head, loss=summary['loss'],
-                         accuracy=summary['accuracy'], images_per_sec=speed,
-                         learning_rate=rate)
+                         split='train', head=head, **_metric_fields(summary),
+                         images_per_sec=speed, learning_rate=rate)
     line = (f'epoch {epoch + 1}/{self._num_epochs} step {step}/'
             f'{self._total_steps} | train {_describe(summaries)} | lr '
             f'{rate:g} | {speed:.0f} img/s | ETA {eta}')
@@ -318,8 +339,7 @@ class _RunLog:
     `seconds`."""
     for head, summary in summaries.items():
       self._writer.write(step=step, epoch=epochs_done, split='test',
-                         head=head, loss=summary['loss'],
-                         accuracy=summary['accuracy'],
+                         head=head, **_metric_fields(summary),
                          images_per_sec=summary['count'] / seconds)
     logging.info('epoch %d/%d | test %s (%d test samples)', epochs_done,
                  self._num_epochs, _describe(summaries),
@@ -424,8 +444,8 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
       (the driver writes ``results.json`` there).
 
   Returns:
-    The final state, and per head ``{'final_accuracy', 'final_epoch',
-    'best_accuracy', 'best_epoch', 'count'}`` of the test evaluations (the
+    The final state, and per head ``{'metric', 'final_<metric>',
+    'final_epoch', 'best_<metric>', 'best_epoch', 'count'}`` of the test evaluations (the
     best one selected on the test set), including those of the epochs
     before a resume; ``{}`` when the workdir already held every epoch
     (nothing was trained, nothing written).
@@ -503,7 +523,12 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
 
 def _host_sums(pending) -> list[dict[str, dict[str, float]]]:
   """Per-step metric sums as JSON numbers (float32 values are exact as
-  floats: summed again after a resume, they give the same log line)."""
-  return [{head: {key: float(np.asarray(value)) for key, value in
+  floats: summed again after a resume, they give the same log line); an
+  array sum (a segmentation head's confusion matrix) as nested lists."""
+  def json_value(value):
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value.tolist()
+
+  return [{head: {key: json_value(value) for key, value in
                   head_sums.items()} for head, head_sums in sums.items()}
           for sums in jax.device_get(pending)]

@@ -34,6 +34,7 @@ from absl import logging
 from rotnet_jax.workdir import filesystem
 
 from rotnet_jax.errors import InputError
+from rotnet_jax.training import voc_metrics
 from rotnet_jax.workdir import run_files
 
 
@@ -51,22 +52,64 @@ def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
   """Adds per-step sums on the host; returns sample-weighted averages.
 
   Args:
-    step_sums: dicts with ``loss_sum``, ``correct`` and ``count`` (sums over
-      a batch, weighted by the sample mask).
+    step_sums: dicts with ``loss_sum`` and ``count`` (sums over a batch,
+      weighted by the sample mask), and what the head is scored by:
+      ``correct`` (classes: accuracy), ``confusion`` (segmentation: an
+      ``[C, C]`` pixel count, mean IoU), or per-sample ``scores`` and
+      ``targets`` with their ``weights`` (multi-label: mean average
+      precision over every sample of the split, which no sum gives).
 
   Returns:
-    ``{'loss', 'accuracy', 'count'}``; loss and accuracy are NaN when no
-    sample was counted.
+    ``{'loss', 'count'}`` and the head's metrics: ``accuracy``, or
+    ``mIoU`` and ``pixel_accuracy``, or ``mAP`` and ``mAP_11point``
+    (see :func:`headline`); NaN when no sample was counted.
   """
-  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  for sums in jax.device_get(list(step_sums)):
+  step_sums = jax.device_get(list(step_sums))
+  total = {'loss_sum': 0.0, 'count': 0.0}
+  for sums in step_sums:
     for key in total:
       total[key] += float(np.asarray(sums[key], np.float64))
   count = total['count']
-  if count == 0:
-    return {'loss': float('nan'), 'accuracy': float('nan'), 'count': 0}
-  return {'loss': total['loss_sum'] / count,
-          'accuracy': total['correct'] / count, 'count': int(count)}
+  summary = {'loss': total['loss_sum'] / count if count else float('nan'),
+             'count': int(count)}
+  keys = step_sums[0].keys() if step_sums else {'correct'}
+  if 'correct' in keys:
+    correct = sum(float(np.asarray(s['correct'], np.float64))
+                  for s in step_sums)
+    summary['accuracy'] = correct / count if count else float('nan')
+  if 'confusion' in keys:
+    confusion = sum(np.asarray(s['confusion'], np.int64) for s in step_sums)
+    scores = voc_metrics.mean_iou(confusion)
+    summary.update(mIoU=float(scores['mIoU']),
+                   pixel_accuracy=float(scores['pixel_accuracy']))
+  if 'scores' in keys:
+    kept = [np.asarray(s['weights']) > 0 for s in step_sums]
+    scores = np.concatenate([np.asarray(s['scores'], np.float64)[k]
+                             for s, k in zip(step_sums, kept)])
+    targets = np.concatenate([np.asarray(s['targets'])[k]
+                              for s, k in zip(step_sums, kept)])
+    if len(scores):
+      precision = voc_metrics.mean_average_precision(scores, targets)
+      summary.update(mAP=float(precision['mAP']),
+                     mAP_11point=float(precision['mAP_11point']))
+    else:
+      summary.update(mAP=float('nan'), mAP_11point=float('nan'))
+  return summary
+
+
+# The metric a head is judged by, in order of precedence: the one its
+# summary holds (a multi-label head's summary has no accuracy).
+HEADLINE_METRICS = ('accuracy', 'mAP', 'mIoU')
+
+
+def headline(summary: Mapping[str, float]) -> str | None:
+  """The name of the metric `summary` is judged by (best epoch, results),
+  or None for a summary of the loss alone (a multi-label head's training
+  log: average precision needs the whole split)."""
+  for name in HEADLINE_METRICS:
+    if name in summary:
+      return name
+  return None
 
 
 def format_duration(seconds: float) -> str:

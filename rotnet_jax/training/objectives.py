@@ -10,14 +10,16 @@ An objective owns its network and says
 * what it is, as JSON, for checkpoint metadata, resume checks and
   ``results.json``: :attr:`Objective.network`, :meth:`Objective.describe`.
 
-The three implementations:
+The implementations:
 
 * :class:`RotationPretext` (``mode='pretext'``): the RotNet task, the whole
   network predicts which rotation each image got;
 * :class:`SupervisedClasses` (``mode='supervised'``): the whole network
   predicts the dataset's classes;
 * :class:`HeadsOnBackbone` (``mode='evaluate'``): classifier heads on the
-  blocks of a restored (or random) backbone, frozen or fine-tuned.
+  blocks of a restored (or random) backbone, frozen or fine-tuned;
+* :class:`VOCTransfer` (``mode='transfer'``): the restored AlexNet
+  re-headed and fine-tuned on PASCAL VOC classification or segmentation.
 
 The train and eval steps in ``rotnet_jax/steps.py`` work for any of them.
 """
@@ -26,11 +28,17 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import optax
 from flax import nnx
 from flax import struct
 
 from rotnet_jax import models
 from rotnet_jax.data import rotation
+from rotnet_jax.data import voc
+from rotnet_jax.models import transfer
+from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import voc_metrics
 from rotnet_jax.weights import restore
 
 # Folded into the run seed for the random rotations of rotation_mode='random'.
@@ -90,6 +98,26 @@ class Objective(abc.ABC):
   @abc.abstractmethod
   def describe(self) -> dict[str, dict[str, Any]]:
     """``{head: fields}`` added to each head's entry of ``results.json``."""
+
+  def losses(self, output: Output) -> dict[str, jax.Array]:
+    """``{head: float32 [N]}``, each sample's loss (weighted by the steps).
+
+    Softmax cross-entropy on integer class labels; objectives scored on
+    other targets (several labels per image, a label per pixel) override
+    it.
+    """
+    return {head: optax.softmax_cross_entropy_with_integer_labels(
+        logits, output.labels) for head, logits in output.logits.items()}
+
+  def metric_sums(self, output: Output, losses: dict[str, jax.Array], *,
+                  train: bool) -> dict[str, dict[str, jax.Array]]:
+    """``{head: sums}`` of one batch, added up on the host by
+    ``metrics.summarize``: the weighted loss, the weight total and the
+    correct predictions (accuracy)."""
+    del train
+    return {head: metrics_lib.weighted_sums(logits, output.labels,
+                                            losses[head], output.weights)
+            for head, logits in output.logits.items()}
 
 
 class _WholeNetwork(Objective):
@@ -275,6 +303,128 @@ class HeadsOnBackbone(Objective):
             for block in self.blocks}
 
 
+class VOCTransfer(Objective):
+  """A pretrained AlexNet fine-tuned on PASCAL VOC (``mode='transfer'``).
+
+  ``config.transfer_task`` says which:
+
+  * ``'voc_classification'``: 20 sigmoid outputs (``AlexNetClassifier``),
+    each image's loss the sum over classes of the binary cross-entropy,
+    classes ignored for the image (target 0: only ``difficult`` objects of
+    the class) left out; tested on ``config.test_crops`` random crops per
+    image whose scores are averaged (Krähenbühl et al. sum them: the same
+    ranking, so the same average precision), scored by mean average
+    precision over the whole test split (``metrics.summarize``).
+  * ``'voc_segmentation'``: 21-way per-pixel softmax (``AlexNetFCN32s``),
+    each image's loss the mean over its scored pixels (label 255 is not
+    scored), tested by mean IoU over the split's confusion matrix.
+
+  The restored backbone is a constant of the steps: the blocks up to
+  ``config.frozen_up_to`` are read from it at every step (they never
+  train), and the trained variables start as its other blocks.
+
+  Attributes:
+    head: the one head's name, ``config.transfer_task``.
+    frozen: the frozen blocks, in order.
+  """
+
+  def __init__(self, config, backbone: restore.RestoredBackbone):
+    spec = backbone.spec
+    self.head = config.transfer_task
+    self._classification = self.head == 'voc_classification'
+    num_classes = (transfer.NUM_VOC_CLASSES if self._classification else
+                   transfer.NUM_SEGMENTATION_CLASSES)
+    self.frozen_up_to = config.frozen_up_to
+    self.frozen = transfer.frozen_blocks(self.frozen_up_to)
+    self.constants = backbone.variables
+    self._param_dtype = models.param_dtype(config.float64)
+    dtype = models.compute_dtype(config.half_precision, config.float64)
+    network_class = (transfer.AlexNetClassifier if self._classification
+                     else transfer.AlexNetFCN32s)
+    self._make = lambda rngs: network_class(spec, num_classes, dtype=dtype,
+                                            rngs=rngs)
+    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._make(
+        nnx.Rngs(0))))
+    self._describe = {'transfer_task': self.head,
+                      'frozen_up_to': self.frozen_up_to,
+                      'dataset': config.dataset, **backbone.origin}
+    self.network = {'backbone': spec, 'transfer_task': self.head,
+                    'frozen_up_to': self.frozen_up_to,
+                    'num_classes': num_classes, **backbone.origin}
+
+  def init(self, seed, constants):
+    variables = models.variables(self._make(nnx.Rngs(seed)))
+    trained = {}
+    for kind in ('params', 'batch_stats'):
+      tree = dict(variables[kind])
+      network = dict(tree['alexnet'])
+      for block in list(network):
+        if block in self.frozen:
+          del network[block]  # Read from the constants at every step.
+        elif block != 'classifier':  # The classifier is new.
+          network[block] = constants[kind][block]
+      tree['alexnet'] = network
+      trained[kind] = models.cast_variables(tree, self._param_dtype)
+    return trained['params'], trained['batch_stats']
+
+  def _with_frozen(self, trained, frozen):
+    network = dict(trained['alexnet'])
+    network.update({block: frozen[block] for block in self.frozen})
+    return dict(trained, alexnet=network)
+
+  def apply(self, params, batch_stats, constants, batch, step, *, train):
+    del step  # No per-step randomness: the source draws the crops.
+    model = nnx.merge(self.graphdef,
+                      self._with_frozen(params, constants['params']),
+                      self._with_frozen(batch_stats,
+                                        constants['batch_stats']))
+    images = batch['image']
+    crops = images.shape[1] if images.ndim == 5 else 0
+    if crops:  # [B, crops, S, S, 3]: every crop through the network.
+      images = images.reshape((-1,) + images.shape[2:])
+    logits = model(images, train=train, frozen_up_to=self.frozen_up_to)
+    if crops:
+      logits = logits.reshape((-1, crops) + logits.shape[1:]).mean(axis=1)
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    stats['alexnet'] = {block: value for block, value in
+                        stats['alexnet'].items() if block not in self.frozen}
+    return Output({self.head: logits}, batch['label'], batch['mask'], stats)
+
+  def losses(self, output):
+    logits, labels = output.logits[self.head], output.labels
+    if self._classification:
+      scored = (labels != 0).astype(logits.dtype)
+      losses = optax.sigmoid_binary_cross_entropy(
+          logits, (labels > 0).astype(logits.dtype))
+      return {self.head: jnp.sum(losses * scored, axis=-1)}
+    scored = labels != voc.IGNORE_LABEL
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(scored, labels, 0).astype(jnp.int32))
+    scored = scored.astype(logits.dtype)
+    return {self.head: jnp.sum(losses * scored, axis=(1, 2)) /
+                       jnp.maximum(jnp.sum(scored, axis=(1, 2)), 1.0)}
+
+  def metric_sums(self, output, losses, *, train):
+    logits, labels = output.logits[self.head], output.labels
+    weights = output.weights
+    sums = {'loss_sum': jnp.sum(losses[self.head] * weights),
+            'count': jnp.sum(weights)}
+    if self._classification:
+      if not train:  # Average precision needs every score of the split.
+        sums.update(scores=logits, targets=labels, weights=weights)
+    else:
+      # Padding images (weight 0) count no pixel.
+      labels = jnp.where(weights[:, None, None] > 0, labels,
+                         voc.IGNORE_LABEL)
+      sums['confusion'] = voc_metrics.confusion_sums(
+          logits, labels, logits.shape[-1],
+          ignore_label=voc.IGNORE_LABEL)
+    return {self.head: sums}
+
+  def describe(self):
+    return {self.head: dict(self._describe)}
+
+
 def from_config(config, num_classes: int, mesh,
                 class_names: tuple[str, ...] = (),
                 train_source=None) -> Objective:
@@ -298,6 +448,9 @@ def from_config(config, num_classes: int, mesh,
     return RotationPretext(config)
   if config.mode == 'supervised':
     objective = SupervisedClasses(config, num_classes)
+  elif config.mode == 'transfer':
+    objective = VOCTransfer(config, restore.load_backbone(config, mesh,
+                                                          train_source))
   else:
     backbone = restore.load_backbone(config, mesh, train_source)
     objective = HeadsOnBackbone(config, num_classes, backbone)

@@ -9,7 +9,8 @@ Parameters are replicated; the gradient mean and BatchNorm statistics are
 then over the global batch with no explicit collectives.
 
 Both steps return, per head, the sample-weighted metric *sums*
-(``metrics.weighted_sums``) so that padded samples count for nothing.
+(``Objective.metric_sums``) so that padded samples count for nothing; the
+objective also says what each head's loss is (``Objective.losses``).
 """
 
 import dataclasses
@@ -23,7 +24,6 @@ from flax import struct
 from rotnet_jax import models
 from rotnet_jax import parallel
 from rotnet_jax.data import transforms
-from rotnet_jax.training import metrics as metrics_lib
 from rotnet_jax.training.objectives import Objective
 
 
@@ -65,16 +65,6 @@ def init_state(objective: Objective, tx: optax.GradientTransformation,
       objective.constants)
 
 
-def _losses(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def _sums(output, losses) -> dict[str, dict[str, jax.Array]]:
-  return {head: metrics_lib.weighted_sums(logits, output.labels,
-                                          losses[head], output.weights)
-          for head, logits in output.logits.items()}
-
-
 def train_step(state: TrainState, batch, step, constants, *,
                objective: Objective, tx: optax.GradientTransformation,
                normalization) -> tuple[TrainState, dict[str, Any]]:
@@ -98,8 +88,7 @@ def train_step(state: TrainState, batch, step, constants, *,
   def loss_fn(params):
     output = objective.apply(params, state.batch_stats, constants, batch,
                              step, train=True)
-    losses = {head: _losses(logits, output.labels)
-              for head, logits in output.logits.items()}
+    losses = objective.losses(output)
     # Heads share no parameters: the sum trains each on its own loss.
     total = jnp.maximum(jnp.sum(output.weights), 1.0)
     loss = sum(jnp.sum(l * output.weights) for l in losses.values()) / total
@@ -109,18 +98,17 @@ def train_step(state: TrainState, batch, step, constants, *,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   return (TrainState(params, output.batch_stats, opt_state),
-          _sums(output, losses))
+          objective.metric_sums(output, losses, train=True))
 
 
 def eval_step(state: TrainState, batch, constants, *, objective: Objective,
               normalization) -> dict[str, Any]:
-  """Per-head weighted loss and accuracy sums, BatchNorm in inference mode."""
+  """Per-head weighted loss and metric sums, BatchNorm in inference mode."""
   batch = dict(batch, image=transforms.normalize(batch['image'],
                                                  *normalization))
   output = objective.apply(state.params, state.batch_stats, constants, batch,
                            0, train=False)
-  return _sums(output, {head: _losses(logits, output.labels)
-                        for head, logits in output.logits.items()})
+  return objective.metric_sums(output, objective.losses(output), train=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,19 +40,24 @@ def results(config, objective: objectives.Objective,
     best: per head, the records ``loop.fit`` returns.
 
   Returns:
-    The run's settings and, per head, the final test accuracy and the best
+    The run's settings and, per head, the final test score and the best
     one (selected on the test set, as the official code did; the final one
-    is the honest number).
+    is the honest number): ``final_test_accuracy`` and
+    ``best_test_accuracy_test_selected`` for a classifier,
+    ``final_test_mAP`` ... for VOC classification, ``final_test_mIoU`` ...
+    for segmentation, with ``metric`` naming it.
   """
   fields = objective.describe()
-  heads = [dict({
-      'head': head,
-      'final_test_accuracy': record['final_accuracy'],
-      'final_epoch': record['final_epoch'],
-      'best_test_accuracy_test_selected': record['best_accuracy'],
-      'best_epoch_test_selected': record['best_epoch'],
-      'test_samples': record['count']}, **fields.get(head, {}))
-           for head, record in best.items()]
+  heads = []
+  for head, record in best.items():
+    name = record.get('metric', 'accuracy')
+    heads.append(dict({
+        'head': head, 'metric': name,
+        f'final_test_{name}': record[f'final_{name}'],
+        'final_epoch': record['final_epoch'],
+        f'best_test_{name}_test_selected': record[f'best_{name}'],
+        'best_epoch_test_selected': record['best_epoch'],
+        'test_samples': record['count']}, **fields.get(head, {})))
   return dict(run_fields(config), num_epochs=config.num_epochs,
               complete=all(r['final_epoch'] == config.num_epochs
                            for r in best.values()),

@@ -16,6 +16,7 @@ from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax.data import arrays
 from rotnet_jax.data import datasets
+from rotnet_jax.data import voc
 from rotnet_jax import weights as weights_lib
 from rotnet_jax.errors import ConfigError
 from rotnet_jax.errors import InputError
@@ -45,6 +46,7 @@ def check_config(config, *, pretrained_must_exist: bool = False
       `pretrained_must_exist`).
   """
   config = config_schema.validate(config)
+  _check_transfer_dataset(config)
   filled = fill_shape_from_pretrained(
       config, must_exist=pretrained_must_exist)
   _check_augmentation(config)
@@ -54,6 +56,19 @@ def check_config(config, *, pretrained_must_exist: bool = False
   if filled:
     models.check_config(config)
   return config
+
+
+def _check_transfer_dataset(config) -> None:
+  """Raises ConfigError unless a transfer run reads PASCAL VOC."""
+  # A path is checked when it is opened (a missing folder, or one without
+  # the devkit's layout, is named there).
+  if (config.mode == 'transfer' and not voc.is_voc(config.dataset) and
+      datasets.dataset_kind(config.dataset) != 'folder'):
+    raise ConfigError(
+        f"config.dataset={config.dataset!r}: mode='transfer' fine-tunes on "
+        "PASCAL VOC: give the TFDS name 'voc/2007' (classification) or a "
+        'VOCdevkit folder (holding VOC2007/ and, for segmentation, '
+        'VOC2012/)')
 
 
 def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
@@ -90,7 +105,8 @@ def fill_shape_from_pretrained(config, *, must_exist: bool) -> bool:
       `must_exist`, for a missing path).
   """
   unset = shape_keys_unset(config)
-  if config.mode != 'evaluate' or config.pretrained is None:
+  if (config.mode not in config_schema.PRETRAINED_MODES or
+      config.pretrained is None):
     return not unset  # config_schema.validate reports unset keys.
   if config.pretrained == weights_lib.RANDOM:
     if not unset:

@@ -11,7 +11,9 @@ no config for this baseline.
 
 Each batch runs the network in training mode (every BatchNorm normalises
 by its batch's statistics, as during training); the per-layer batch means
-and variances are pooled over the batches (law of total variance).
+and variances are pooled over the batches (law of total variance). Images
+larger than the network's own size (PASCAL VOC segmentation canvases)
+are measured on their central crop of that size.
 """
 
 import functools
@@ -59,7 +61,8 @@ def reestimate(spec, variables, train_source, config, mesh,
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def batch_moments(params, resident, inputs):
     batch = train_source.materialize(resident, inputs)
-    images = transforms.normalize(batch['image'], tuple(config.mean_rgb),
+    images = _central_crop(batch['image'], spec['image_size'])
+    images = transforms.normalize(images, tuple(config.mean_rgb),
                                   tuple(config.std_rgb), jnp.float32)
     # From zero running averages, one training-mode call leaves
     # (1 - momentum) x the batch's mean and (biased) variance.
@@ -88,6 +91,18 @@ def reestimate(spec, variables, train_source, config, mesh,
   new_variables = dict(variables,
                        batch_stats=parallel.replicate(mesh, pooled))
   return new_variables, num_batches * train_source.batch_size
+
+
+def _central_crop(images: jax.Array, size: int) -> jax.Array:
+  """The central `size` square of larger images (e.g. a segmentation
+  canvas), so the network runs at its own image size: its fc layers read
+  the pool5 map of exactly that size. Images of that size are unchanged.
+  """
+  height, width = images.shape[1:3]
+  if (height, width) == (size, size) or min(height, width) < size:
+    return images
+  top, left = (height - size) // 2, (width - size) // 2
+  return images[:, top:top + size, left:left + size]
 
 
 def _with_squared_means(tree):

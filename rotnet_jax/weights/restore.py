@@ -86,6 +86,7 @@ def load_backbone(config, mesh, train_source=None) -> RestoredBackbone:
       config.pretrained, config.pretrained_step)
   try:
     saved_network = workdir_format.read_network(checkpoints, step)
+    workdir_format.check_not_transfer(config.pretrained, saved_network)
     if 'head' in saved_network:
       raise InputError(
           f'config.pretrained={config.pretrained!r} holds an evaluation run '

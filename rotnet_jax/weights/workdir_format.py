@@ -133,6 +133,21 @@ def read_spec(path: str, step: int = 0) -> dict[str, Any]:
     checkpoints.close()
 
 
+def check_not_transfer(path: str, network: dict[str, Any]) -> None:
+  """Raises InputError if `network` is a PASCAL VOC transfer run's.
+
+  Its AlexNet was re-headed and fine-tuned on VOC (a classifier of 20
+  sigmoids, or a segmentation network): it is a result, not a backbone
+  for the package's evaluations, exports or feature extraction.
+  """
+  if 'transfer_task' in network:
+    raise InputError(
+        f'{path} holds a PASCAL VOC transfer run '
+        f'({network["transfer_task"]} of the backbone at '
+        f'{network.get("pretrained")!r}), not a backbone to read: pass the '
+        'pretext run it started from (the path just named) instead')
+
+
 def read(path: str, step: int = 0) -> types.Weights | HeadsOnly:
   """What the workdir `path` holds at `step` (0: its latest checkpoint).
 
@@ -153,6 +168,7 @@ def read(path: str, step: int = 0) -> types.Weights | HeadsOnly:
         lambda: checkpoints.restore_untyped(step))
   finally:
     checkpoints.close()
+  check_not_transfer(path, network)
   model = _to_numpy(model)
   types.check_finite(
       f'the checkpoint in {checkpoints.directory} (step {step})', model)
