@@ -115,15 +115,20 @@ def test_every_printed_quick_command_parses_as_its_job(table, tmp_path,
   # model.num_blocks, the smoke table a random NIN's filled shape.
   folder = str(tmp_path / 'images')  # The AlexNet tables' image folder.
   # As `--quick --dataset=FOLDER` runs it: the Places probes (if any) read
-  # the same folder.
+  # the same folder; the PASCAL VOC jobs (if any) a VOCdevkit folder.
   places = any(job.places for job in reproduce.table_jobs(table))
+  voc = any(job.voc for job in reproduce.table_jobs(table))
+  devkit = tmp_path / 'VOCdevkit'
+  for year in ('VOC2007', 'VOC2012'):
+    (devkit / year).mkdir(parents=True)
   jobs = _dry_run(
       table, tmp_path / 'root', capsys, monkeypatch,
       scale=reproduce.QUICK_SCALE, ks=(20,),
       overrides=reproduce.quick_overrides(table, folder),
-      places_dataset=folder if places else None)
+      places_dataset=folder if places else None,
+      voc_dataset=str(devkit) if voc else None, quick=True)
   evaluations = [line for line, _, config in jobs
-                 if config.mode == 'evaluate']
+                 if config.mode in ('evaluate', 'transfer')]
   # Every evaluation's printed command sets a shape key (the width).
   assert evaluations and all(
       '--config.model.width=0.0625' in line.split() for line in evaluations)

@@ -74,10 +74,24 @@ def test_report_table_on_hand_made_results(tmp_path):
   # Mean and sample std of 88 and 90; difference to the paper's 89.06.
   assert '| 89.00 ± 1.41 | -0.06 |' in conv2
   assert '| 90.00 ± 1.41 (epoch 45) | 2 |' in conv2
-  conv1 = next(l for l in lines if '| conv1 |' in l)
+  conv1 = next(l for l in lines
+               if l.startswith('| RotNet NIN-4 + non-linear | conv1 |'))
   assert '| 85.07 | 85.00 ± 0.00 | -0.07 |' in conv1
   semi = next(l for l in lines if 'K=20' in l)
   assert '| — | 50.00 | — |' in semi and '1 (1 unfinished)' in semi
+  # Table 1 has a result: its other rows with a paper number are listed
+  # as not run yet (NIN-3's 3 blocks, NIN-4's conv3 and conv4, NIN-5's
+  # 5), in the paper's order; Table 2, not started, is not.
+  not_run = [l for l in lines if report.NOT_RUN in l]
+  assert not_run == [
+      f'| RotNet NIN-{n} + non-linear | conv{b} | {v:.2f} | not run yet | '
+      '— | — | 0 | — | — | — |'
+      for n, first, values in ((3, 1, (85.45, 88.26, 62.09)),
+                               (4, 3, (86.21, 61.73)),
+                               (5, 1, (85.04, 89.76, 86.82, 74.50, 50.37)))
+      for b, v in enumerate(values, first)]
+  assert (lines.index(not_run[2]) < lines.index(conv1) <
+          lines.index(conv2) < lines.index(not_run[3]))
   _write_results(tmp_path / 'digits', 'table3/rotnet_conv', {'conv2': 0.5},
                  dataset='digits')
   _write_results(tmp_path / 'short', 'table3/rotnet_conv', {'conv2': 0.6},
@@ -158,7 +172,15 @@ def test_paper_tables_show_every_row_with_its_sources():
   assert '| Random | 27.1 | 12.0 | — |' in lines
   assert '| RotNet | 50.0 | 43.8 | ImageNet: RotNet AlexNet' in text
   assert '| Random rescaled | 17.5 | 23.0 | 24.5 | 23.2 | 20.6 | — |' in lines
-  assert '| RotNet | 70.87 | 72.97 | 54.4 | 39.1 | — |' in lines
+  # Table 7's RotNet row is three runs of ours, one per column but
+  # detection's.
+  (rotnet,) = [l for l in lines if l.startswith('| RotNet | 70.87 |')]
+  assert rotnet.startswith('| RotNet | 70.87 | 72.97 | 54.4 | 39.1 | ')
+  assert [part.split('`')[0] for part in rotnet.split('(`')[1:]] == [
+      'table7/rotnet_alexnet/classification_fc6_8',
+      'table7/rotnet_alexnet/classification_all',
+      'table7/rotnet_alexnet/segmentation']
+  assert '| Random rescaled | 39.2 | 56.6 | 45.6 | 32.6 | — |' in lines
   assert '| RotNet | 21.5* | 31.0* | 35.1* | 34.6* | 33.7* |' in text
   assert lines.count('Sources: none (see the footnote).') == 1
   assert any('py-tonic.github.io' in l and 'image 5' in l for l in lines)

@@ -5,6 +5,8 @@ one of the paper's tables, in order, resumably.
     python -m rotnet_jax.reproduce table3 --root=/tmp/quick --quick
     python -m rotnet_jax.reproduce table4 --root=/tmp/q --quick \
         --dataset=/data/imagenet_small
+    python -m rotnet_jax.reproduce pascal --root=/data/rotnet \
+        --voc_dataset=/data/VOCdevkit
 
 The tables and their jobs: ``rotnet_jax.experiments.reproduce``.
 """
@@ -38,12 +40,18 @@ def _define_flags() -> None:
                      'Multiplies every epoch count (schedules included).')
   flags.DEFINE_bool('quick', False, 'CPU-sized smoke run (see module doc).')
   flags.DEFINE_string('dataset', None,
-                      'Override config.dataset (table6: of its pretext run '
-                      'only; see --places_dataset).')
+                      'Override config.dataset (table6, pascal: of its '
+                      'pretext run only; see --places_dataset, '
+                      '--voc_dataset).')
   flags.DEFINE_string('places_dataset', None,
                       'table6: the Places probes\' dataset (default '
                       'places365_small; a Places205 image folder for the '
                       'paper\'s); with --quick, --dataset\'s.')
+  flags.DEFINE_string('voc_dataset', None,
+                      'pascal: the PASCAL VOC jobs\' dataset, a VOCdevkit '
+                      'folder holding VOC2007/ and VOC2012/ (default: the '
+                      'configs\', TFDS voc/2007 and ./VOCdevkit); needed '
+                      'with --quick.')
   flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
   flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
   flags.DEFINE_float('width', None, 'Override config.model.width.')
@@ -65,9 +73,9 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in reproduce.TABLES:
+  if len(argv) != 2 or argv[1] not in reproduce.TABLE_NAMES:
     cli.fail(f'give one table: python -m rotnet_jax.reproduce '
-             f'{{{",".join(reproduce.TABLES)}}} --root=DIR [--quick] '
+             f'{{{",".join(reproduce.TABLE_NAMES)}}} --root=DIR [--quick] '
              f'[--epochs_scale=F] (got {argv[1:]})')
   table = argv[1]
   overrides = {}
@@ -81,6 +89,9 @@ def main(argv):
   if places_dataset and not any(
       j.places for j in reproduce.table_jobs(table, root=FLAGS.root)):
     cli.fail(f'--places_dataset: {table} has no Places jobs (table6 has)')
+  if FLAGS.voc_dataset and not any(
+      j.voc for j in reproduce.table_jobs(table)):
+    cli.fail(f'--voc_dataset: {table} has no PASCAL VOC jobs (pascal has)')
   if FLAGS.quick and not places_dataset and table in reproduce.ALEXNET_TABLES:
     places_dataset = FLAGS.dataset
   for key, value in (('data_dir', FLAGS.data_dir),
@@ -99,6 +110,7 @@ def main(argv):
   cli.run_or_fail(reproduce.reproduce, table, FLAGS.root,
                   seeds=[int(s) for s in FLAGS.seeds], scale=scale,
                   overrides=overrides, ks=ks, places_dataset=places_dataset,
+                  voc_dataset=FLAGS.voc_dataset, quick=FLAGS.quick,
                   dry_run=FLAGS.dry_run)
 
 

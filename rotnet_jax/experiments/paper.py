@@ -36,10 +36,14 @@ project called both ImageNet tables ``table4`` and Places ``table5``;
 ``results.json`` to today's (:func:`canonical`).
 
 Experiment names are ``table/setting/head``; each result row adds the block
-(or ``rotation`` / ``classifier`` for pretext and supervised runs). Rows of
-a table without an experiment (other methods, supervised and random
-AlexNets, PASCAL VOC) are reference rows: the report can show them
-(``report.paper_tables``), nothing of ours is compared with them.
+(or ``rotation`` / ``classifier`` for pretext and supervised runs, the
+task, ``voc_classification`` / ``voc_segmentation``, for PASCAL VOC). A
+row of Table 7 is several runs of ours, one per column (each task is its
+own fine-tuning): :attr:`Row.experiments`. Rows of a table without an
+experiment (other methods, supervised AlexNets, the random AlexNets of
+Tables 4 and 5, the rescaled ones, PASCAL VOC detection) are reference
+rows: the report can show them (``report.paper_tables``), nothing of ours
+is compared with them.
 """
 
 import dataclasses
@@ -64,6 +68,9 @@ class Row:
     experiment: our experiment that reproduces it; None for a reference
       row.
     heads: our head (block) of each column; None: the columns' names.
+    experiments: our experiment of each column (None: none of ours), for
+      a row whose columns are separate runs of ours (Table 7's tasks);
+      None: `experiment` for every column.
     sources: where this row was read, besides its table's sources.
     decimals: the fewest decimals the paper prints in this row; None: its
       table's.
@@ -72,8 +79,19 @@ class Row:
   values: tuple[float | None, ...]
   experiment: str | None = None
   heads: tuple[str, ...] | None = None
+  experiments: tuple[str | None, ...] | None = None
   sources: tuple[str, ...] = ()
   decimals: int | None = None
+
+  def column_experiments(self, count: int) -> tuple[str | None, ...]:
+    """Our experiment of each of `count` columns (None: none of ours)."""
+    return self.experiments or (self.experiment,) * count
+
+  @property
+  def ours(self) -> tuple[str, ...]:
+    """Every experiment of ours in the row, in column order, once each."""
+    names = self.experiments or (self.experiment,)
+    return tuple(dict.fromkeys(name for name in names if name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +122,10 @@ class Table:
 
 
 _BLOCKS5 = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+# The head of each PASCAL VOC column in results.json (mode='transfer':
+# config.transfer_task); detection has none of ours.
+_VOC_HEADS = ('voc_classification', 'voc_classification', 'voc_detection',
+              'voc_segmentation')
 
 TABLES = (
     Table(1, 'CIFAR-10 accuracy of non-linear classifiers on the frozen '
@@ -180,9 +202,19 @@ TABLES = (
               'classification (fc6-8)', 'classification (all)',
               'detection', 'segmentation'), (
                   Row('ImageNet labels', (78.9, 79.9, 56.8, 48.0)),
-                  Row('Random', (None, 53.3, 43.4, 19.8)),
+                  # Krähenbühl et al.'s random initialisation; ours is a
+                  # random AlexNet (BatchNorm statistics re-estimated).
+                  Row('Random', (None, 53.3, 43.4, 19.8),
+                      heads=_VOC_HEADS, experiments=(
+                          None, 'table7/random_alexnet/classification_all',
+                          None, 'table7/random_alexnet/segmentation')),
                   Row('Random rescaled', (39.2, 56.6, 45.6, 32.6)),
-                  Row('RotNet', (70.87, 72.97, 54.4, 39.1)),
+                  # Detection is not run (yet).
+                  Row('RotNet', (70.87, 72.97, 54.4, 39.1),
+                      heads=_VOC_HEADS, experiments=(
+                          'table7/rotnet_alexnet/classification_fc6_8',
+                          'table7/rotnet_alexnet/classification_all', None,
+                          'table7/rotnet_alexnet/segmentation')),
               ), (_HOYA.format(12, 'PASCAL VOC table'), _KOBISO),
           decimals=1),
 )
@@ -195,10 +227,11 @@ def _numbers(tables) -> dict[tuple[str, str], float | None]:
   numbers = {}
   for table in tables:
     for row in table.rows:
-      if row.experiment is None:
-        continue
-      for head, value in zip(row.heads or table.columns, row.values):
-        numbers[(row.experiment, head)] = value
+      experiments = row.column_experiments(len(table.columns))
+      for experiment, head, value in zip(
+          experiments, row.heads or table.columns, row.values):
+        if experiment is not None:
+          numbers[(experiment, head)] = value
   return numbers
 
 
@@ -211,8 +244,12 @@ IMAGENET = _numbers(TABLES[3:5])
 # Places205 top-1 (%) of linear probes on the ImageNet-trained RotNet
 # AlexNet (Table 6). Not confirmed by any source (see the module docstring).
 PLACES = _numbers(TABLES[5:6])
+# PASCAL VOC (Table 7) of the ImageNet-trained AlexNet fine-tuned:
+# classification mAP (%) with fc6-8 or every layer trained, segmentation
+# mIoU (%); ours for the RotNet and for a random AlexNet.
+PASCAL = _numbers(TABLES[6:7])
 # Every row of ours with a paper number, all datasets.
-PAPER = {**CIFAR10, **IMAGENET, **PLACES}
+PAPER = {**CIFAR10, **IMAGENET, **PLACES, **PASCAL}
 
 # The experiment names earlier versions wrote into results.json (the AlexNet
 # tables before they followed the paper's numbering) -> today's names.
@@ -233,7 +270,7 @@ def _table_and_row(experiment: str) -> tuple[Table, Row] | tuple[None, None]:
   experiment = canonical(experiment)
   for table in TABLES:
     for row in table.rows:
-      if row.experiment == experiment:
+      if experiment in row.ours:
         return table, row
   return None, None
 
@@ -266,9 +303,17 @@ _HEAD_EPOCHS = {'multlayer': 100, 'conv': 100, 'supervised': 200}
 # The ImageNet and Places classifiers' epochs (num_epochs of
 # configs/imagenet_nonlinear_conv4/5.py, imagenet_linear_probes.py and
 # places_linear_probes.py, the official configs' schedules).
+# PASCAL VOC: num_epochs of configs/voc07_classification_*.py (Krähenbühl
+# et al.'s 80,000 iterations) and of configs/voc12_segmentation.py (our
+# schedule: the paper gives none).
 _ALEXNET_EPOCHS = {'table4/rotnet_alexnet/nonlinear': 40,
                    'table5/rotnet_alexnet/linear': 35,
-                   'table6/rotnet_alexnet/places_linear': 35}
+                   'table6/rotnet_alexnet/places_linear': 35,
+                   'table7/rotnet_alexnet/classification_fc6_8': 256,
+                   'table7/rotnet_alexnet/classification_all': 256,
+                   'table7/rotnet_alexnet/segmentation': 100,
+                   'table7/random_alexnet/classification_all': 256,
+                   'table7/random_alexnet/segmentation': 100}
 
 
 def protocol_epochs(experiment: str) -> int | None:
@@ -306,6 +351,18 @@ DESCRIPTIONS = {
     'table5/rotnet_alexnet/linear': 'ImageNet: RotNet AlexNet + linear',
     'table6/rotnet_alexnet/places_linear':
         'Places: RotNet AlexNet (ImageNet) + linear',
+    # Table 7 by column, the paper's Random row before its RotNet row;
+    # the name says the metric (mAP or mIoU, not accuracy).
+    'table7/rotnet_alexnet/classification_fc6_8':
+        'PASCAL VOC07 classification (mAP): RotNet AlexNet, fc6-8 trained',
+    'table7/random_alexnet/classification_all':
+        'PASCAL VOC07 classification (mAP): random AlexNet, all trained',
+    'table7/rotnet_alexnet/classification_all':
+        'PASCAL VOC07 classification (mAP): RotNet AlexNet, all trained',
+    'table7/random_alexnet/segmentation':
+        'PASCAL VOC12 segmentation (mIoU): random AlexNet',
+    'table7/rotnet_alexnet/segmentation':
+        'PASCAL VOC12 segmentation (mIoU): RotNet AlexNet',
     'pretext/nin3': 'Pretext NIN-3 (rotation accuracy)',
     'pretext/nin4': 'Pretext NIN-4 (rotation accuracy)',
     'pretext/nin5': 'Pretext NIN-5 (rotation accuracy)',
@@ -324,7 +381,14 @@ DESCRIPTIONS = {
 # The dataset each paper row was measured on, for rows not on CIFAR-10.
 _PAPER_DATASETS = {'table4/rotnet_alexnet/nonlinear': 'imagenet2012',
                    'table5/rotnet_alexnet/linear': 'imagenet2012',
-                   'table6/rotnet_alexnet/places_linear': 'Places205'}
+                   'table6/rotnet_alexnet/places_linear': 'Places205',
+                   **{experiment: 'voc/2007' for experiment in (
+                       'table7/rotnet_alexnet/classification_fc6_8',
+                       'table7/rotnet_alexnet/classification_all',
+                       'table7/random_alexnet/classification_all')},
+                   # No TFDS dataset has VOC's masks: a VOCdevkit folder.
+                   'table7/rotnet_alexnet/segmentation': 'VOC2012',
+                   'table7/random_alexnet/segmentation': 'VOC2012'}
 
 
 def _is_folder(dataset: str) -> bool:
@@ -341,7 +405,9 @@ def comparable(dataset: str, experiment: str = '') -> bool:
   copy) can; the bundled digits cannot. ImageNet rows: TFDS
   ``imagenet2012`` and image folders (presumably ILSVRC 2012). Places rows:
   only image folders (presumably Places205 laid out as the config says);
-  TFDS ``places365_small`` is another dataset (365 classes).
+  TFDS ``places365_small`` is another dataset (365 classes). PASCAL VOC
+  classification rows: TFDS ``voc/2007`` and folders (a VOCdevkit);
+  segmentation rows: only folders (TFDS keeps no masks).
   """
   paper_dataset = _PAPER_DATASETS.get(canonical(experiment))
   if paper_dataset is None:

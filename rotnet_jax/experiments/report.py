@@ -4,19 +4,23 @@
 
 Reads every ``results.json`` under the folder (one per run, written by
 training and evaluation). Rows are (experiment, block); runs of several
-seeds are averaged (mean ± standard deviation). "Ours" is the test accuracy
-after the last epoch; the best epoch's accuracy is shown apart, labelled as
-selected on the test set (what the official code reported). Only runs of
-the paper's protocol (the paper's dataset, full width, the protocol's
-epochs) get a difference to the paper; others say why not. The dataset
-check is per row (``paper.comparable``): CIFAR-10 rows accept anything but
-the bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places
-rows only a folder (Places205; TFDS ``places365_small`` is another
-dataset). A paper number that no source confirms is starred
-(``paper.confirmed``). Runs that wrote an experiment name of the old
-table numbering (``table4/rotnet_alexnet/linear``,
-``table5/rotnet_alexnet/places_linear``) are reported under today's
-(``paper.canonical``).
+seeds are averaged (mean ± standard deviation). "Ours" is the test score
+after the last epoch, in %: the head's ``metric`` (accuracy; PASCAL VOC's
+mAP for classification and mIoU for segmentation, which the experiment's
+name says); the best epoch's score is shown apart, labelled as selected
+on the test set (what the official code reported). Only runs of the
+paper's protocol (the paper's dataset, full width, the protocol's epochs)
+get a difference to the paper; others say why not. The dataset check is
+per row (``paper.comparable``): CIFAR-10 rows accept anything but the
+bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places rows
+only a folder (Places205; TFDS ``places365_small`` is another dataset),
+PASCAL VOC classification ``voc/2007`` or a folder, segmentation only a
+folder. Once a table of the paper has a result of ours, each of its rows
+with a paper number and no result yet is listed as not run yet. A paper
+number that no source confirms is starred (``paper.confirmed``). Runs
+that wrote an experiment name of the old table numbering
+(``table4/rotnet_alexnet/linear``, ``table5/rotnet_alexnet/places_linear``)
+are reported under today's (``paper.canonical``).
 
 :func:`paper_tables` prints the paper's own tables, every row (other
 methods', supervised and random baselines', PASCAL VOC's) with the
@@ -34,9 +38,19 @@ from rotnet_jax.workdir import filesystem
 from rotnet_jax.workdir import run_files
 
 
+# The "ours" cell of a paper row of ours that has no result yet.
+NOT_RUN = 'not run yet'
 UNCONFIRMED_NOTE = ('\\* no source the project could read confirms this '
                     'number of the paper (arXiv:1803.07728); see '
                     'rotnet_jax/experiments/paper.py.')
+
+
+def _data(results: dict) -> str:
+  """A run's data and the pipeline that read it (a PASCAL VOC run's is
+  always its own, whatever ``pipeline`` says)."""
+  if results.get('mode') == 'transfer':
+    return str(results.get('dataset'))
+  return f"{results.get('dataset')} ({results.get('pipeline')})"
 
 
 def _rows(results: dict, experiment: str) -> list[dict]:
@@ -44,14 +58,16 @@ def _rows(results: dict, experiment: str) -> list[dict]:
   ValueError if it lacks what a report needs."""
   rows = []
   for head in results['heads']:
+    # Written since PASCAL VOC's mAP and mIoU; before, always accuracy.
+    metric = str(head.get('metric', 'accuracy'))
     rows.append(dict(
-        experiment=experiment, head=str(head['head']),
-        final=100 * float(head['final_test_accuracy']),
-        best=100 * float(head['best_test_accuracy_test_selected']),
+        experiment=experiment, head=str(head['head']), metric=metric,
+        final=100 * float(head[f'final_test_{metric}']),
+        best=100 * float(head[f'best_test_{metric}_test_selected']),
         best_epoch=int(head['best_epoch_test_selected']),
         complete=bool(results.get('complete', False)),
         epochs=results.get('num_epochs'),
-        data=f"{results.get('dataset')} ({results.get('pipeline')})",
+        data=_data(results),
         dataset=results.get('dataset'),
         width=float(results.get('model_width', 1.0)),
         random_batch_stats=head.get('random_batch_stats')))
@@ -121,12 +137,39 @@ def _difference(experiment, runs, finals, reference) -> str:
   return f'{np.mean(finals) - reference:+.2f}'
 
 
+def _paper_cell(experiment: str, head: str) -> tuple[str, bool]:
+  """The paper's number of a row of ours as the table shows it, and
+  whether it is starred (no source confirms it)."""
+  reference = paper.paper_accuracy(experiment, head)
+  if reference is None:
+    return '—', False
+  unconfirmed = not paper.confirmed(experiment, head)
+  return f"{reference:.2f}{'*' if unconfirmed else ''}", unconfirmed
+
+
+def not_run(rows: list[dict]) -> list[tuple[str, str]]:
+  """``(experiment, head)`` of every paper row of ours with a number and
+  no result in `rows`, in the paper's tables that have a result in
+  `rows` (a table not started is left out)."""
+  done = {(row['experiment'], row['head']) for row in rows}
+  started = {row['experiment'] for row in rows}
+  missing = []
+  for table in paper.TABLES:
+    ours = {name for row in table.rows for name in row.ours}
+    if ours & started:
+      missing += [key for key, value in paper.PAPER.items()
+                  if key[0] in ours and value is not None and
+                  key not in done]
+  return missing
+
+
 def markdown_table(rows: list[dict]) -> str:
   """One line per (experiment, head) and setting: paper, ours, difference.
 
   Runs average into one line only when they share dataset, width, epochs
   and (random backbones) BatchNorm-statistics protocol: seeds of one
-  setting.
+  setting. A paper row of ours without a result, in a table that has
+  some (:func:`not_run`), is a line saying so (:data:`NOT_RUN`).
   """
   groups = collections.defaultdict(list)
   for row in rows:
@@ -137,15 +180,16 @@ def markdown_table(rows: list[dict]) -> str:
       'best epoch (test-selected) | runs | epochs | width | data |',
       '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   footnote = False
-  for key in sorted(groups, key=_sort_key):
+  for key in sorted(list(groups) + not_run(rows), key=_sort_key):
+    paper_text, unconfirmed = _paper_cell(key[0], key[1])
+    footnote = footnote or unconfirmed
+    if key not in groups:
+      lines.append(f'| {paper.describe(key[0])} | {key[1]} | {paper_text} | '
+                   f'{NOT_RUN} | — | — | 0 | — | — | — |')
+      continue
     runs = groups[key]
     finals = [r['final'] for r in runs]
     reference = paper.paper_accuracy(key[0], key[1])
-    paper_text = '—'
-    if reference is not None:
-      unconfirmed = not paper.confirmed(key[0], key[1])
-      paper_text = f"{reference:.2f}{'*' if unconfirmed else ''}"
-      footnote = footnote or unconfirmed
     diff = _difference(key[0], runs, finals, reference)
     best = _mean_std([r['best'] for r in runs])
     epochs = sorted({r['best_epoch'] for r in runs})
@@ -181,10 +225,10 @@ def paper_tables(names=None) -> str:
   """The paper's tables as Markdown: every row, ours to reproduce or not.
 
   Each table is titled with its number and what it measures; a row that
-  one of our experiments reproduces names it (as :func:`markdown_table`
-  does, and its ``experiment`` name). Numbers have the decimals the paper
-  prints; a number no source confirms is starred, with the footnote. The
-  sources follow each table.
+  experiments of ours reproduce names them (as :func:`markdown_table`
+  does, and their ``experiment`` names; one per column in Table 7).
+  Numbers have the decimals the paper prints; a number no source confirms
+  is starred, with the footnote. The sources follow each table.
 
   Args:
     names: the tables to print (``table1``..``table7``); None: all.
@@ -207,8 +251,8 @@ def paper_tables(names=None) -> str:
       unconfirmed = not paper.reference_confirmed(table, row)
       footnote = footnote or (unconfirmed and any(
           v is not None for v in row.values))
-      ours = (f'{paper.describe(row.experiment)} (`{row.experiment}`)'
-              if row.experiment else '—')
+      ours = '; '.join(f'{paper.describe(name)} (`{name}`)'
+                       for name in row.ours) or '—'
       decimals = table.decimals if row.decimals is None else row.decimals
       numbers = [_number(v, decimals, unconfirmed) for v in row.values]
       out.append(f"| {row.method} | {' | '.join(numbers)} | {ours} |")

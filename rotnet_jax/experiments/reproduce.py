@@ -6,6 +6,8 @@
         --data_dir=~/tensorflow_datasets
     python -m rotnet_jax.reproduce imagenet --root=/tmp/q --quick \
         --dataset=/data/imagenet_small
+    python -m rotnet_jax.reproduce pascal --root=/data/rotnet \
+        --voc_dataset=/data/VOCdevkit
     python -m rotnet_jax.report /tmp/rotnet_repro
 
 Tables: ``table1`` (non-linear heads on every block of NIN-3/4/5 RotNets),
@@ -26,6 +28,17 @@ config's TFDS ``places365_small``, not the paper's Places205; an image
 folder of Places205 is comparable with the paper). For an image folder
 whose test split is not the config's (``validation``), its own ``val`` or
 ``test`` folder is used.
+
+PASCAL VOC (the paper's Table 7), on the same ImageNet-trained AlexNet:
+``pascal`` (also ``table7``) fine-tunes it on VOC2007 classification with
+fc6-8 trained (conv1..conv5 frozen) and with every layer trained, and on
+VOC2012 segmentation (FCN-32s); and a random AlexNet on classification
+(every layer) and segmentation, the paper's "Random" row. Detection is
+not run. ``--voc_dataset`` sets the VOC jobs' dataset, a VOCdevkit folder
+holding ``VOC2007/`` and ``VOC2012/`` (default: the configs' own, TFDS
+``voc/2007`` for classification and ``./VOCdevkit`` for segmentation,
+which only a folder can be: TFDS keeps no masks); ``--dataset`` sets the
+pretext run's ImageNet data, as for the ImageNet tables.
 
 Old table names. Before they followed the paper, ``table4`` ran both
 ImageNet tables (today's ``imagenet``) and ``table5`` the Places probes
@@ -51,6 +64,12 @@ quick ImageNet and Places tables need ``--dataset=<image folder>`` (the
 digits are 32 pixels; AlexNet needs at least 63): they train at 64 pixels
 in batches of 16 images, and without ``--places_dataset`` table6's probes
 read the same folder (this checks the pipeline, not scene recognition).
+The quick ``pascal`` also needs ``--voc_dataset=<VOCdevkit folder>``: its
+VOC jobs fine-tune the quick AlexNet in batches of 8 crops of 64 pixels
+(classification, 2 test crops per image) or 4 canvases of 80 pixels
+(segmentation), every image of the splits (VOC has no training subset);
+the classification's step table is scaled as its epochs are (see
+:func:`scale_schedule`).
 """
 
 import dataclasses
@@ -63,6 +82,7 @@ from typing import Any
 from absl import logging
 
 from rotnet_jax.data import datasets
+from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
 from rotnet_jax.training import train
 from rotnet_jax.training import validation
@@ -81,7 +101,9 @@ QUICK_OVERRIDES = {'model.width': 1 / 16, 'num_train_examples': 2000,
                    'batch_size': 32}
 QUICK_DATASET = 'digits'
 # Tables of the AlexNet on ImageNet-sized images.
-ALEXNET_TABLES = ('table4', 'table5', 'table6', 'imagenet')
+ALEXNET_TABLES = ('table4', 'table5', 'table6', 'imagenet', 'pascal')
+# Other names of tables: the paper's number of the PASCAL VOC table.
+ALIASES = {'table7': 'pascal'}
 # The AlexNet table names of the old numbering -> the tables they ran, in
 # a root of that numbering (see the module docstring).
 OLD_TABLES = {'table4': 'imagenet', 'table5': 'table6'}
@@ -89,6 +111,18 @@ OLD_TABLES = {'table4': 'imagenet', 'table5': 'table6'}
 # at 3x3, which the non-linear heads' 3x3 max-pool needs), and batches of
 # 16 images (64 rotated) fit small test folders.
 QUICK_ALEXNET_OVERRIDES = {'image_size': 64, 'batch_size': 16}
+# --quick for the PASCAL VOC jobs, per config.transfer_task (over the
+# table's quick overrides): small crops and canvases of the 64-pixel
+# AlexNet, 2 test crops, batches that a small VOCdevkit fills (a test
+# devkit has 20 trainval images, 6 segmentation train images).
+QUICK_VOC_OVERRIDES = {
+    'voc_classification': {'batch_size': 8, 'transfer_image_size': 64,
+                           'test_crops': 2},
+    'voc_segmentation': {'batch_size': 4, 'transfer_image_size': 80},
+}
+# Overrides of every job that VOC jobs leave out: --dataset is the
+# pretext's ImageNet data, and VOC has no training subset.
+_NOT_VOC_KEYS = ('dataset', 'num_train_examples')
 # Test-split folders an image folder may have instead of the config's.
 FOLDER_TEST_SPLITS = ('validation', 'val', 'test')
 
@@ -107,6 +141,8 @@ class Job:
       smoke jobs, which have their own short schedule).
     places: trains on Places: ``--places_dataset``, not ``--dataset``,
       sets its dataset.
+    voc: fine-tunes on PASCAL VOC (``mode='transfer'``):
+      ``--voc_dataset``, not ``--dataset``, sets its dataset.
     old: ``(name, experiment)`` of the job in a root of the old table
       numbering (see the module docstring), if they differed.
   """
@@ -117,6 +153,7 @@ class Job:
   pretrained: str | None = None
   scalable: bool = True
   places: bool = False
+  voc: bool = False
   old: tuple[str, str] | None = None
 
 
@@ -253,11 +290,39 @@ def _imagenet():
   return _table4() + _table5()[1:]  # One pretext run.
 
 
+def _pascal():
+  # One job per task and setting (each a row and column of the paper's
+  # Table 7); the random AlexNet (its BatchNorm statistics re-estimated on
+  # VOC images) where the paper has a "Random" number.
+  pretext = PRETEXT['imagenet_alexnet']
+  random = (('pretrained', 'random'), ('model.name', 'alexnet'))
+  return [
+      pretext,
+      Job('table7/voc07_classification_fc6_8',
+          'voc07_classification_fc6_8.py',
+          'table7/rotnet_alexnet/classification_fc6_8',
+          pretrained=pretext.name, voc=True),
+      Job('table7/voc07_classification_all', 'voc07_classification_all.py',
+          'table7/rotnet_alexnet/classification_all',
+          pretrained=pretext.name, voc=True),
+      Job('table7/voc12_segmentation', 'voc12_segmentation.py',
+          'table7/rotnet_alexnet/segmentation', pretrained=pretext.name,
+          voc=True),
+      Job('table7/random_voc07_classification_all',
+          'voc07_classification_all.py',
+          'table7/random_alexnet/classification_all', random, voc=True),
+      Job('table7/random_voc12_segmentation', 'voc12_segmentation.py',
+          'table7/random_alexnet/segmentation', random, voc=True),
+  ]
+
+
 _TABLE_BUILDERS = {'table1': _table1, 'table2': _table2, 'table3': _table3,
                    'table4': _table4, 'table5': _table5, 'table6': _table6,
-                   'imagenet': _imagenet, 'semi': _semi,
+                   'imagenet': _imagenet, 'pascal': _pascal, 'semi': _semi,
                    'variants': _variants, 'smoke': _smoke}
 TABLES = tuple(_TABLE_BUILDERS)
+# Every name a table can be given (TABLES and their ALIASES).
+TABLE_NAMES = TABLES + tuple(ALIASES)
 # What each AlexNet table runs, for the notes (see note()).
 _MEANINGS = {
     'table4': 'the paper\'s Table 4 (ImageNet, non-linear classifiers on '
@@ -296,15 +361,16 @@ def table_jobs(table: str, ks=DEFAULT_KS, *,
   """The jobs of `table`, pretext runs first (`ks`: the semi table's K).
 
   Args:
-    table: one of :data:`TABLES`.
+    table: one of :data:`TABLE_NAMES` (an alias is its table).
     ks: the semi table's K.
     root: the root the jobs will run in: in a root of the old AlexNet
       table numbering (:func:`old_numbering`), ``table4`` and ``table5``
       are their old tables and every job has its old workdir and
       experiment name. None: the paper's numbering.
   """
+  table = ALIASES.get(table, table)
   if table not in _TABLE_BUILDERS:
-    raise InputError(f'unknown table {table!r}; valid: {TABLES}')
+    raise InputError(f'unknown table {table!r}; valid: {TABLE_NAMES}')
   old = root is not None and old_numbering(root)
   if old:
     table = OLD_TABLES.get(table, table)
@@ -344,28 +410,47 @@ def _round(x: float) -> int:
   return int(math.floor(x + 0.5))
 
 
+def _scaled_table(table, scale: float) -> tuple[tuple[int, float], ...]:
+  """``((end, lr), ...)`` with every end scaled, each entry keeping at
+  least one unit (epoch or step) after the previous one's end."""
+  scaled, end = [], 0
+  for old_end, lr in table:
+    end = max(end + 1, _round(old_end * scale))
+    scaled.append((end, lr))
+  return tuple(scaled)
+
+
 def scale_schedule(config, scale: float) -> None:
   """Shortens (or lengthens) every epoch count of `config` by `scale`.
 
   Every learning rate of the table keeps at least one epoch, so a short
   schedule still steps down through all of them. The epoch *length*
-  (``epoch_examples``) is not scaled: only the number of epochs is.
+  (``epoch_examples``) is not scaled: only the number of epochs is. A
+  schedule in iterations (``learning_rate_steps_table``, PASCAL VOC
+  classification's) is scaled instead of the epoch table it replaces
+  (which stays as it is, unused), each rate keeping at least one step:
+  scaled with the epochs, its steps and the run's keep their ratio on the
+  protocol's data.
   """
   if scale == 1.0:
     return
-  table, end = [], 0
-  for old_end, lr in config.learning_rate_table:
-    end = max(end + 1, _round(old_end * scale))
-    table.append((end, lr))
-  config.learning_rate_table = tuple(table)
-  config.num_epochs = max(end, _round(config.num_epochs * scale))
+  epochs = _round(config.num_epochs * scale)
+  if config.learning_rate_steps_table:
+    config.learning_rate_steps_table = _scaled_table(
+        config.learning_rate_steps_table, scale)
+    config.num_epochs = max(1, epochs)
+  else:
+    config.learning_rate_table = _scaled_table(config.learning_rate_table,
+                                               scale)
+    config.num_epochs = max(config.learning_rate_table[-1][0], epochs)
   for key in ('eval_every_epochs', 'checkpoint_every_epochs'):
     config[key] = max(1, _round(config[key] * scale))
 
 
 def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
                overrides: dict[str, Any] | None = None,
-               places_dataset: str | None = None):
+               places_dataset: str | None = None,
+               voc_dataset: str | None = None, quick: bool = False):
   """The config of `job` for `seed` under `root`, with user overrides.
 
   Args:
@@ -374,8 +459,13 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
     seed: ``config.seed``.
     scale: multiplies the epochs of a scalable job.
     overrides: config settings for every job; a ``dataset`` one does not
-      apply to Places jobs (``job.places``).
+      apply to Places jobs (``job.places``) nor to PASCAL VOC jobs
+      (``job.voc``), which also leave out ``num_train_examples``.
     places_dataset: the dataset of Places jobs (None: the config's).
+    voc_dataset: the dataset of PASCAL VOC jobs (None: the config's).
+    quick: ``--quick``: a VOC job also gets its task's
+      :data:`QUICK_VOC_OVERRIDES` (the table's quick overrides come in
+      `overrides`).
   """
   config = load_config_file(job.config_file)
   config.update_from_flattened_dict(dict(job.overrides))
@@ -384,6 +474,13 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
     overrides.pop('dataset', None)  # That is the ImageNet data.
     if places_dataset:
       overrides['dataset'] = places_dataset
+  if job.voc:
+    for key in _NOT_VOC_KEYS:
+      overrides.pop(key, None)
+    if quick:
+      overrides.update(QUICK_VOC_OVERRIDES[config.transfer_task])
+    if voc_dataset:
+      overrides['dataset'] = voc_dataset
   for key, value in overrides.items():
     if key == 'num_train_examples' and config.examples_per_class:
       continue  # A K-per-class run already picks its subset.
@@ -423,13 +520,15 @@ def _use_folder_test_split(config) -> None:
 
 
 def quick_overrides(table: str, dataset: str | None) -> dict[str, Any]:
-  """The config overrides of ``--quick`` for `table` and ``--dataset``.
+  """The config overrides of ``--quick`` for `table` and ``--dataset``
+  (every job's; a VOC job's own come from :func:`job_config`).
 
   Raises:
-    InputError: an ImageNet or Places table without an image folder.
+    InputError: an AlexNet table (ImageNet, Places, PASCAL VOC) without an
+      image folder.
   """
   overrides = dict(QUICK_OVERRIDES)
-  if table in ALEXNET_TABLES:
+  if ALIASES.get(table, table) in ALEXNET_TABLES:
     if not dataset or dataset == QUICK_DATASET:
       raise InputError(
           f'{table} --quick needs --dataset=<image folder>, ImageNet-style '
@@ -503,9 +602,21 @@ def finished(workdir: str, config) -> bool:
   return bool(isinstance(results, dict) and results.get('complete'))
 
 
+def _check_voc_dataset(job: Job, config) -> None:
+  """Raises InputError unless a PASCAL VOC job's dataset is VOC, naming
+  ``--voc_dataset`` (the configs' default folder may not be there)."""
+  if job.voc and not voc.is_voc(config.dataset):
+    raise InputError(
+        f'{job.name}: its dataset {config.dataset!r} is not PASCAL VOC: '
+        'give --voc_dataset=<VOCdevkit folder> holding VOC2007/ '
+        '(classification) and VOC2012/ (segmentation; TFDS has no VOC '
+        'masks)')
+
+
 def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
               overrides: dict[str, Any] | None = None, ks=None,
               places_dataset: str | None = None,
+              voc_dataset: str | None = None, quick: bool = False,
               dry_run: bool = False) -> list[str]:
   """Runs (or lists) the jobs of `table` under `root`.
 
@@ -515,7 +626,17 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
 
   Returns:
     The workdirs of the table's jobs, in order.
+
+  Raises:
+    InputError: a bad root or setting, a VOC job whose dataset is not VOC,
+      or `quick` with VOC jobs and no `voc_dataset` (a quick run must not
+      start preparing TFDS ``voc/2007``).
   """
+  if quick and not voc_dataset and any(job.voc for job in table_jobs(table)):
+    raise InputError(
+        f'{table} --quick needs --voc_dataset=<VOCdevkit folder> (holding '
+        'VOC2007/ and VOC2012/), e.g. a few images of each: the configs\' '
+        'own, TFDS voc/2007 and ./VOCdevkit, are the whole datasets.')
   filesystem.check_writable_folder(root, '--root')
   root = filesystem.absolute(root)  # A gs:// root stays a URL.
   table_run = table_jobs(table, ks or DEFAULT_KS, root=root)
@@ -531,7 +652,9 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
       if workdir in jobs:
         continue
       config = job_config(job, root=root, seed=seed, scale=scale,
-                          overrides=overrides, places_dataset=places_dataset)
+                          overrides=overrides, places_dataset=places_dataset,
+                          voc_dataset=voc_dataset, quick=quick)
+      _check_voc_dataset(job, config)
       config = validation.check_config(config)
       run_files.check_workdir(workdir)
       jobs[workdir] = (job, config, not dry_run and finished(workdir, config))
