@@ -472,6 +472,7 @@ def test_classify_reproduces_the_evaluation_run(rotnet, tmp_path, test_digits):
   np.testing.assert_array_equal(exported.classify(images)['conv2'], logits)
 
 
+@pytest.mark.slow  # Two evaluation runs; the same weights: test_load_workdir_and_export_agree.
 def test_an_exported_file_evaluates_like_its_workdir(rotnet, tmp_path):
   workdir, out = rotnet
   results = {}

@@ -109,6 +109,7 @@ def test_parameter_overview_lists_every_array_and_the_total():
   assert lines[2].split() == ['total', '2', 'arrays', '224']
 
 
+@pytest.mark.slow  # A run; the overview itself: the unit test above.
 def test_a_run_logs_its_parameter_overview(tmp_path, caplog):
   caplog.set_level('INFO')
   _train(tmp_path, num_epochs=1, learning_rate_table=((1, 0.1),))
@@ -208,6 +209,7 @@ def test_every_console_script_names_a_run_function():
     assert callable(getattr(importlib.import_module(module), function))
 
 
+@pytest.mark.slow  # Processes; the entry points resolve: the test above.
 def test_console_scripts_are_the_commands(tmp_path):
   if shutil.which('rotnet-report') is None:
     pytest.skip('the package is not installed with its console scripts')

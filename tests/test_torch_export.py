@@ -417,6 +417,7 @@ def test_what_the_file_cannot_say_is_named():
       'rotnet_jax.import_torch --image_size=112)']
 
 
+@pytest.mark.slow  # Two processes; the library path of the flag: test_a_workdir_exports_with_its_epoch_under_any_name.
 def test_command_line_format_flag(tmp_path):
   net = nin_parity.randomize(nin_parity.NetworkInNetwork(4, 3), seed=2)
   official = nin_parity.save_official(net, tmp_path / 'model_net_epoch200')
