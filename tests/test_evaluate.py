@@ -135,6 +135,7 @@ def test_frozen_backbone_is_untouched_and_heads_train(pretext_run, tmp_path,
                         for k in shapes), sorted(shapes)
 
 
+@pytest.mark.slow  # Gradients through the NIN, eagerly; an untouched frozen backbone: test_frozen_backbone_is_untouched_and_heads_train.
 def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,
                                                          one_device_mesh):
   config = _eval_config(pretext_run, blocks=('conv2',))

@@ -195,6 +195,7 @@ def _main(workdir, *extra, **overrides):
   return _run(_command('main.py', *_main_args(workdir, **overrides), *extra))
 
 
+@pytest.mark.slow  # A process; the same rerun in-process: test_main.py::test_main_trains_writes_outputs_and_resumes ("Nothing to train").
 def test_a_noop_rerun_writes_nothing(trained):
   workdir, before = trained
   result = _main(workdir)  # The same finished run again.

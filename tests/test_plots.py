@@ -85,6 +85,7 @@ def _size(path):
     return image.format, image.size  # ...of the figure's size.
 
 
+@pytest.mark.slow  # A training run; a real run's curves: test_transfer.py::test_classification_end_to_end, the drawing of every series: test_curves_of_several_heads_with_learning_rate.
 def test_curves_of_a_real_run(workdir, tmp_path):
   events = metrics.read_jsonl(workdir)
   assert {e['head'] for e in events} == {'rotation'}

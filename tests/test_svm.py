@@ -446,6 +446,7 @@ def alexnet_file(tmp_path_factory):
       weights, str(tmp_path_factory.mktemp('alexnet') / 'a.safetensors'))
 
 
+@pytest.mark.slow  # A network and two extractions; the pooling: test_adaptive_average_pool_windows, extract itself: test_inference.py::test_extract_writes_the_split.
 def test_extract_voc_for_the_svm_benchmark(alexnet_file, tmp_path):
   devkit = voc_folder.write_vocdevkit(str(tmp_path / 'voc'),
                                       images_per_class=6)

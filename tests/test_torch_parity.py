@@ -308,6 +308,7 @@ def _flat(tree):
           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@pytest.mark.slow  # Three steps in both frameworks; the optimiser against PyTorch: test_optim.py::test_sgd_matches_pytorch_nesterov_with_coupled_weight_decay, the forward pass: test_imported_nin_computes_what_pytorch_computes.
 def test_three_training_steps_match_pytorch_sgd(tmp_path):
   """The project's train step against PyTorch's SGD, in float64.
 

@@ -136,6 +136,7 @@ def tfds_voc(devkit, tmp_path_factory):
       devkit, str(tmp_path_factory.mktemp('tfds')))
 
 
+@pytest.mark.slow  # Builds TFDS voc/2007; the folder reader of the same targets: test_targets_of_the_written_devkit.
 def test_folder_and_tfds_give_the_same_targets(devkit, tfds_voc):
   # One test for all splits: under xdist each worker that runs one
   # prepares the TFDS dataset (5-14 s on the shared 2-core machine).
