@@ -12,6 +12,7 @@ import helpers
 from helpers import REPO_ROOT
 from rotnet_jax import config_schema
 from rotnet_jax.config_schema import ConfigError
+from rotnet_jax.training import svm
 
 
 def _load_config_file(name):
@@ -27,6 +28,9 @@ def _load_config_file(name):
     if f.endswith('.py')))
 def test_shipped_configs_are_valid(name):
   config = _load_config_file(name)
+  if 'benchmark' in config:  # The linear-SVM settings, not a run.
+    svm.check_settings(config)
+    return
   if config.mode in ('evaluate', 'transfer') and not config.pretrained:
     # Evaluation and transfer configs get the pretext workdir on the
     # command line.

@@ -6,6 +6,7 @@ The SVMs are checked against their code's recipe run as it is written
 ``cross_val_score``), on synthetic features small enough for seconds.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,11 +27,13 @@ import voc_folder
 from rotnet_jax import config_schema
 from rotnet_jax import models
 from rotnet_jax.commands import extract as extract_command
+from rotnet_jax.commands import svm as svm_command
 from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import MissingInputError
 from rotnet_jax.inference import extract
 from rotnet_jax.inference import model as model_lib
+from rotnet_jax.models import heads
 from rotnet_jax.training import svm
 from rotnet_jax.training import voc_metrics
 from rotnet_jax.weights import safetensors_format
@@ -379,7 +382,7 @@ def _numpy_adaptive_average(x, size):
 def test_adaptive_average_pool_windows(side, size):
   x = np.random.default_rng(side).random((2, side, side, 3))
   np.testing.assert_allclose(
-      np.asarray(model_lib.adaptive_average_pool(x, size)),
+      np.asarray(heads.adaptive_average_pool(x, size)),
       _numpy_adaptive_average(x, size), rtol=1e-6)
 
 
@@ -482,3 +485,54 @@ def test_extract_voc_for_the_svm_benchmark(alexnet_file, tmp_path):
   full = results['blocks']['conv2']['full']
   assert results['classes'] == list(voc.CLASSES)
   assert len(full['ap']) == 20 and 0 <= full['mAP'] <= 1
+
+
+class _Flags:
+  """What settings_from_flags reads of absl's FLAGS: flags by name (a
+  value, and whether the command line gave it) and ``config``."""
+
+  def __init__(self, config, **given):
+    self.config = config
+    defaults = dict(blocks=[], low_shot=False,
+                    costs=[repr(c) for c in svm.COSTS], folds=svm.FOLDS,
+                    shots=[str(k) for k in svm.SHOTS], samples=svm.SAMPLES,
+                    seed=0)
+    self._flags = {name: type('Flag', (), dict(
+        value=given.get(name, value), present=int(name in given)))()
+                   for name, value in defaults.items()}
+
+  def __getitem__(self, name):
+    return self._flags[name]
+
+
+def _shipped_config(name):
+  path = os.path.join(helpers.REPO_ROOT, 'configs', name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_config_file_sets_the_defaults_and_a_given_flag_wins():
+  low_shot = _shipped_config('voc07_svm_low_shot.py')
+  settings = svm_command.settings_from_flags(_Flags(low_shot))
+  assert settings['low_shot'] is True
+  assert settings['costs'] == list(svm.COSTS)
+  assert settings['shots'] == list(svm.SHOTS)
+  settings = svm_command.settings_from_flags(
+      _Flags(low_shot, low_shot=False, folds=5, shots=['1', '2']))
+  assert settings['low_shot'] is False and settings['folds'] == 5
+  assert settings['shots'] == [1, 2]
+  assert svm_command.settings_from_flags(
+      _Flags(_shipped_config('voc07_svm.py')))['low_shot'] is False
+  assert svm_command.settings_from_flags(_Flags(None))['low_shot'] is False
+
+
+def test_a_config_file_that_is_not_a_linear_svm_config_is_refused():
+  with pytest.raises(InputError, match="config.benchmark=None: a linear-SVM "
+                     "config says 'voc07_svm'"):
+    svm_command.settings_from_flags(_Flags(_shipped_config('cifar.py')))
+  bad = svm.settings()
+  bad.folds = 1
+  with pytest.raises(InputError, match='config.folds=1'):
+    svm_command.settings_from_flags(_Flags(bad))

@@ -8,6 +8,9 @@ end on a generated VOCdevkit folder (``tests/voc_folder.py``).
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ import optax
 import pytest
 from flax import nnx
 
+import helpers
 import voc_folder
 from rotnet_jax import config_schema
 from rotnet_jax import models
@@ -435,3 +439,22 @@ def test_a_transfer_run_is_not_a_backbone(devkit, tmp_path):
   config.pretrained = workdir
   with pytest.raises(InputError, match='holds a PASCAL VOC transfer run'):
     _run(config, str(tmp_path / 'again'))
+
+
+@pytest.mark.slow  # A process; the readers' refusals: test_voc_data.py.
+def test_a_bad_voc_folder_is_one_error_line_and_nothing_written(tmp_path):
+  devkit = voc_folder.write_vocdevkit(str(tmp_path))
+  shutil.rmtree(os.path.join(devkit, 'VOC2007', 'Annotations'))
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, 'main.py',
+       '--config=configs/voc07_classification_fc6_8.py',
+       f'--workdir={workdir}', '--config.pretrained=random',
+       '--config.model.name=alexnet', f'--config.dataset={devkit}'],
+      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300,
+      env=helpers.one_device_env())
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error:') and 'Annotations' in last, last
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()

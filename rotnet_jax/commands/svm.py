@@ -3,7 +3,11 @@ Goyal et al. (ICCV 2019) on PASCAL VOC07 features.
 
     python -m rotnet_jax.svm --train=trainval.npz --test=test.npz \
         [--blocks=conv1,conv2] [--low_shot] [--jobs=0] --out=svm.json
+    python -m rotnet_jax.svm --config=configs/voc07_svm_low_shot.py \
+        --train=trainval.npz --test=test.npz --out=svm.json
 
+``--config`` names a ``configs/voc07_svm*.py`` file: its settings replace
+the flags' defaults, and a flag given on the command line wins over both.
 The two files come from ``python -m rotnet_jax.extract`` on VOC07's
 ``trainval`` and ``test`` splits (``--pool=svm``). Prints each block's test
 mAP (the RotNet paper's form and the VOC2007 devkit's 11-point form) and
@@ -46,11 +50,40 @@ def _define_flags():
   flags.DEFINE_string('out', None, 'The .json file to write.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --out.')
   flags.mark_flags_as_required(['train', 'test', 'out'])
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file(
+      'config', None, 'A configs/voc07_svm*.py file: its settings are the '
+      'defaults of the flags above (a flag given wins).')
+
+
+# The flags a --config file sets the defaults of (its keys).
+_SETTINGS = ('blocks', 'low_shot', 'costs', 'folds', 'shots', 'samples',
+             'seed')
+
+
+def settings_from_flags(f) -> dict:
+  """The benchmark's settings: each flag given on the command line, else
+  the ``--config`` file's value, else the flag's default.
+
+  Raises:
+    InputError: a ``--config`` file that is not a linear-SVM config, or
+      one with invalid settings.
+  """
+  values = {name: f[name].value for name in _SETTINGS}
+  if f.config is not None:
+    svm.check_settings(f.config)
+    for name in _SETTINGS:
+      if not f[name].present:
+        values[name] = f.config[name]
+  values['blocks'] = [b for b in values['blocks'] if b]
+  values['costs'] = _numbers(values['costs'], float, 'costs')
+  values['shots'] = _numbers(values['shots'], int, 'shots')
+  return values
 
 
 def _numbers(values, kind, flag: str):
   try:
-    return [kind(v) for v in values if v]
+    return [kind(v) for v in values if v != '']
   except ValueError as e:
     raise InputError(f'--{flag}={",".join(values)}: expected a list of '
                      f'{kind.__name__} values') from e
@@ -91,10 +124,7 @@ def main(argv):
   f = flags.FLAGS
   try:
     results = svm.benchmark_files(
-        f.train, f.test, blocks=[b for b in f.blocks if b],
-        low_shot=f.low_shot, costs=_numbers(f.costs, float, 'costs'),
-        folds=f.folds, shots=_numbers(f.shots, int, 'shots'),
-        samples=f.samples, seed=f.seed,
+        f.train, f.test, **settings_from_flags(f),
         jobs=f.jobs or len(os.sched_getaffinity(0)), out=f.out,
         overwrite=f.overwrite)
   except InputError as e:

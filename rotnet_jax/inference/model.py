@@ -74,22 +74,6 @@ def svm_pool_sides(spec: dict[str, Any]) -> dict[str, int]:
   return sides
 
 
-def adaptive_average_pool(x: jax.Array, size: int) -> jax.Array:
-  """PyTorch's ``AdaptiveAvgPool2d(size)`` on ``[B, H, W, C]``.
-
-  Window ``i`` of an axis of length ``n`` spans
-  ``[floor(i * n / size), ceil((i + 1) * n / size))``.
-  """
-
-  def windows(n):
-    return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
-
-  rows = [jnp.mean(x[:, r0:r1], axis=1) for r0, r1 in windows(x.shape[1])]
-  x = jnp.stack(rows, axis=1)  # [B, size, W, C]
-  cols = [jnp.mean(x[:, :, c0:c1], axis=2) for c0, c1 in windows(x.shape[2])]
-  return jnp.stack(cols, axis=2)
-
-
 class Model:
   """A backbone (and maybe heads) ready to run on uint8 images.
 
@@ -294,7 +278,7 @@ class Model:
         if pool == 'global' and name != 'logits':
           value = jnp.mean(value, axis=(1, 2))
         elif pool == 'svm' and name != 'logits':
-          value = adaptive_average_pool(value, sides[name])
+          value = models.heads.adaptive_average_pool(value, sides[name])
         result[name] = value.astype(jnp.float32)
       for block in heads:
         head = nnx.merge(self._head_graphdefs[block],

@@ -179,8 +179,9 @@ class ConvBlockHead(nnx.Module):
     return self.output(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
 
 
-def adaptive_max_pool(x: jax.Array, size: int) -> jax.Array:
-  """PyTorch's ``AdaptiveMaxPool2d(size)`` on ``[B, H, W, C]``.
+def adaptive_pool(x: jax.Array, size: int, reduce=jnp.max) -> jax.Array:
+  """PyTorch's ``AdaptiveMaxPool2d(size)`` (or, with ``reduce=jnp.mean``,
+  ``AdaptiveAvgPool2d``) on ``[B, H, W, C]``.
 
   Window ``i`` of an axis of length ``n`` spans
   ``[floor(i * n / size), ceil((i + 1) * n / size))``.
@@ -189,10 +190,20 @@ def adaptive_max_pool(x: jax.Array, size: int) -> jax.Array:
   def windows(n):
     return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
 
-  rows = [jnp.max(x[:, r0:r1], axis=1) for r0, r1 in windows(x.shape[1])]
+  rows = [reduce(x[:, r0:r1], axis=1) for r0, r1 in windows(x.shape[1])]
   x = jnp.stack(rows, axis=1)  # [B, size, W, C]
-  cols = [jnp.max(x[:, :, c0:c1], axis=2) for c0, c1 in windows(x.shape[2])]
+  cols = [reduce(x[:, :, c0:c1], axis=2) for c0, c1 in windows(x.shape[2])]
   return jnp.stack(cols, axis=2)
+
+
+def adaptive_max_pool(x: jax.Array, size: int) -> jax.Array:
+  """PyTorch's ``AdaptiveMaxPool2d(size)`` on ``[B, H, W, C]``."""
+  return adaptive_pool(x, size, jnp.max)
+
+
+def adaptive_average_pool(x: jax.Array, size: int) -> jax.Array:
+  """PyTorch's ``AdaptiveAvgPool2d(size)`` on ``[B, H, W, C]``."""
+  return adaptive_pool(x, size, jnp.mean)
 
 
 class LinearHead(nnx.Module):

@@ -84,6 +84,7 @@ import joblib
 import numpy as np
 import scipy.linalg
 from absl import logging
+from ml_collections import config_dict
 from scipy.linalg import lapack
 from sklearn import exceptions as sklearn_exceptions
 from sklearn import metrics as sklearn_metrics
@@ -105,6 +106,8 @@ FOLDS = 3
 # Positives per class of the low-shot benchmark, and samples of each.
 SHOTS = (1, 2, 4, 8, 16, 32, 64, 96)
 SAMPLES = 5
+# What configs/voc07_svm*.py files say (settings()'s `benchmark`).
+BENCHMARK = 'voc07_svm'
 # LinearSVC's settings in their code.
 POSITIVE_WEIGHT = 2.0
 TOLERANCE = 1e-4
@@ -265,6 +268,46 @@ def _check_pair(train_features, train_targets, test_features,
     raise InputError(f'training targets have {train.targets.shape[1]} '
                      f'classes, test targets {test.targets.shape[1]}')
   return train, test
+
+
+def settings() -> config_dict.ConfigDict:
+  """The benchmark's settings as a locked config: the defaults of the
+  ``rotnet-svm`` flags, which a ``configs/voc07_svm*.py`` file changes.
+
+  Keys: ``benchmark`` (always :data:`BENCHMARK`: what tells such a file
+  from a run's config), ``blocks``, ``low_shot``, ``costs``, ``folds``,
+  ``shots``, ``samples``, ``seed``.
+  """
+  config = config_dict.ConfigDict()
+  config.benchmark = BENCHMARK
+  config.blocks = ()  # Every block of the training file.
+  config.low_shot = False
+  config.costs = COSTS
+  config.folds = FOLDS
+  config.shots = SHOTS
+  config.samples = SAMPLES
+  config.seed = 0
+  config.lock()
+  return config
+
+
+def check_settings(config) -> None:
+  """Raises InputError unless `config` holds valid benchmark settings.
+
+  The checks the benchmark itself makes of them, made before any file is
+  read.
+  """
+  if config.get('benchmark') != BENCHMARK:
+    raise InputError(f'config.benchmark={config.get("benchmark")!r}: a '
+                     f'linear-SVM config says {BENCHMARK!r} (build it on '
+                     'training.svm.settings())')
+  _check_costs(config.costs)
+  if config.folds < 2:
+    raise InputError(f'config.folds={config.folds}: expected at least 2')
+  shots = tuple(config.shots)
+  if not shots or min(shots) < 1 or config.samples < 1:
+    raise InputError(f'config.shots={list(shots)}, config.samples='
+                     f'{config.samples}: expected positive numbers')
 
 
 def _check_costs(costs) -> tuple[float, ...]:
