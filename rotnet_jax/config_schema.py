@@ -438,7 +438,9 @@ def _learning_rate_table(table) -> bool:
 
 
 def _learning_rate_steps_table(table) -> bool:
-  return not table or _learning_rate_table(table)
+  if table:
+    check_learning_rate_table(table, 'learning_rate_steps_table', 'step')
+  return True
 
 
 def _scale_range(v) -> bool:
@@ -560,27 +562,29 @@ def validate(config) -> config_dict.ConfigDict:
   return config
 
 
-def check_learning_rate_table(table) -> None:
+def check_learning_rate_table(table, key: str = 'learning_rate_table',
+                              unit: str = 'epoch') -> None:
   """Raises ConfigError unless `table` is a valid learning-rate table.
 
-  Valid: ``((end_epoch, lr), ...)``, non-empty, with positive, increasing
-  end epochs and finite rates >= 0.
+  Valid: ``((end, lr), ...)``, non-empty, with positive, increasing ends
+  (epochs, or steps for ``learning_rate_steps_table``) and finite rates
+  >= 0. The error names ``config.<key>``.
   """
   if (not isinstance(table, (tuple, list)) or not table or
       any(not isinstance(row, (tuple, list)) or len(row) != 2
           for row in table)):
-    raise ConfigError('config.learning_rate_table must be a non-empty '
-                      f'sequence of (end_epoch, lr) pairs, got {table!r}')
+    raise ConfigError(f'config.{key} must be a non-empty sequence of '
+                      f'(end_{unit}, lr) pairs, got {table!r}')
   if not all(_is_number(x) for row in table for x in row):
-    raise ConfigError('config.learning_rate_table: end epochs and rates '
-                      f'must be finite numbers, got {table!r}')
+    raise ConfigError(f'config.{key}: end {unit}s and rates must be finite '
+                      f'numbers, got {table!r}')
   ends = [row[0] for row in table]
   if any(e <= 0 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
-    raise ConfigError('config.learning_rate_table: end epochs must be '
-                      f'positive and increasing, got {ends}')
+    raise ConfigError(f'config.{key}: end {unit}s must be positive and '
+                      f'increasing, got {ends}')
   if any(row[1] < 0 for row in table):
-    raise ConfigError('config.learning_rate_table: learning rates must be '
-                      f'>= 0, got {table!r}')
+    raise ConfigError(f'config.{key}: learning rates must be >= 0, got '
+                      f'{table!r}')
 
 
 def trajectory_changes(saved: dict[str, Any], current: dict[str, Any]

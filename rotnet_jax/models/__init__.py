@@ -61,6 +61,11 @@ def check_config(config) -> None:
   if unknown:
     raise ConfigError(f'config.blocks={tuple(config.blocks)}: the backbone '
                       f'has no {unknown}; valid blocks: {list(names)}')
+  if config.frozen_up_to and config.frozen_up_to not in names[:-1]:
+    raise ConfigError(
+        f'config.frozen_up_to={config.frozen_up_to!r}: must be one of '
+        f"{list(names[:-1])} (the blocks up to it stay frozen) or '' "
+        '(every layer trains)')
   if config.mode == 'transfer':
     _check_transfer(config, spec, names)
     return
@@ -98,18 +103,12 @@ def check_config(config) -> None:
 
 
 def _check_transfer(config, spec, names) -> None:
-  """``mode='transfer'``: the network it can fine-tune, and what stays
-  frozen."""
+  """``mode='transfer'``: the network it can fine-tune."""
   if spec['name'] != alexnet.AlexNetBackbone.name:
     raise ConfigError(
         f"config.mode='transfer' fine-tunes an AlexNet on PASCAL VOC (the "
         f"paper's protocol), but config.model.name={spec['name']!r}: use an "
         'AlexNet RotNet (configs/imagenet_rotnet_alexnet.py)')
-  if config.frozen_up_to and config.frozen_up_to not in names[:-1]:
-    raise ConfigError(
-        f'config.frozen_up_to={config.frozen_up_to!r}: must be one of '
-        f"{list(names[:-1])} (the blocks up to it stay frozen) or '' "
-        '(every layer trains)')
 
 
 def backbone_spec(model_config, *, image_size: int,
