@@ -232,10 +232,7 @@ def _check_targets(targets, rows: int, what: str) -> np.ndarray:
   if targets.ndim != 2 or len(targets) != rows or not targets.shape[1]:
     raise InputError(f'{what} targets of shape {targets.shape} for {rows} '
                      'images: expected [N, classes]')
-  values = np.unique(targets)
-  if not np.isin(values, (-1, 0, 1)).all():
-    raise InputError(f'{what} targets hold {values.tolist()}: expected 1 '
-                     '(present), 0 (difficult) and -1 (absent)')
+  voc_metrics.check_target_values(targets, f'{what} ')
   return targets.astype(np.int8)
 
 

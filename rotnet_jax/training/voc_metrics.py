@@ -49,6 +49,17 @@ TIE_OFFSET = 1e-5
 _RECALL_LEVELS = 10
 
 
+def check_target_values(targets: np.ndarray, what: str = '') -> None:
+  """Raises InputError unless `targets` hold only 1, 0 and -1 (the
+  devkit's convention); `what` prefixes the message (e.g. ``'--train '``).
+  """
+  values = np.unique(targets)
+  if not np.isin(values, (-1, 0, 1)).all():
+    raise InputError(f'{what}targets hold {values.tolist()}: expected 1 '
+                     '(present), 0 (ignored: only difficult objects) and -1 '
+                     '(absent)')
+
+
 def _check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
   """`scores` as float64 and `targets` as int8, both ``[N, C]``."""
   scores = np.asarray(scores, np.float64)
@@ -56,10 +67,7 @@ def _check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
   if scores.ndim != 2 or scores.shape != targets.shape:
     raise InputError(f'scores {scores.shape} and targets {targets.shape}: '
                      'expected two arrays of the same shape [N, C]')
-  values = np.unique(targets)
-  if not np.isin(values, (-1, 0, 1)).all():
-    raise InputError(f'targets hold {values.tolist()}: expected 1 '
-                     '(present), 0 (ignored) and -1 (absent)')
+  check_target_values(targets)
   if not np.isfinite(scores).all():
     raise InputError(f'scores hold {int(np.sum(~np.isfinite(scores)))} '
                      'NaN or infinite values')
