@@ -18,7 +18,7 @@ PACKAGE = 'rotnet_jax'
 # its own folder; never a layer above, nor another folder of its layer.
 LAYERS = {
     'errors': 0,
-    'config_schema': 1, 'parallel': 1,
+    'config_schema': 1, 'parallel': 1, 'boxes': 1,
     'workdir': 2,
     'models': 3, 'data': 3,
     'weights': 4,
