@@ -16,6 +16,9 @@ Two kinds of dataset name reach here (:func:`is_voc`):
     VOC2012/SegmentationClass/<id>.png   (palette PNG: index = class)
     VOC2012/ImageSets/Segmentation/{train,val}.txt
 
+  Detection reads the same ``VOC2007/`` files, each object's box too
+  (:func:`open_detection`).
+
 * a TFDS name, ``voc/2007`` (``voc/2012``, ``voc``): classification only,
   read through TFDS (imported here only then, with TensorFlow); TFDS keeps
   no segmentation masks.
@@ -23,7 +26,8 @@ Two kinds of dataset name reach here (:func:`is_voc`):
 A split is checked when it is opened, before anything is written: missing
 folders, split files, annotations and images, unknown class names, masks
 whose size differs from their image's or that hold other values than the
-21 classes and 255 are each an ``InputError`` of one line naming the file.
+21 classes and 255, boxes that are empty or leave their image are each an
+``InputError`` of one line naming the file (and the object).
 
 Classification targets follow the devkit (its ``<class>_<split>.txt``
 files): for each class, 1 if the image has an object of the class not
@@ -44,6 +48,7 @@ import xml.etree.ElementTree
 import numpy as np
 from PIL import Image
 
+from rotnet_jax import boxes as boxes_lib
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import first_line
 from rotnet_jax.errors import MissingInputError
@@ -61,6 +66,7 @@ IGNORE_LABEL = 255
 POSITIVE, IGNORED, NEGATIVE = 1, 0, -1
 
 CLASSIFICATION_SPLITS = ('trainval', 'test', 'train', 'val')
+DETECTION_SPLITS = CLASSIFICATION_SPLITS
 SEGMENTATION_SPLITS = ('train', 'val')
 # The TFDS splits each classification split is made of.
 _TFDS_SPLITS = {'trainval': ('train', 'validation'), 'test': ('test',),
@@ -188,6 +194,64 @@ class SegmentationSplit:
     return len(self.ids)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectionSplit:
+  """One split of VOC2007 detection, checked (a folder only).
+
+  Boxes are ``(x1, y1, x2, y2)`` in 0-based, inclusive pixel indices
+  (``rotnet_jax.boxes``): the devkit's 1-based ``<bndbox>`` minus 1.
+
+  Attributes:
+    dataset: the folder it was opened from.
+    split: the split's name.
+    year_dir: the ``VOC2007`` folder (proposal files are cached beside it).
+    ids: image ids in the split file's order.
+    paths: the JPEG file of every id.
+    sizes: ``int32 [N, 2]``, each image's ``(height, width)``.
+    boxes: per image, ``float32 [G, 4]``, its objects' boxes.
+    labels: per image, ``int32 [G]``, their classes (:data:`CLASSES`).
+    difficult: per image, ``bool [G]``, their ``difficult`` flags.
+  """
+  dataset: str
+  split: str
+  year_dir: str
+  ids: tuple[str, ...]
+  paths: tuple[str, ...]
+  sizes: np.ndarray
+  boxes: tuple[np.ndarray, ...]
+  labels: tuple[np.ndarray, ...]
+  difficult: tuple[np.ndarray, ...]
+
+  def encoded(self, index: int) -> bytes:
+    """The image of example `index` as its file's bytes (JPEG)."""
+    with open(self.paths[index], 'rb') as f:
+      return f.read()
+
+  def describe(self, index: int) -> str:
+    """Names example `index`'s image in a message."""
+    return f'image file {self.paths[index]}'
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+  """One devkit XML file, read.
+
+  Attributes:
+    size: ``(height, width)`` from ``<size>``, or None where it has none.
+    labels: each object's class index.
+    difficult: each object's ``difficult`` flag.
+    boxes: ``float32 [G, 4]``, each object's box (0-based, inclusive), or
+      None where an object has no complete ``<bndbox>``.
+  """
+  size: tuple[int, int] | None
+  labels: tuple[int, ...]
+  difficult: tuple[bool, ...]
+  boxes: np.ndarray | None
+
+
 def targets_of(objects) -> np.ndarray:
   """The devkit's target of one image, ``int8 [20]``.
 
@@ -215,6 +279,19 @@ def read_annotation(path: str) -> list[tuple[int, bool]]:
     InputError: it is not XML, an object has no name, names a class not in
       :data:`CLASSES`, or has a ``difficult`` other than 0 or 1.
   """
+  annotation = read_objects(path)
+  return list(zip(annotation.labels, annotation.difficult))
+
+
+def read_objects(path: str) -> Annotation:
+  """Every object of a devkit XML file: class, ``difficult`` and box.
+
+  Raises:
+    MissingInputError: the file does not exist.
+    InputError: it is not XML, an object has no name, names a class not in
+      :data:`CLASSES`, or has a ``difficult`` other than 0 or 1, or a
+      ``<bndbox>`` coordinate that is not a number.
+  """
   try:
     root = xml.etree.ElementTree.parse(path).getroot()
   except FileNotFoundError as e:
@@ -225,7 +302,7 @@ def read_annotation(path: str) -> list[tuple[int, bool]]:
   except (xml.etree.ElementTree.ParseError, OSError) as e:
     raise InputError(f'annotation file {path} is not readable XML '
                      f'({first_line(e)})') from e
-  objects = []
+  labels, difficults, boxes = [], [], []
   for number, element in enumerate(root.findall('object'), 1):
     name = (element.findtext('name') or '').strip()
     if name not in CLASSES:
@@ -238,8 +315,43 @@ def read_annotation(path: str) -> list[tuple[int, bool]]:
       raise InputError(
           f'annotation file {path}: object {number} ({name}) has '
           f'<difficult>{difficult}</difficult>, expected 0 or 1')
-    objects.append((CLASSES.index(name), difficult == '1'))
-  return objects
+    labels.append(CLASSES.index(name))
+    difficults.append(difficult == '1')
+    boxes.append(_read_box(element.find('bndbox'), path, number, name))
+  complete = all(box is not None for box in boxes)
+  return Annotation(
+      size=_read_size(root.find('size')), labels=tuple(labels),
+      difficult=tuple(difficults),
+      boxes=(np.asarray(boxes, np.float32).reshape(-1, 4) if complete
+             else None))
+
+
+def _read_box(element, path: str, number: int, name: str):
+  """An object's ``<bndbox>`` in 0-based pixels, or None if it has none."""
+  if element is None:
+    return None
+  box = []
+  for tag in ('xmin', 'ymin', 'xmax', 'ymax'):
+    text = (element.findtext(tag) or '').strip()
+    if not text:
+      return None
+    try:
+      box.append(float(text) - 1.0)  # The devkit counts pixels from 1.
+    except ValueError as e:
+      raise InputError(
+          f'annotation file {path}: object {number} ({name}) has '
+          f'<{tag}>{text}</{tag}>, expected a pixel coordinate') from e
+  return box
+
+
+def _read_size(element) -> tuple[int, int] | None:
+  """``(height, width)`` of ``<size>``, or None if absent or not numbers."""
+  if element is None:
+    return None
+  try:
+    return (int(element.findtext('height')), int(element.findtext('width')))
+  except (TypeError, ValueError):
+    return None
 
 
 def open_classification(dataset: str, split: str, *,
@@ -277,6 +389,84 @@ def open_classification(dataset: str, split: str, *,
           os.path.join(year_dir, 'Annotations', f'{image_id}.xml')))
       for image_id in ids])
   return ClassificationSplit(dataset, split, ids, targets, paths=paths)
+
+
+def open_detection(dataset: str, split: str) -> DetectionSplit:
+  """Opens a detection split of a VOC folder, every box checked.
+
+  Args:
+    dataset: a VOCdevkit folder (its ``VOC2007/`` is read) or a
+      ``VOC20xx`` folder.
+    split: ``trainval`` or ``test`` (also ``train`` and ``val``).
+
+  Raises:
+    InputError: a TFDS name (detection reads the devkit's files), an
+      unknown split, a folder without the devkit's layout, an unknown
+      class, an object without a box, a box that is empty or leaves its
+      image.
+    MissingInputError: the folder, the split file, or an image or
+      annotation it lists is missing.
+  """
+  if _is_tfds_name(dataset):
+    raise InputError(
+        f'dataset={dataset!r}: detection reads a VOCdevkit folder (its '
+        f'boxes and difficult flags as the devkit scores them); pass one '
+        f'with {_CLASSIFICATION_LAYOUT}')
+  if split not in DETECTION_SPLITS:
+    raise InputError(f'VOC detection split {split!r} is not one of '
+                     f'{", ".join(DETECTION_SPLITS)}')
+  year_dir = _year_folder(dataset, 'VOC2007', _CLASSIFICATION_LAYOUT)
+  _check_folders(year_dir, ('JPEGImages', 'Annotations',
+                            os.path.join('ImageSets', 'Main')),
+                 _CLASSIFICATION_LAYOUT)
+  split_file = os.path.join(year_dir, 'ImageSets', 'Main', f'{split}.txt')
+  ids = _read_split_file(split_file, _CLASSIFICATION_LAYOUT)
+  paths = _image_paths(year_dir, ids, split_file)
+  annotation_paths = [os.path.join(year_dir, 'Annotations', f'{i}.xml')
+                      for i in ids]
+  # Opening every JPEG's header costs a file open each (VOC2007 test:
+  # 4,952); threads share the waiting.
+  with concurrent.futures.ThreadPoolExecutor(_IO_THREADS) as pool:
+    read = list(pool.map(_checked_objects, annotation_paths, paths))
+  sizes = np.asarray([size for size, _ in read], np.int32).reshape(-1, 2)
+  annotations = [annotation for _, annotation in read]
+  return DetectionSplit(
+      dataset, split, year_dir, ids, paths, sizes,
+      boxes=tuple(a.boxes for a in annotations),
+      labels=tuple(np.asarray(a.labels, np.int32) for a in annotations),
+      difficult=tuple(np.asarray(a.difficult, bool) for a in annotations))
+
+
+def _checked_objects(annotation_path: str, image_path: str):
+  """``((height, width), Annotation)`` of one image, its boxes checked
+  against the image's real size (the JPEG header's)."""
+  annotation = read_objects(annotation_path)
+  width, height = _image_size(image_path)
+  if annotation.boxes is None:
+    number = 1 + next(i for i, element in enumerate(
+        xml.etree.ElementTree.parse(annotation_path).getroot().findall(
+            'object')) if not _has_box(element))
+    raise InputError(
+        f'annotation file {annotation_path}: object {number} has no '
+        'complete <bndbox> (xmin, ymin, xmax, ymax), which detection needs')
+  for number, box in enumerate(annotation.boxes, 1):
+    boxes_lib.check_boxes(
+        box[None], height, width,
+        f'annotation file {annotation_path}: object {number} '
+        f'({CLASSES[annotation.labels[number - 1]]}), 1-based <bndbox> '
+        f'{_one_based(box)}')
+  return (height, width), annotation
+
+
+def _has_box(element) -> bool:
+  box = element.find('bndbox')
+  return box is not None and all(
+      (box.findtext(tag) or '').strip()
+      for tag in ('xmin', 'ymin', 'xmax', 'ymax'))
+
+
+def _one_based(box) -> str:
+  return '(' + ', '.join(f'{v + 1:g}' for v in box) + ')'
 
 
 def open_segmentation(dataset: str, split: str) -> SegmentationSplit:
