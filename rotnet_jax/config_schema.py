@@ -27,8 +27,9 @@ MODES = ('pretext', 'supervised', 'evaluate', 'transfer')
 # backbone, and the whole network fine-tuned on another task.
 PRETRAINED_MODES = ('evaluate', 'transfer')
 # mode='transfer' tasks (PASCAL VOC): multi-label classification of
-# VOC2007, and semantic segmentation of VOC2012 (FCN-32s).
-TRANSFER_TASKS = ('voc_classification', 'voc_segmentation')
+# VOC2007, semantic segmentation of VOC2012 (FCN-32s), and detection on
+# VOC2007 (Fast R-CNN).
+TRANSFER_TASKS = ('voc_classification', 'voc_segmentation', 'voc_detection')
 ROTATION_MODES = ('all', 'random')
 BN_SCALE_INITS = ('uniform', 'ones')
 RANDOM_BATCH_STATS = ('reestimated', 'fresh')
@@ -63,7 +64,9 @@ TRAJECTORY_KEYS = (
     'epoch_examples', 'half_precision', 'rotations', 'rotation_mode',
     'pipeline', 'augmentation', 'eval_resize_size', 'float64',
     'transfer_task', 'frozen_up_to', 'transfer_image_size', 'scale_range',
-    'grad_clip_norm', 'learning_rate_steps_table')
+    'grad_clip_norm', 'learning_rate_steps_table', 'proposals',
+    'max_proposals', 'rois_per_image', 'foreground_fraction', 'train_scales',
+    'test_scale', 'max_size')
 
 
 def defaults() -> config_dict.ConfigDict:
@@ -162,6 +165,26 @@ def defaults() -> config_dict.ConfigDict:
   # (end_step, lr) pairs over optimiser steps; when set, replaces
   # learning_rate_table (schedules given in iterations, as VOC's).
   config.learning_rate_steps_table = ()
+
+  # Detection (transfer_task='voc_detection', Fast R-CNN). The proposals
+  # of each split: a file (.npz of rotnet-proposals, or Fast R-CNN's
+  # selective_search_data .mat) whose name may hold {split}; '' reads the
+  # cache rotnet-proposals writes beside the data.
+  config.proposals = ''
+  # Proposals per test image (the first ones of the file), padded to it.
+  config.max_proposals = 2000
+  # Regions per training image, and the most of them that are foreground.
+  config.rois_per_image = 64
+  config.foreground_fraction = 0.25
+  # Shorter sides: one drawn per training step, and the test's. An image's
+  # longer side is capped at max_size * scale / test_scale.
+  config.train_scales = (480, 576, 688, 864, 1200)
+  config.test_scale = 600
+  config.max_size = 1000
+  # Test time: per class and image, the best detections_per_class regions,
+  # then non-maximum suppression at nms_threshold IoU.
+  config.detections_per_class = 100
+  config.nms_threshold = 0.3
 
   config.half_precision = False  # bf16 compute, float32 parameters.
   # float64 parameters and compute (needs jax_enable_x64): for tests that
@@ -443,6 +466,12 @@ def _learning_rate_steps_table(table) -> bool:
   return True
 
 
+def _scales(v) -> bool:
+  return (isinstance(v, (tuple, list)) and len(v) > 0 and
+          all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+              for x in v))
+
+
 def _scale_range(v) -> bool:
   return (_numbers(2, positive=True)(v) and v[0] <= v[1])
 
@@ -511,6 +540,16 @@ RULES: dict[str, Rule] = {
         _learning_rate_steps_table, 'must be () or ((end_step, lr), ...) '
         'with positive, increasing end steps and finite rates >= 0',
         (((100, 0.1), (50, 0.01)),)),
+    'proposals': _FREE,
+    'max_proposals': _count(1, 100_000),
+    'rois_per_image': _count(1, 10_000),
+    'foreground_fraction': _number(0, 1),
+    'train_scales': Rule(_scales, 'must be a non-empty tuple of positive '
+                         'integers (shorter sides in pixels)', ((), (0,))),
+    'test_scale': _count(1, 10_000),
+    'max_size': _count(1, 20_000),
+    'detections_per_class': _count(1, 10_000),
+    'nms_threshold': _number(0, 1),
     'half_precision': _FREE,
     'float64': _FREE,
     'seed': _count(0, 2**31 - 1),

@@ -62,6 +62,8 @@ def _voc_source(config, split: str, mesh: Mesh, *, train: bool):
   """The VOC split of ``config.transfer_task``, batched by VOCSource."""
   from rotnet_jax.data import voc  # pylint: disable=g-import-not-at-top
   from rotnet_jax.data import voc_source  # pylint: disable=g-import-not-at-top
+  if config.transfer_task == 'voc_detection':
+    return _detection_source(config, split, mesh, train=train)
   if config.transfer_task == 'voc_segmentation':
     opened = voc.open_segmentation(config.dataset, split)
   else:
@@ -72,6 +74,28 @@ def _voc_source(config, split: str, mesh: Mesh, *, train: bool):
       seed=config.seed,
       image_size=config.transfer_image_size or config.image_size,
       test_crops=config.test_crops, scale_range=tuple(config.scale_range),
+      epoch_length=config.epoch_examples if train else 0)
+
+
+def _detection_source(config, split: str, mesh: Mesh, *, train: bool):
+  """The VOC2007 detection split with its proposals, for Fast R-CNN."""
+  # pylint: disable=g-import-not-at-top
+  from rotnet_jax.data import detection_source
+  from rotnet_jax.data import proposals
+  from rotnet_jax.data import voc
+  # pylint: enable=g-import-not-at-top
+  opened = voc.open_detection(config.dataset, split)
+  path = (config.proposals.replace('{split}', split) if config.proposals else
+          proposals.default_path(opened))
+  regions = proposals.load(path, opened,
+                           max_proposals=0 if train else config.max_proposals)
+  return detection_source.DetectionSource(
+      opened, regions, mesh=mesh, batch_size=config.batch_size, train=train,
+      seed=config.seed, train_scales=tuple(config.train_scales),
+      test_scale=config.test_scale, max_size=config.max_size,
+      rois_per_image=config.rois_per_image,
+      foreground_fraction=config.foreground_fraction,
+      max_proposals=config.max_proposals,
       epoch_length=config.epoch_examples if train else 0)
 
 

@@ -120,6 +120,20 @@ def crop(image: Image.Image, window, size: int) -> np.ndarray:
   return out[:, ::-1] if mirror else out
 
 
+def decode(split, index: int) -> Image.Image:
+  """Example `index` of `split` decoded to an RGB image.
+
+  Raises:
+    InputError: its file is not an image PIL can decode (named).
+  """
+  try:
+    image = Image.open(io.BytesIO(split.encoded(index)))
+    return image.convert('RGB')
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'{split.describe(index)} cannot be decoded as an '
+                     f'image ({first_line(e)})') from e
+
+
 def segmentation_train(image: np.ndarray, labels: np.ndarray,
                        rng: np.random.Generator, size: int):
   """A training example of segmentation: mirror, window, top-left canvas.
@@ -221,14 +235,21 @@ class VOCSource(HostBatches):
           f'VOC source: image_size={image_size}, test_crops={test_crops} '
           f'and scale_range={tuple(scale_range)} must be positive, with '
           'scale_range (low, high), 0 < low <= high')
+    self.image_size = image_size
+    self.test_crops = test_crops
+    self.scale_range = (low, high)
+    self._set_up_batches(split, mesh=mesh, batch_size=batch_size,
+                         train=train, seed=seed, epoch_length=epoch_length)
+
+  def _set_up_batches(self, split, *, mesh: Mesh, batch_size: int,
+                      train: bool, seed: int, epoch_length: int) -> None:
+    """The order, rows and step count of `split`'s batches (what
+    :meth:`order`, :meth:`rows` and :meth:`epoch` read)."""
     self.num_examples = len(split)
     self.num_classes = len(self.class_names)
     self.batch_size = batch_size
     self.train = train
     self.seed = seed
-    self.image_size = image_size
-    self.test_crops = test_crops
-    self.scale_range = (low, high)
     self._split = split
     self._mesh = mesh
     self._processes, self._process = jax.process_count(), jax.process_index()
@@ -263,12 +284,7 @@ class VOCSource(HostBatches):
     split = self._split
     if index < 0:
       return self._padding()
-    try:
-      image = Image.open(io.BytesIO(split.encoded(index)))
-      image = image.convert('RGB')
-    except (OSError, SyntaxError, ValueError) as e:
-      raise InputError(f'{split.describe(index)} cannot be decoded as an '
-                       f'image ({first_line(e)})') from e
+    image = decode(split, index)
     if self.train:
       rng = np.random.default_rng(
           [self.seed, _TRAIN_STREAM, epoch, position])

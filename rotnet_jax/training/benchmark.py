@@ -50,6 +50,7 @@ from rotnet_jax import parallel
 from rotnet_jax.data import DeviceSource
 from rotnet_jax.data import PIPELINES
 from rotnet_jax.data import arrays
+from rotnet_jax.data import detection_source
 from rotnet_jax.data.source import HostBatches
 from rotnet_jax.errors import InputError
 from rotnet_jax.models import layers
@@ -118,8 +119,15 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
     config.random_batch_stats = 'fresh'
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  size = (config.transfer_image_size or config.image_size if transfer else
-          config.image_size)
+  if transfer and config.transfer_task == 'voc_detection':
+    # The canvas of an image at the test scale (training draws smaller and
+    # larger ones): 1,000 pixels at Fast R-CNN's 600.
+    size = detection_source.canvas_side(config.test_scale,
+                                        config.test_scale, config.max_size)
+  elif transfer:
+    size = config.transfer_image_size or config.image_size
+  else:
+    size = config.image_size
   rng = np.random.default_rng(0)
   by_form = {}
   for form in conv1x1_forms:
@@ -155,8 +163,11 @@ def run_benchmark(config, *, steps: int = 50, warmup: int = 5,
       batch = {
           'image': rng.integers(0, 256, (config.batch_size, size, size, 3),
                                 dtype=np.uint8),
-          'label': _labels(config, size, rng),
           'mask': np.ones(config.batch_size, np.float32)}
+      if transfer and config.transfer_task == 'voc_detection':
+        batch.update(_regions(config, size, rng))
+      else:
+        batch['label'] = _labels(config, size, rng)
       local = jax.tree.map(
           lambda x: np.split(x, jax.process_count())[jax.process_index()],
           batch)
@@ -187,6 +198,20 @@ def _labels(config, size: int, rng: np.random.Generator) -> np.ndarray:
   if config.transfer_task == 'voc_classification':
     return rng.integers(-1, 2, (config.batch_size, 20), dtype=np.int8)
   return rng.integers(0, 21, (config.batch_size, size, size), dtype=np.uint8)
+
+
+def _regions(config, size: int, rng: np.random.Generator) -> dict:
+  """Synthetic regions of a detection training batch: random boxes in the
+  canvas, a quarter foreground (their labels and box targets drawn)."""
+  shape = (config.batch_size, config.rois_per_image)
+  corners = np.sort(rng.uniform(0, size - 1, shape + (2, 2)), axis=-2)
+  labels = rng.integers(1, 21, shape).astype(np.int32)
+  labels[:, round(config.foreground_fraction * shape[1]):] = 0
+  # Sorted per coordinate: (x1, y1) then (x2, y2).
+  return {'rois': corners.reshape(shape + (4,)).astype(np.float32),
+          'roi_labels': labels,
+          'roi_targets': rng.normal(0, 1, shape + (4,)).astype(np.float32),
+          'roi_weights': np.ones(shape, np.float32)}
 
 
 def _source_result(source: str, timings: dict, default_form: str) -> dict:

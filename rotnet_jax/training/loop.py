@@ -33,6 +33,7 @@ from absl import logging
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.training import metrics as metrics_lib
+from rotnet_jax.training import voc_metrics
 from rotnet_jax.training import optim
 from rotnet_jax.training import preemption
 from rotnet_jax.training import resume
@@ -60,7 +61,10 @@ def evaluate(steps: CompiledSteps, state: TrainState, source
     per_step.append(steps.evaluate(state, inputs))
     if steps.sync_every_step:
       jax.block_until_ready(per_step[-1])
-  return {head: metrics_lib.summarize([sums[head] for sums in per_step])
+  # A detection split's ground truth stays on the host, with its source.
+  ground_truth = getattr(source, 'ground_truth', None)
+  return {head: metrics_lib.summarize([sums[head] for sums in per_step],
+                                      ground_truth)
           for head in per_step[0]} if per_step else {}
 
 
@@ -353,13 +357,19 @@ class _RunLog:
 
 
 def _test(steps: CompiledSteps, test_source, run: _RunProgress,
-          log: _RunLog, epochs_done: int) -> None:
+          log: _RunLog, epochs_done: int, workdir: str) -> None:
   """Evaluates `run.state` after `epochs_done`, logs it and updates
-  `run.best`."""
+  `run.best`; a detection head's detections are written in the devkit's
+  format (``WORKDIR/detections/``, replaced at every test)."""
   with log.paused():
     start = time.time()
     summaries = evaluate(steps, run.state, test_source)
     seconds = time.time() - start
+  for summary in summaries.values():
+    if 'detections' in summary:
+      run_files.write_detections(workdir, voc_metrics.devkit_detection_files(
+          summary.pop('detections'), test_source.ids,
+          test_source.split_name))
   log.test(run.step, epochs_done, summaries, seconds)
   for head, summary in summaries.items():
     run.best[head] = _track_best(run.best.get(head), summary, epochs_done)
@@ -504,7 +514,7 @@ def fit(config, workdir: str, *, network: dict[str, Any], state: TrainState,
         if last and run.pending:  # The tail of the last epoch.
           log.train(run.step, epoch, run.take_pending())
         if done % config.eval_every_epochs == 0 or last:
-          _test(steps, test_source, run, log, done)
+          _test(steps, test_source, run, log, done, workdir)
         if (done % config.checkpoint_every_epochs == 0 or last or preempted or
             saver.due(run.step)):
           saver.save(run, done, 0)

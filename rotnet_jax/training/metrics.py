@@ -33,6 +33,7 @@ from absl import logging
 
 from rotnet_jax.workdir import filesystem
 
+from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
 from rotnet_jax.training import voc_metrics
 from rotnet_jax.workdir import run_files
@@ -48,7 +49,8 @@ def weighted_sums(logits, labels, losses, weights) -> dict[str, jax.Array]:
           'correct': jnp.sum(correct * weights), 'count': jnp.sum(weights)}
 
 
-def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
+def summarize(step_sums: Iterable[Mapping[str, jax.Array]],
+              ground_truth=None) -> dict[str, float]:
   """Adds per-step sums on the host; returns sample-weighted averages.
 
   Args:
@@ -57,12 +59,20 @@ def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
       ``correct`` (classes: accuracy), ``confusion`` (segmentation: an
       ``[C, C]`` pixel count, mean IoU), or per-sample ``scores`` and
       ``targets`` with their ``weights`` (multi-label: mean average
-      precision over every sample of the split, which no sum gives).
+      precision over every sample of the split, which no sum gives), or
+      each image's ``detection_boxes`` and ``detection_scores`` with its
+      ``image_index`` and ``weights`` (detection: VOC07 average precision
+      against `ground_truth`).
+    ground_truth: per image of the split, ``(boxes, labels, difficult)``
+      (``DetectionSource.ground_truth``); detection only.
 
   Returns:
     ``{'loss', 'count'}`` and the head's metrics: ``accuracy``, or
     ``mIoU`` and ``pixel_accuracy``, or ``mAP`` and ``mAP_11point``
-    (see :func:`headline`); NaN when no sample was counted.
+    (classification), or ``mAP`` (11-point, VOC07's), ``mAP_all_points``
+    and ``AP_<class>`` (detection, with ``detections``: per class the
+    ``(image index, score, box)`` arrays scored) (see :func:`headline`);
+    NaN when no sample was counted.
   """
   step_sums = jax.device_get(list(step_sums))
   total = {'loss_sum': 0.0, 'count': 0.0}
@@ -94,6 +104,40 @@ def summarize(step_sums: Iterable[Mapping[str, jax.Array]]) -> dict[str, float]:
                      mAP_11point=float(precision['mAP_11point']))
     else:
       summary.update(mAP=float('nan'), mAP_11point=float('nan'))
+  if 'detection_scores' in keys:
+    summary.update(_detection_summary(step_sums, ground_truth))
+  return summary
+
+
+def _detection_summary(step_sums, ground_truth) -> dict[str, float]:
+  """VOC07 detection AP of every kept detection of the split."""
+  if ground_truth is None:
+    raise ValueError('detection sums need the split\'s ground truth')
+  per_class = [([], [], []) for _ in range(len(voc.CLASSES))]
+  for sums in step_sums:
+    kept = np.asarray(sums['weights']) > 0
+    scores = np.asarray(sums['detection_scores'], np.float64)[kept]
+    boxes = np.asarray(sums['detection_boxes'], np.float64)[kept]
+    images = np.asarray(sums['image_index'])[kept]
+    for image, image_scores, image_boxes in zip(images, scores, boxes):
+      for label in range(len(voc.CLASSES)):
+        detected = image_scores[label] >= 0  # -1: suppressed or padding.
+        per_class[label][0].append(np.full(detected.sum(), image))
+        per_class[label][1].append(image_scores[label][detected])
+        per_class[label][2].append(image_boxes[label][detected])
+  detections = [tuple(np.concatenate(parts) if parts else np.zeros(0)
+                      for parts in lists) for lists in per_class]
+  detections = [(images.astype(np.int64), scores, boxes.reshape(-1, 4))
+                for images, scores, boxes in detections]
+  precision = voc_metrics.detection_average_precision(detections,
+                                                      ground_truth)
+  summary = {'mAP': float(precision['mAP']),
+             'mAP_all_points': float(precision['mAP_all_points'])}
+  summary.update({f'AP_{name}': float(ap) for name, ap in
+                  zip(voc.CLASSES, precision['AP'])})
+  # Not a number: the loop writes them out (the devkit's files) and drops
+  # them from the summary.
+  summary['detections'] = detections
   return summary
 
 
@@ -255,7 +299,11 @@ class MetricWriter:
     if self._tensorboard is not None:
       prefix = f'{split}/{head}' if head else split
       for key, value in values.items():
-        self._tensorboard.add_scalar(f'{prefix}/{key}', float(value), step)
+        # NaN says "no such class in the split" (a detection class's AP):
+        # a missing point, not a warning per event.
+        if np.isfinite(value):
+          self._tensorboard.add_scalar(f'{prefix}/{key}', float(value),
+                                       step)
       self._tensorboard.flush()
     if self._wandb is not None:
       prefix = f'{split}/{head}' if head else split

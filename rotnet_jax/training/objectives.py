@@ -19,7 +19,9 @@ The implementations:
 * :class:`HeadsOnBackbone` (``mode='evaluate'``): classifier heads on the
   blocks of a restored (or random) backbone, frozen or fine-tuned;
 * :class:`VOCTransfer` (``mode='transfer'``): the restored AlexNet
-  re-headed and fine-tuned on PASCAL VOC classification or segmentation.
+  re-headed and fine-tuned on PASCAL VOC classification or segmentation;
+  :class:`VOCDetection` (``transfer_task='voc_detection'``) as a Fast
+  R-CNN detector.
 
 The train and eval steps in ``rotnet_jax/steps.py`` work for any of them.
 """
@@ -36,6 +38,8 @@ from flax import struct
 from rotnet_jax import models
 from rotnet_jax.data import rotation
 from rotnet_jax.data import voc
+from rotnet_jax import boxes as boxes_lib
+from rotnet_jax.models import detection
 from rotnet_jax.models import transfer
 from rotnet_jax.training import metrics as metrics_lib
 from rotnet_jax.training import voc_metrics
@@ -55,11 +59,14 @@ class Output:
     labels: ``int32 [N]``.
     weights: ``float32 [N]``, 0 for padding samples.
     batch_stats: the new BatchNorm statistics of the trained variables.
+    extras: what else an objective's loss and metrics read (detection:
+      box deltas, regions and their targets), or None.
   """
   logits: dict[str, jax.Array]
   labels: jax.Array
   weights: jax.Array
   batch_stats: Any
+  extras: Any = None
 
 
 class Objective(abc.ABC):
@@ -425,6 +432,90 @@ class VOCTransfer(Objective):
     return {self.head: dict(self._describe)}
 
 
+class VOCDetection(VOCTransfer):
+  """A pretrained AlexNet fine-tuned as a Fast R-CNN detector on VOC2007
+  (``transfer_task='voc_detection'``, ``models/detection.py``).
+
+  Batches come from ``data/detection_source.DetectionSource``: images with
+  their regions of interest, the regions' classes (0 background) and box
+  targets. Each image's loss is Fast R-CNN's multi-task loss over its
+  regions: the 21-way softmax cross-entropy plus, for foreground regions,
+  the smooth L1 loss (Huber, delta 1) of the class's four box deltas,
+  both averaged over the image's (non-padding) regions. Evaluation turns
+  every test image's regions into detections (``detection.detect``: per
+  class the best ``detections_per_class``, suppressed at
+  ``nms_threshold``), which ``metrics.summarize`` scores by VOC07 average
+  precision against the source's ground truth.
+  """
+
+  def __init__(self, config, backbone: restore.RestoredBackbone):
+    spec = backbone.spec
+    self.head = config.transfer_task
+    self._classification = False
+    self.frozen_up_to = config.frozen_up_to
+    self.frozen = transfer.frozen_blocks(self.frozen_up_to)
+    self.constants = backbone.variables
+    self._param_dtype = models.param_dtype(config.float64)
+    dtype = models.compute_dtype(config.half_precision, config.float64)
+    self._make = lambda rngs: detection.AlexNetFastRCNN(spec, dtype=dtype,
+                                                        rngs=rngs)
+    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._make(
+        nnx.Rngs(0))))
+    self.detections_per_class = config.detections_per_class
+    self.nms_threshold = config.nms_threshold
+    self._describe = {'transfer_task': self.head,
+                      'frozen_up_to': self.frozen_up_to,
+                      'dataset': config.dataset, **backbone.origin}
+    self.network = {'backbone': spec, 'transfer_task': self.head,
+                    'frozen_up_to': self.frozen_up_to,
+                    'num_classes': detection.NUM_DETECTION_CLASSES,
+                    **backbone.origin}
+
+  def apply(self, params, batch_stats, constants, batch, step, *, train):
+    del step, train  # BatchNorm is fixed (models/detection.py).
+    model = nnx.merge(self.graphdef,
+                      self._with_frozen(params, constants['params']),
+                      self._with_frozen(batch_stats,
+                                        constants['batch_stats']))
+    logits, deltas = model(batch['image'], batch['rois'],
+                           frozen_up_to=self.frozen_up_to)
+    extras = {key: batch[key] for key in ('rois', 'roi_targets',
+                                          'roi_weights', 'scale', 'size',
+                                          'index') if key in batch}
+    return Output({self.head: logits}, batch['roi_labels'], batch['mask'],
+                  batch_stats, extras=dict(extras, deltas=deltas))
+
+  def losses(self, output):
+    logits, labels = output.logits[self.head], output.labels
+    extras = output.extras
+    weights = extras['roi_weights']
+    classification = optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels)
+    class_deltas = jnp.take_along_axis(
+        extras['deltas'], labels[..., None, None], axis=2)[..., 0, :]
+    regression = jnp.sum(optax.huber_loss(
+        class_deltas, extras['roi_targets'], delta=1.0), axis=-1)
+    foreground = (labels > 0).astype(logits.dtype)
+    per_region = weights * (classification + foreground * regression)
+    return {self.head: jnp.sum(per_region, axis=1) /
+                       jnp.maximum(jnp.sum(weights, axis=1), 1.0)}
+
+  def metric_sums(self, output, losses, *, train):
+    weights = output.weights
+    sums = {'loss_sum': jnp.sum(losses[self.head] * weights),
+            'count': jnp.sum(weights)}
+    if not train:  # Average precision needs every detection of the split.
+      extras = output.extras
+      boxes, scores = detection.detect(
+          output.logits[self.head], extras['deltas'], extras['rois'],
+          extras['roi_weights'], extras['scale'], extras['size'],
+          per_class=self.detections_per_class,
+          nms_threshold=self.nms_threshold, box_stds=boxes_lib.BOX_STDS)
+      sums.update(detection_boxes=boxes, detection_scores=scores,
+                  image_index=extras['index'], weights=weights)
+    return {self.head: sums}
+
+
 def from_config(config, num_classes: int, mesh,
                 class_names: tuple[str, ...] = (),
                 train_source=None) -> Objective:
@@ -449,8 +540,10 @@ def from_config(config, num_classes: int, mesh,
   if config.mode == 'supervised':
     objective = SupervisedClasses(config, num_classes)
   elif config.mode == 'transfer':
-    objective = VOCTransfer(config, restore.load_backbone(config, mesh,
-                                                          train_source))
+    transfer_class = (VOCDetection if config.transfer_task == 'voc_detection'
+                      else VOCTransfer)
+    objective = transfer_class(config, restore.load_backbone(
+        config, mesh, train_source))
   else:
     backbone = restore.load_backbone(config, mesh, train_source)
     objective = HeadsOnBackbone(config, num_classes, backbone)

@@ -20,7 +20,10 @@ Paths go through ``filesystem`` (local or ``gs://``); the lock is
 import json
 from typing import Any
 
+import jax
+
 from rotnet_jax.errors import InputError
+
 from rotnet_jax.workdir import filesystem
 
 CONFIG_FILE = 'config.json'
@@ -30,6 +33,8 @@ CHECKPOINTS_DIR = 'checkpoints'
 TENSORBOARD_DIR = 'tensorboard'
 # Checkpoints that could not be read on resume are moved here.
 DAMAGED_CHECKPOINTS_DIR = 'damaged_checkpoints'
+# A detection run's test detections, one devkit results file per class.
+DETECTIONS_DIR = 'detections'
 # Held by the run training in the workdir (one run per workdir).
 LOCK_FILE = 'run.lock'
 
@@ -41,7 +46,8 @@ def path(workdir: Any, name: str) -> str:
 
 # What each entry of a workdir must be, if it exists.
 _FILES = (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, LOCK_FILE)
-_FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR, DAMAGED_CHECKPOINTS_DIR)
+_FOLDERS = (CHECKPOINTS_DIR, TENSORBOARD_DIR, DAMAGED_CHECKPOINTS_DIR,
+            DETECTIONS_DIR)
 
 
 def check_workdir(workdir: str) -> None:
@@ -87,6 +93,15 @@ def read_config(workdir: str) -> dict[str, Any] | None:
 def write_results(workdir: str, results: dict[str, Any]) -> None:
   """``results.json`` (see ``train.results`` for its fields)."""
   filesystem.write_json(path(workdir, RESULTS_FILE), results)
+
+
+def write_detections(workdir: str, files: dict[str, str]) -> None:
+  """``WORKDIR/detections/<name>`` for each ``{name: text}`` (process 0)."""
+  if jax.process_index() == 0:
+    filesystem.resolve(path(workdir, DETECTIONS_DIR)).mkdir(
+        parents=True, exist_ok=True)
+  for name, text in files.items():
+    filesystem.write_text(path(workdir, f'{DETECTIONS_DIR}/{name}'), text)
 
 
 def read_results(workdir: str) -> dict[str, Any] | None:
