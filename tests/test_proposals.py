@@ -369,11 +369,26 @@ def test_compute_splits_caches_every_split_beside_the_data(devkit):
     assert len(loaded) == len(split.ids) and all(len(b) for b in loaded)
   with pytest.raises(InputError, match='--output names one file'):
     proposals.compute_splits(devkit, 'all', output='x.npz')
-  # An existing file of either split: refused before computing any.
+  # A file already there is checked and kept, never computed again; the
+  # missing one is computed.
   os.remove(summaries[0]['path'])
-  with pytest.raises(InputError, match=r'fast_test\.npz already exists'):
+  test_file = summaries[1]['path']
+  before = os.path.getmtime(test_file)
+  again = proposals.compute_splits(devkit, 'all', jobs=1)
+  assert [s.get('cached', False) for s in again] == [False, True]
+  assert again[1]['computed'] == 0 and os.path.getmtime(test_file) == before
+  assert again[1]['mean_proposals'] == summaries[1]['mean_proposals']
+  # Another split's file in its place is an error naming it, before any
+  # split is computed.
+  os.remove(again[0]['path'])
+  os.replace(proposals.default_path(voc.open_detection(devkit, 'val')),
+             test_file) if False else None
+  trainval = voc.open_detection(devkit, 'trainval')
+  proposals.compute(trainval, str(os.path.join(devkit, 'other.npz')), jobs=1)
+  os.replace(os.path.join(devkit, 'other.npz'), test_file)
+  with pytest.raises(InputError, match=r'fast_test\.npz'):
     proposals.compute_splits(devkit, 'all', jobs=1)
-  assert not os.path.exists(summaries[0]['path'])
+  assert not os.path.exists(again[0]['path'])
 
 
 def _in_process(args, monkeypatch, capsys):
@@ -410,7 +425,6 @@ def test_the_command_prints_the_file_and_refuses_bad_input_in_one_line(
   assert line.endswith(' s per image and process (10 computed now)'), line
   for args, message in [
       (('--split=bogus',), "split 'bogus' is not one of"),
-      ((f'--output={out}',), 'already exists: pass --overwrite'),
       (('--mode=slow',), 'flag --mode=slow: value should be one of'),
       (('--jobs=-1',), 'flag --jobs=-1'),
       ((f'--output={tmp_path / "x.txt"}',), 'must end in .npz'),
@@ -420,6 +434,13 @@ def test_the_command_prints_the_file_and_refuses_bad_input_in_one_line(
         [f'--dataset={devkit}', '--jobs=1', *args], monkeypatch, capsys)
     assert status == 2 and printed == '', args
     assert len(errors) == 1 and message in errors[0], (args, errors)
+  # Already there: checked, kept, said.
+  before = os.path.getmtime(out)
+  status, printed, errors = _in_process(
+      [f'--dataset={devkit}', '--split=val', f'--output={out}', '--jobs=1'],
+      monkeypatch, capsys)
+  assert (status, errors) == (0, []) and os.path.getmtime(out) == before
+  assert printed.startswith(f'already there: {out}: {len(split.ids)} images')
   status, _, errors = _in_process([f'--dataset={tmp_path / "none"}'],
                                   monkeypatch, capsys)
   assert status == 2 and 'none' in errors[0], errors

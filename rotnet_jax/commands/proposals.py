@@ -11,7 +11,8 @@ Writes ``<VOC2007>/proposals/selective_search_<mode>_<split>.npz`` beside
 the data (or ``--output``), then prints where, the mean proposals per
 image and the seconds per image. ``--split=all`` computes ``trainval``
 and ``test``. An interrupted run (Ctrl-C) keeps its finished chunks; the
-same command again goes on from there. Needs OpenCV's contrib modules:
+same command again goes on from there. A split whose file is already
+there is checked and left alone (``--overwrite`` computes it again). Needs OpenCV's contrib modules:
 ``pip install 'rotnet-jax[detection]'``. The file and its checks:
 ``rotnet_jax.data.proposals``.
 """
@@ -56,6 +57,11 @@ def main(argv):
   except InputError as e:
     cli.fail(e)
   for summary in summaries:
+    if summary.get('cached'):
+      print(f"already there: {summary['path']}: {summary['images']} images, "
+            f"{summary['mean_proposals']:.0f} proposals per image (pass "
+            '--overwrite to compute it again)')
+      continue
     print(f"wrote {summary['path']}: {summary['images']} images, "
           f"{summary['mean_proposals']:.0f} proposals per image, "
           f"{summary['seconds_per_image']:.2f} s per image and process "

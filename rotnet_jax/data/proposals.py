@@ -432,10 +432,13 @@ def compute_splits(dataset: str, split: str, *, output: str | None = None,
     output: the ``.npz`` to write (one split only).
     mode: ``'fast'`` or ``'quality'``.
     jobs: processes computing images at once (0: one per CPU core).
-    overwrite: replace existing files.
+    overwrite: replace existing files. Without it a split whose file
+      exists is checked (``load``) and left as it is: a rerun, or a
+      resumed reproduction, never computes it again.
 
   Returns:
-    One summary per split, :func:`compute`'s.
+    One summary per split, :func:`compute`'s (``cached`` True where the
+    file was there already).
 
   Raises:
     InputError, MissingInputError: a bad folder, split, output or mode,
@@ -444,11 +447,29 @@ def compute_splits(dataset: str, split: str, *, output: str | None = None,
   _check_mode(mode)
   opened = [voc.open_detection(dataset, s) for s in _splits(split, output)]
   outputs = [output or default_path(s, mode) for s in opened]
-  for path in outputs:
-    check_output(path, overwrite)
+  cached = {}
+  for split_opened, path in zip(opened, outputs):
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(full) and not overwrite:
+      # Already computed: checked against the split (another split's or
+      # dataset's file is an error), never computed again.
+      cached[path] = _cached_summary(full, split_opened)
+    else:
+      check_output(path, overwrite)
   jobs = jobs or _cores()
-  return [compute(s, path, mode=mode, jobs=jobs, overwrite=overwrite)
+  return [cached.get(path) or compute(s, path, mode=mode, jobs=jobs,
+                                      overwrite=overwrite)
           for s, path in zip(opened, outputs)]
+
+
+def _cached_summary(path: str, split) -> dict:
+  """:func:`compute`'s summary of a file already there (nothing
+  computed)."""
+  regions = load(path, split)
+  count = sum(len(r) for r in regions)
+  return {'path': path, 'images': len(regions), 'proposals': count,
+          'mean_proposals': count / max(len(regions), 1), 'computed': 0,
+          'seconds': 0.0, 'seconds_per_image': 0.0, 'cached': True}
 
 
 def _run(indices, paths, sizes, ids, mode, jobs, per_image, partial,
