@@ -28,6 +28,7 @@ LAYERS = {
     # The `python -m rotnet_jax.<command>` aliases of commands/.
     'reproduce': 8, 'report': 8, 'plot': 8, 'benchmark': 8,
     'import_torch': 8, 'export': 8, 'extract': 8, 'svm': 8,
+    'proposals': 8,
 }
 
 # rotnet_jax/__init__.py: `rotnet_jax.load`, a lazy door to inference.
