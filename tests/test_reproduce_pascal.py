@@ -1,9 +1,11 @@
-"""The PASCAL VOC table (the paper's Table 7): its jobs, their quick and
-scaled schedules, its dry run, its rows in the report, and one quick run
-end to end on a generated image folder and VOCdevkit."""
+"""The PASCAL VOC table (the paper's Table 7): its jobs (detection's
+proposals first), their quick and scaled schedules, its dry run, its rows
+in the report, and one quick run end to end on a generated image folder
+and VOCdevkit."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ import voc_folder
 from imagenet_folder import write_imagenet_folder
 from rotnet_jax import config_schema
 from rotnet_jax.commands import report as report_command
+from rotnet_jax.data import voc
 from rotnet_jax.experiments import paper
 from rotnet_jax.experiments import report
 from rotnet_jax.experiments import reproduce
@@ -30,6 +33,9 @@ VOC_JOBS = {
     'table7/voc12_segmentation': (
         'voc12_segmentation.py', 'table7/rotnet_alexnet/segmentation',
         PRETEXT, 39.1),
+    'table7/voc07_detection': (
+        'voc07_detection.py', 'table7/rotnet_alexnet/detection', PRETEXT,
+        54.4),
     'table7/random_voc07_classification_all': (
         'voc07_classification_all.py',
         'table7/random_alexnet/classification_all', 'random', 53.3),
@@ -39,6 +45,17 @@ VOC_JOBS = {
 }
 CLASSIFICATION = 'table7/voc07_classification_fc6_8'
 SEGMENTATION = 'table7/voc12_segmentation'
+DETECTION = 'table7/voc07_detection'
+# The proposals jobs (not training runs), in order: detection trains on
+# trainval and tests on test.
+PROPOSALS = ('proposals/voc07_trainval', 'proposals/voc07_test')
+# Every job of the table in order: the proposals just before detection.
+JOB_ORDER = [PRETEXT, 'table7/voc07_classification_fc6_8',
+             'table7/voc07_classification_all', SEGMENTATION, *PROPOSALS,
+             DETECTION, 'table7/random_voc07_classification_all',
+             'table7/random_voc12_segmentation']
+# The training jobs, as the runner returns their workdirs.
+TRAINING_ORDER = [name for name in JOB_ORDER if name not in PROPOSALS]
 
 
 def _jobs(table='pascal'):
@@ -54,7 +71,8 @@ def _empty_devkit(folder):
 
 def test_pascal_jobs_fine_tune_the_shared_alexnet_on_each_task(tmp_path):
   jobs = _jobs()
-  assert list(jobs) == [PRETEXT] + list(VOC_JOBS)
+  assert list(jobs) == JOB_ORDER
+  assert sorted(TRAINING_ORDER) == sorted([PRETEXT, *VOC_JOBS])
   # The pretext job of the ImageNet tables: one root trains it once.
   assert jobs[PRETEXT] == _jobs('table4')[PRETEXT]
   assert _jobs('table7') == jobs  # The paper's number names it too.
@@ -77,6 +95,31 @@ def test_pascal_jobs_fine_tune_the_shared_alexnet_on_each_task(tmp_path):
     assert paper.protocol_epochs(experiment) == config.num_epochs
     assert paper.confirmed(experiment, config.transfer_task)
     assert experiment in paper.DESCRIPTIONS
+  # The proposals jobs compute the splits the detection config reads,
+  # from its dataset; they train nothing.
+  detection = reproduce.job_config(jobs[DETECTION], root=root, seed=0)
+  assert (detection.transfer_task, detection.proposals) == (
+      'voc_detection', '')
+  assert [jobs[name].proposals_split for name in PROPOSALS] == [
+      detection.train_split, detection.test_split]
+  for name in PROPOSALS:
+    job = jobs[name]
+    assert (job.config_file, job.voc, job.pretrained) == (
+        'voc07_detection.py', True, PRETEXT)
+  assert not any(jobs[name].proposals_split for name in TRAINING_ORDER)
+  # Detection's paper row: RotNet 54.4, compared on a VOCdevkit folder
+  # only (it reads the devkit's XML); ImageNet labels' 56.8 beside it.
+  experiment = 'table7/rotnet_alexnet/detection'
+  assert paper.comparable('/data/VOCdevkit', experiment)
+  assert not paper.comparable('voc/2007', experiment)
+  voc = {row.method: row.values
+         for row in paper.TABLES_BY_NAME['table7'].rows}
+  assert [voc[m][2] for m in ('ImageNet labels', 'Random',
+                              'Random rescaled', 'RotNet')] == [
+                                  56.8, 43.4, 45.6, 54.4]
+  # The random AlexNet's detection is a reference number, not ours.
+  assert paper.paper_accuracy('table7/random_alexnet/detection',
+                              'voc_detection') is None
 
 
 def test_voc_dataset_sets_the_voc_jobs_and_dataset_the_pretext(tmp_path):
@@ -97,7 +140,8 @@ def test_voc_dataset_sets_the_voc_jobs_and_dataset_the_pretext(tmp_path):
   # only from a folder); VOC has no training subset.
   assert config(CLASSIFICATION).dataset == 'voc/2007'
   assert config(SEGMENTATION).dataset == './VOCdevkit'
-  for name in VOC_JOBS:
+  assert config(DETECTION).dataset == './VOCdevkit'
+  for name in [*VOC_JOBS, *PROPOSALS]:
     voc_config = config(name, voc_dataset='/data/VOCdevkit')
     assert voc_config.dataset == '/data/VOCdevkit'
     assert voc_config.num_train_examples == 0
@@ -143,6 +187,14 @@ def test_quick_and_scaled_schedules_of_both_kinds(tmp_path):
   assert segmentation.learning_rate_steps_table == ()
   assert (segmentation.batch_size, segmentation.transfer_image_size) == (
       4, 80)
+  # Detection's is in iterations too: 16 epochs x 0.03 -> 1 (at least),
+  # its steps 30,000 and 40,080 x 0.03 -> 900 and 1,202; small images.
+  detection = config(DETECTION, reproduce.QUICK_SCALE)
+  assert (detection.num_epochs, detection.learning_rate_steps_table) == (
+      1, ((900, 0.001), (1202, 0.0001)))
+  assert (detection.batch_size, detection.train_scales, detection.test_scale,
+          detection.max_size, detection.max_proposals,
+          detection.rois_per_image) == (2, (64, 80), 64, 128, 200, 16)
   # --epochs_scale alone (not --quick): the protocol's batches and crops,
   # both kinds of table scaled.
   half = config(CLASSIFICATION, 0.5, quick=False)
@@ -167,14 +219,26 @@ def test_pascal_dry_run_prints_every_job(tmp_path, capsys, monkeypatch):
   reproduce.reproduce('table4', root, dry_run=True)
   table4_pretext_line = capsys.readouterr().out.splitlines()[0]
   workdirs = reproduce.reproduce('pascal', root, dry_run=True,
-                                 voc_dataset=devkit)
+                                 voc_dataset=devkit, seeds=(0, 1))
   assert [os.path.relpath(w, root) for w in workdirs] == [
-      f'seed0/{name}' for name in [PRETEXT] + list(VOC_JOBS)]
+      f'seed{seed}/{name}' for seed in (0, 1) for name in TRAINING_ORDER]
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 6 and lines[0] == table4_pretext_line
+  # Every job's line in the table's order; the proposals once for both
+  # seeds, just before seed 0's detection run.
+  assert len(lines) == 2 * len(TRAINING_ORDER) + 2
+  assert lines[0] == table4_pretext_line
+  proposals_at = JOB_ORDER.index(PROPOSALS[0])
+  assert lines[proposals_at:proposals_at + 2] == [
+      f'rotnet-proposals --dataset={devkit} --split={split}'
+      for split in ('trainval', 'test')]
+  assert lines[proposals_at + 2].startswith(
+      'python main.py --config=configs/voc07_detection.py ')
+  assert not any('rotnet-proposals' in line
+                 for line in lines[proposals_at + 2:])
+  lines = lines[:proposals_at] + lines[proposals_at + 2:]
   pretext = os.path.join(root, 'seed0', PRETEXT)
-  for line, (name, (config_file, experiment, pretrained, _)) in zip(
-      lines[1:], VOC_JOBS.items()):
+  for line, name in zip(lines[1:], TRAINING_ORDER[1:]):
+    config_file, experiment, pretrained, _ = VOC_JOBS[name]
     flags = line.split()
     assert line.startswith(
         f'python main.py --config=configs/{config_file} '
@@ -187,6 +251,32 @@ def test_pascal_dry_run_prints_every_job(tmp_path, capsys, monkeypatch):
     else:
       assert f'--config.pretrained={pretext}' in flags, line
   assert not os.path.exists(root)  # A dry run writes nothing.
+
+  # --proposals: files instead of the two jobs, given to detection.
+  template = str(tmp_path / 'ss_{split}.mat')
+  for split in ('trainval', 'test'):
+    (tmp_path / f'ss_{split}.mat').write_bytes(b'')
+  reproduce.reproduce('pascal', root, dry_run=True, voc_dataset=devkit,
+                      proposals=template)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == len(TRAINING_ORDER)
+  assert not any('rotnet-proposals' in line for line in lines)
+  (detection,) = [l for l in lines if 'voc07_detection.py' in l]
+  assert f'--config.proposals={template}' in shlex.split(detection)
+  assert sum('--config.proposals=' in l for l in lines) == 1
+  with pytest.raises(reproduce.InputError, match=r'must hold \{split\}'):
+    reproduce.reproduce('pascal', root, dry_run=True, voc_dataset=devkit,
+                        proposals=str(tmp_path / 'ss_test.mat'))
+  missing = str(tmp_path / 'nowhere_{split}.npz')
+  with pytest.raises(reproduce.MissingInputError,
+                     match=r'nowhere_trainval\.npz \(split trainval\) '
+                           'does not exist'):
+    reproduce.reproduce('pascal', root, dry_run=True, voc_dataset=devkit,
+                        proposals=missing)
+  with pytest.raises(reproduce.InputError,
+                     match='^--proposals: table4 has no detection job'):
+    reproduce.reproduce('table4', root, dry_run=True, proposals=template)
+  assert not os.path.exists(root)
 
   # No --voc_dataset: segmentation's ./VOCdevkit is not there.
   (tmp_path / 'elsewhere').mkdir()
@@ -232,6 +322,7 @@ def _write_transfer_results(folder, experiment, score, *, dataset,
   is the task, scored by its metric (a final `score`, a test-selected
   best of ``score + 0.02`` at epoch 3)."""
   task = ('voc_segmentation' if 'segmentation' in experiment
+          else 'voc_detection' if 'detection' in experiment
           else 'voc_classification')
   metric = 'mIoU' if task == 'voc_segmentation' else 'mAP'
   head = dict({
@@ -263,6 +354,13 @@ def test_report_shows_pascal_rows_against_the_paper(tmp_path, capsys):
   _write_transfer_results(tmp_path / 'segmentation',
                           'table7/rotnet_alexnet/segmentation', 0.4,
                           dataset='./VOCdevkit', num_epochs=100)
+  # Detection: the voc_detection head's final_test_mAP (its best is the
+  # test-selected column); TFDS voc/2007 is not comparable (no XML).
+  detection = 'table7/rotnet_alexnet/detection'
+  _write_transfer_results(tmp_path / 'detection', detection, 0.512,
+                          dataset='/data/VOCdevkit', num_epochs=16)
+  _write_transfer_results(tmp_path / 'detection_tfds', detection, 0.3,
+                          dataset='voc/2007', num_epochs=16)
   # A mAP head without its mAP (an accuracy instead) is not a result.
   _write_transfer_results(tmp_path / 'bad', fc6_8, 0.9, dataset='voc/2007')
   with open(tmp_path / 'bad' / 'results.json') as f:
@@ -294,6 +392,13 @@ def test_report_shows_pascal_rows_against_the_paper(tmp_path, capsys):
       # The rows of Table 7 not run yet, in the paper's order.
       f'{classification}RotNet AlexNet, all trained | voc_classification '
       '| 72.97 | not run yet | — | — | 0 | — | — | — |',
+      # 51.2 against the paper's 54.4; then the TFDS run, apart.
+      '| PASCAL VOC07 detection (mAP): RotNet AlexNet, Fast R-CNN | '
+      'voc_detection | 54.40 | 51.20 | -3.20 | 53.20 (epoch 3) | 1 | 16 | '
+      '1 | /data/VOCdevkit |',
+      '| PASCAL VOC07 detection (mAP): RotNet AlexNet, Fast R-CNN | '
+      'voc_detection | 54.40 | 30.00 | n/a (voc/2007) | 32.00 (epoch 3) | 1 '
+      '| 16 | 1 | voc/2007 |',
       '| PASCAL VOC12 segmentation (mIoU): random AlexNet | '
       'voc_segmentation | 19.80 | not run yet | — | — | 0 | — | — | — |',
       '| PASCAL VOC12 segmentation (mIoU): RotNet AlexNet | '
@@ -314,6 +419,13 @@ def test_report_shows_pascal_rows_against_the_paper(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.startswith('Table 7: PASCAL VOC')
   assert f'(`{fc6_8}`)' in out and f'(`{segmentation}`)' in out
+  lines = out.splitlines()
+  assert lines[2] == ('| method | classification (fc6-8) | classification '
+                      '(all) | detection | segmentation | ours |')
+  assert '| ImageNet labels | 78.9 | 79.9 | 56.8 | 48.0 | — |' in lines
+  (rotnet,) = [l for l in lines if l.startswith('| RotNet |')]
+  assert rotnet.startswith('| RotNet | 70.87 | 72.97 | 54.4 | 39.1 | ')
+  assert f'(`{detection}`)' in rotnet
 
 
 def test_the_comparison_chart_has_a_pascal_panel(tmp_path):
@@ -333,8 +445,9 @@ def test_the_comparison_chart_has_a_pascal_panel(tmp_path):
   assert heights == [39.1, 40.0, 70.0, 70.87]
 
 
-# Six runs (a 4-epoch AlexNet pretext and five fine-tunings), about 2
-# minutes on the project's 2-core machine: the slow tier. The fast tier
+# Seven runs (a 4-epoch AlexNet pretext and six fine-tunings) and the
+# selective search of 40 small images, a few minutes on the project's
+# 2-core machine: the slow tier. The fast tier
 # covers the jobs, their configs and printed commands, and the report.
 @pytest.mark.slow
 def test_quick_pascal_table_end_to_end(tmp_path, capsys, monkeypatch):
@@ -349,6 +462,9 @@ def test_quick_pascal_table_end_to_end(tmp_path, capsys, monkeypatch):
       env=helpers.one_device_env())
   assert command.returncode == 0, command.stderr[-3000:]
   pretext = os.path.join(root, 'seed0', PRETEXT)
+  # The proposals jobs wrote rotnet-proposals' files beside the data.
+  assert sorted(os.listdir(os.path.join(devkit, 'VOC2007', 'proposals'))) == [
+      f'selective_search_fast_{split}.npz' for split in ('test', 'trainval')]
   for name, (_, experiment, pretrained, _) in VOC_JOBS.items():
     workdir = os.path.join(root, 'seed0', name)
     with open(os.path.join(workdir, 'results.json')) as f:
@@ -366,16 +482,24 @@ def test_quick_pascal_table_end_to_end(tmp_path, capsys, monkeypatch):
     assert config['pretrained'] == (pretext if pretrained == PRETEXT
                                     else 'random')
     assert config['dataset'] == devkit
-    assert (config['num_epochs'], config['batch_size'],
-            config['transfer_image_size']) == (
-                (3, 4, 80) if segmentation else (8, 8, 64))
+    if name == DETECTION:
+      assert (config['num_epochs'], config['batch_size'],
+              config['train_scales'], config['proposals']) == (
+                  1, 2, [64, 80], '')
+      assert sorted(os.listdir(os.path.join(workdir, 'detections'))) == [
+          f'comp4_det_test_{c}.txt' for c in sorted(voc.CLASSES)]
+    else:
+      assert (config['num_epochs'], config['batch_size'],
+              config['transfer_image_size']) == (
+                  (3, 4, 80) if segmentation else (8, 8, 64))
     assert (config['image_size'], config['model']['width']) == (64, 1 / 16)
 
-  # Everything finished: a second run trains nothing.
-  def no_training(config, workdir):
-    raise AssertionError(f'{workdir} ran again')
+  # Everything finished: a second run trains and computes nothing.
+  def not_again(*args):
+    raise AssertionError(f'{args} ran again')
 
-  monkeypatch.setattr(reproduce.train, 'train_and_evaluate', no_training)
+  monkeypatch.setattr(reproduce.train, 'train_and_evaluate', not_again)
+  monkeypatch.setattr(reproduce.proposals_lib, 'compute_splits', not_again)
   reproduce.reproduce('pascal', root, scale=reproduce.QUICK_SCALE,
                       overrides=reproduce.quick_overrides('pascal', images),
                       voc_dataset=devkit, quick=True)

@@ -5,13 +5,16 @@
                                                   # (+ DIR/semi_supervised.png)
 
 WORKDIR is a run's folder (it has ``metrics.jsonl``; a running job can be
-plotted at any time); ROOT a ``rotnet_jax.reproduce --root`` (any folder
-with ``results.json`` files under it). ``--out`` defaults to the folder
-plotted. Prints the files written, one per line; pictures of the same
-names are replaced. Bad input (a path that is neither, an empty
-``metrics.jsonl``, no finished run, an ``--out`` that cannot be written):
-one ``error:`` line, exit status 2, nothing written. See
-``rotnet_jax.experiments.plots`` for what each picture shows.
+plotted at any time). A PASCAL VOC detection run that has tested also gets
+``detection_ap.png`` (its last test's AP per class) and ``detections.png``
+(its detections and the ground truth on the first ``--detection_images``
+test images, read from its dataset). ROOT a ``rotnet_jax.reproduce
+--root`` (any folder with ``results.json`` files under it). ``--out``
+defaults to the folder plotted. Prints the files written, one per line;
+pictures of the same names are replaced. Bad input (a path that is
+neither, an empty ``metrics.jsonl``, no finished run, an ``--out`` that
+cannot be written): one ``error:`` line, exit status 2, nothing written.
+See ``rotnet_jax.experiments.plots`` for what each picture shows.
 """
 
 from absl import flags
@@ -31,6 +34,11 @@ def _define_flags() -> None:
   if 'out' not in FLAGS:  # run() may be called twice in one process.
     flags.DEFINE_string('out', None, 'Folder for the pictures (created if '
                         'need be; default: the folder plotted).')
+  if 'detection_images' not in FLAGS:
+    flags.DEFINE_integer('detection_images', plots.DETECTION_IMAGES,
+                         'A detection run: the test images drawn with their '
+                         'detections (the split file\'s first).',
+                         lower_bound=1)
 
 
 def main(argv) -> None:
@@ -40,7 +48,8 @@ def main(argv) -> None:
              '-m rotnet_jax.plot PATH [--out=DIR] (got '
              f'{len(argv) - 1} arguments: {argv[1:]})')
   try:
-    written = plots.plot_path(argv[1], FLAGS.out)
+    written = plots.plot_path(argv[1], FLAGS.out,
+                              detection_images=FLAGS.detection_images)
   except InputError as e:
     cli.fail(e)
   except ImportError as e:

@@ -7,6 +7,9 @@ one of the paper's tables, in order, resumably.
         --dataset=/data/imagenet_small
     python -m rotnet_jax.reproduce pascal --root=/data/rotnet \
         --voc_dataset=/data/VOCdevkit
+    python -m rotnet_jax.reproduce pascal --root=/data/rotnet \
+        --voc_dataset=/data/VOCdevkit \
+        --proposals=/data/selective_search_data/voc_2007_{split}.mat
 
 The tables and their jobs: ``rotnet_jax.experiments.reproduce``.
 """
@@ -52,6 +55,11 @@ def _define_flags() -> None:
                       'folder holding VOC2007/ and VOC2012/ (default: the '
                       'configs\', TFDS voc/2007 and ./VOCdevkit); needed '
                       'with --quick.')
+  flags.DEFINE_string('proposals', None,
+                      'pascal: the detection job\'s proposals files, a '
+                      'path holding {split} (config.proposals: .npz of '
+                      'rotnet-proposals or Fast R-CNN\'s .mat); default: '
+                      'jobs compute them beside the data first.')
   flags.DEFINE_string('data_dir', None, 'Override config.data_dir.')
   flags.DEFINE_string('pipeline', None, 'Override config.pipeline.')
   flags.DEFINE_float('width', None, 'Override config.model.width.')
@@ -92,6 +100,9 @@ def main(argv):
   if FLAGS.voc_dataset and not any(
       j.voc for j in reproduce.table_jobs(table)):
     cli.fail(f'--voc_dataset: {table} has no PASCAL VOC jobs (pascal has)')
+  if FLAGS.proposals and not any(
+      j.proposals_split for j in reproduce.table_jobs(table)):
+    cli.fail(f'--proposals: {table} has no detection job (pascal has)')
   if FLAGS.quick and not places_dataset and table in reproduce.ALEXNET_TABLES:
     places_dataset = FLAGS.dataset
   for key, value in (('data_dir', FLAGS.data_dir),
@@ -110,8 +121,8 @@ def main(argv):
   cli.run_or_fail(reproduce.reproduce, table, FLAGS.root,
                   seeds=[int(s) for s in FLAGS.seeds], scale=scale,
                   overrides=overrides, ks=ks, places_dataset=places_dataset,
-                  voc_dataset=FLAGS.voc_dataset, quick=FLAGS.quick,
-                  dry_run=FLAGS.dry_run)
+                  voc_dataset=FLAGS.voc_dataset, proposals=FLAGS.proposals,
+                  quick=FLAGS.quick, dry_run=FLAGS.dry_run)
 
 
 def run() -> None:

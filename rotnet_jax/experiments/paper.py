@@ -19,8 +19,11 @@ rotation post (PASCAL VOC), the official repository's issues #6 and #10
 (Table 1's NIN-4 row; the ImageNet non-linear numbers) and a lecture
 transcription. Of these, only the two issues could be read again from
 this project's machines (they show Table 1's NIN-4 row and 50 / 43.8 /
-59.70); the pages' images could not. Each :class:`Table` and :class:`Row`
-names its own. A number
+59.70); the pages' images could not. The paper's abstract, as pages
+indexing arXiv quote it (tldr.takara.ai and researchtrend.ai, page
+1803.07728), gives Table 7's detection numbers of the RotNet (54.4 mAP)
+and, as "2.4 points lower", of ImageNet labels (56.8). Each
+:class:`Table` and :class:`Row` names its own. A number
 that no source confirms has no source (:func:`sources` is empty) and the
 report and the plots star it: the Places205 row (Table 6), which is the
 figure the project's brief quoted from memory. The paper's ImageNet
@@ -37,13 +40,14 @@ project called both ImageNet tables ``table4`` and Places ``table5``;
 
 Experiment names are ``table/setting/head``; each result row adds the block
 (or ``rotation`` / ``classifier`` for pretext and supervised runs, the
-task, ``voc_classification`` / ``voc_segmentation``, for PASCAL VOC). A
-row of Table 7 is several runs of ours, one per column (each task is its
-own fine-tuning): :attr:`Row.experiments`. Rows of a table without an
-experiment (other methods, supervised AlexNets, the random AlexNets of
-Tables 4 and 5, the rescaled ones, PASCAL VOC detection) are reference
-rows: the report can show them (``report.paper_tables``), nothing of ours
-is compared with them.
+task, ``voc_classification`` / ``voc_detection`` / ``voc_segmentation``,
+for PASCAL VOC). A row of Table 7 is several runs of ours, one per column
+(each task is its own fine-tuning): :attr:`Row.experiments`. Rows of a
+table without an experiment (other methods, supervised AlexNets, the
+random AlexNets of Tables 4 and 5, the rescaled ones) and the columns of
+Table 7 without one (the random AlexNet's detection) are reference
+numbers: the report can show them (``report.paper_tables``), nothing of
+ours is compared with them.
 """
 
 import dataclasses
@@ -54,6 +58,8 @@ _PY_TONIC = ('py-tonic.github.io, post "Predicting Image Rotation", '
 _HOYA = ('hoya012.github.io, self-supervised learning post, image {} '
          '(the paper\'s {})')
 _KOBISO = 'kobiso.github.io, post on rotation prediction (PASCAL VOC table)'
+_ABSTRACT = ('the paper\'s abstract (arXiv:1803.07728, as quoted by '
+             'tldr.takara.ai and researchtrend.ai): {}')
 _ISSUE = 'github.com/gidariss/FeatureLearningRotNet/issues/{} ({})'
 _LECTURE = 'a lecture transcription (cited in the project\'s issue 17)'
 
@@ -123,7 +129,7 @@ class Table:
 
 _BLOCKS5 = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 # The head of each PASCAL VOC column in results.json (mode='transfer':
-# config.transfer_task); detection has none of ours.
+# config.transfer_task).
 _VOC_HEADS = ('voc_classification', 'voc_classification', 'voc_detection',
               'voc_segmentation')
 
@@ -201,7 +207,9 @@ TABLES = (
           'segmentation mIoU (%)', (
               'classification (fc6-8)', 'classification (all)',
               'detection', 'segmentation'), (
-                  Row('ImageNet labels', (78.9, 79.9, 56.8, 48.0)),
+                  Row('ImageNet labels', (78.9, 79.9, 56.8, 48.0),
+                      sources=(_ABSTRACT.format(
+                          'detection 56.8, as RotNet\'s 54.4 + 2.4'),)),
                   # Krähenbühl et al.'s random initialisation; ours is a
                   # random AlexNet (BatchNorm statistics re-estimated).
                   Row('Random', (None, 53.3, 43.4, 19.8),
@@ -209,12 +217,13 @@ TABLES = (
                           None, 'table7/random_alexnet/classification_all',
                           None, 'table7/random_alexnet/segmentation')),
                   Row('Random rescaled', (39.2, 56.6, 45.6, 32.6)),
-                  # Detection is not run (yet).
                   Row('RotNet', (70.87, 72.97, 54.4, 39.1),
                       heads=_VOC_HEADS, experiments=(
                           'table7/rotnet_alexnet/classification_fc6_8',
-                          'table7/rotnet_alexnet/classification_all', None,
-                          'table7/rotnet_alexnet/segmentation')),
+                          'table7/rotnet_alexnet/classification_all',
+                          'table7/rotnet_alexnet/detection',
+                          'table7/rotnet_alexnet/segmentation'),
+                      sources=(_ABSTRACT.format('detection 54.4'),)),
               ), (_HOYA.format(12, 'PASCAL VOC table'), _KOBISO),
           decimals=1),
 )
@@ -245,8 +254,9 @@ IMAGENET = _numbers(TABLES[3:5])
 # AlexNet (Table 6). Not confirmed by any source (see the module docstring).
 PLACES = _numbers(TABLES[5:6])
 # PASCAL VOC (Table 7) of the ImageNet-trained AlexNet fine-tuned:
-# classification mAP (%) with fc6-8 or every layer trained, segmentation
-# mIoU (%); ours for the RotNet and for a random AlexNet.
+# classification mAP (%) with fc6-8 or every layer trained, detection mAP
+# (%, Fast R-CNN), segmentation mIoU (%); ours for the RotNet and (not
+# detection) for a random AlexNet.
 PASCAL = _numbers(TABLES[6:7])
 # Every row of ours with a paper number, all datasets.
 PAPER = {**CIFAR10, **IMAGENET, **PLACES, **PASCAL}
@@ -304,13 +314,15 @@ _HEAD_EPOCHS = {'multlayer': 100, 'conv': 100, 'supervised': 200}
 # configs/imagenet_nonlinear_conv4/5.py, imagenet_linear_probes.py and
 # places_linear_probes.py, the official configs' schedules).
 # PASCAL VOC: num_epochs of configs/voc07_classification_*.py (Krähenbühl
-# et al.'s 80,000 iterations) and of configs/voc12_segmentation.py (our
-# schedule: the paper gives none).
+# et al.'s 80,000 iterations), of configs/voc07_detection.py (Fast
+# R-CNN's 40,000 iterations: the paper gives none) and of
+# configs/voc12_segmentation.py (our schedule: the paper gives none).
 _ALEXNET_EPOCHS = {'table4/rotnet_alexnet/nonlinear': 40,
                    'table5/rotnet_alexnet/linear': 35,
                    'table6/rotnet_alexnet/places_linear': 35,
                    'table7/rotnet_alexnet/classification_fc6_8': 256,
                    'table7/rotnet_alexnet/classification_all': 256,
+                   'table7/rotnet_alexnet/detection': 16,
                    'table7/rotnet_alexnet/segmentation': 100,
                    'table7/random_alexnet/classification_all': 256,
                    'table7/random_alexnet/segmentation': 100}
@@ -359,6 +371,8 @@ DESCRIPTIONS = {
         'PASCAL VOC07 classification (mAP): random AlexNet, all trained',
     'table7/rotnet_alexnet/classification_all':
         'PASCAL VOC07 classification (mAP): RotNet AlexNet, all trained',
+    'table7/rotnet_alexnet/detection':
+        'PASCAL VOC07 detection (mAP): RotNet AlexNet, Fast R-CNN',
     'table7/random_alexnet/segmentation':
         'PASCAL VOC12 segmentation (mIoU): random AlexNet',
     'table7/rotnet_alexnet/segmentation':
@@ -386,6 +400,9 @@ _PAPER_DATASETS = {'table4/rotnet_alexnet/nonlinear': 'imagenet2012',
                        'table7/rotnet_alexnet/classification_fc6_8',
                        'table7/rotnet_alexnet/classification_all',
                        'table7/random_alexnet/classification_all')},
+                   # Detection reads the devkit's XML (boxes and
+                   # difficult flags): a VOCdevkit folder.
+                   'table7/rotnet_alexnet/detection': 'VOC2007',
                    # No TFDS dataset has VOC's masks: a VOCdevkit folder.
                    'table7/rotnet_alexnet/segmentation': 'VOC2012',
                    'table7/random_alexnet/segmentation': 'VOC2012'}
@@ -407,7 +424,8 @@ def comparable(dataset: str, experiment: str = '') -> bool:
   only image folders (presumably Places205 laid out as the config says);
   TFDS ``places365_small`` is another dataset (365 classes). PASCAL VOC
   classification rows: TFDS ``voc/2007`` and folders (a VOCdevkit);
-  segmentation rows: only folders (TFDS keeps no masks).
+  detection and segmentation rows: only folders (detection reads the
+  devkit's XML; TFDS keeps no masks).
   """
   paper_dataset = _PAPER_DATASETS.get(canonical(experiment))
   if paper_dataset is None:

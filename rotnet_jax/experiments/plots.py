@@ -1,6 +1,9 @@
 """Pictures of runs: training curves, our numbers against the paper's.
 
     python -m rotnet_jax.plot WORKDIR --out=DIR     # DIR/curves.png
+                                                    # (detection: also
+                                                    # DIR/detection_ap.png,
+                                                    # DIR/detections.png)
     python -m rotnet_jax.plot ROOT --out=DIR        # DIR/paper_comparison.png,
                                                     # DIR/semi_supervised.png
 
@@ -13,6 +16,11 @@
   for every (experiment, block).
 * :func:`semi_supervised`: accuracy against K, the labelled images per
   class, for the ``semi`` table's two networks, as in the paper's figure.
+* :func:`detection_ap` and :func:`detections`, a PASCAL VOC detection
+  run's (``transfer_task='voc_detection'``): its last test's average
+  precision of each class (``metrics.jsonl``'s ``AP_<class>``, in %), and
+  its detections (``WORKDIR/detections/comp4_det_<split>_<class>.txt``)
+  drawn on the first test images with their ground truth.
 
 Every plotted value is the one in the files, unrounded: the curves are
 ``metrics.jsonl``'s numbers, the bars ``report.collect``'s (accuracies in
@@ -26,12 +34,15 @@ programs that use matplotlib themselves.
 """
 
 import collections
+import dataclasses
 import math
 import re
 
 import numpy as np
 from absl import logging
+from PIL import Image
 
+from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
 from rotnet_jax.experiments import paper
 from rotnet_jax.experiments import report
@@ -42,6 +53,8 @@ from rotnet_jax.workdir import run_files
 CURVES_FILE = 'curves.png'
 PAPER_COMPARISON_FILE = 'paper_comparison.png'
 SEMI_SUPERVISED_FILE = 'semi_supervised.png'
+DETECTION_AP_FILE = 'detection_ap.png'
+DETECTIONS_FILE = 'detections.png'
 
 # Figure sizes in inches at DPI: the pictures are DPI times these pixels
 # (``save`` keeps the size: no tight bounding box).
@@ -51,6 +64,19 @@ CURVES_ROW_HEIGHT = 3.0
 COMPARISON_WIDTH = 12.0
 COMPARISON_PANEL_HEIGHT = 4.5
 SEMI_SIZE = (7.0, 5.0)
+DETECTION_AP_SIZE = (12.0, 5.0)
+DETECTION_PANEL_SIZE = (6.0, 5.0)
+
+# A detection run's pictures: its head (the transfer task), the test images
+# drawn, and which of an image's detections are drawn (those scoring at
+# least DETECTION_SCORE, the best DETECTION_MAX_BOXES of them; if none
+# does, the best DETECTION_FALLBACK_BOXES, so a weak detector still shows
+# where it looks).
+DETECTION_HEAD = 'voc_detection'
+DETECTION_IMAGES = 4
+DETECTION_SCORE = 0.5
+DETECTION_MAX_BOXES = 10
+DETECTION_FALLBACK_BOXES = 3
 
 TABLES = ('table1', 'table2', 'table3', 'table4', 'table5', 'table6',
           'table7')
@@ -472,6 +498,290 @@ def semi_supervised(root: str):
 
 
 # ---------------------------------------------------------------------------
+# A detection run: average precision per class, detections on test images.
+
+
+def _read_config(workdir: str) -> dict:
+  """``config.json`` as a dict ({} if there is none or it is not one)."""
+  config = run_files.read_config(workdir)
+  return config if isinstance(config, dict) else {}
+
+
+def is_detection_run(workdir: str) -> bool:
+  """Whether `workdir` is a PASCAL VOC detection run: its ``config.json``
+  says ``transfer_task='voc_detection'`` (with ``mode='transfer'``), or
+  its ``results.json`` has a ``voc_detection`` head."""
+  try:
+    config = _read_config(workdir)
+    if (config.get('mode') == 'transfer' and
+        config.get('transfer_task') == DETECTION_HEAD):
+      return True
+    results = run_files.read_results(workdir)
+  except InputError:  # Damaged files: not recognisably a detection run.
+    return False
+  heads = results.get('heads') if isinstance(results, dict) else None
+  return isinstance(heads, list) and any(
+      isinstance(h, dict) and h.get('head') == DETECTION_HEAD for h in heads)
+
+
+def _last_detection_test(events) -> dict | None:
+  """The last test event of the detection head that has its mAP."""
+  tests = [e for e in events if e['split'] == 'test' and
+           e.get('head') == DETECTION_HEAD and 'mAP' in e]
+  return tests[-1] if tests else None
+
+
+def _ap(event: dict, name: str) -> float:
+  """``AP_<name>`` of a test event as a float; NaN when absent or NaN (a
+  class without ground truth in the split)."""
+  value = event.get(f'AP_{name}')
+  try:
+    return math.nan if value is None else float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def detection_ap(workdir: str):
+  """A detection run's average precision per class at its last test.
+
+  One bar per VOC class (``voc.CLASSES`` order), its height the last test
+  event's ``AP_<class>`` times 100 (VOC07 11-point AP, %); a class whose
+  AP is NaN (no ground truth in the split) has no bar, only ``n/a`` on the
+  axis. A dashed line and the title give the event's ``mAP`` (%).
+
+  Args:
+    workdir: a detection run's folder (its ``metrics.jsonl``).
+
+  Returns:
+    A ``matplotlib.figure.Figure`` of ``DETECTION_AP_SIZE`` inches at
+    ``DPI``.
+
+  Raises:
+    InputError: no ``metrics.jsonl`` or no events in it (as
+      :func:`training_curves`), or no test event of the
+      ``voc_detection`` head yet.
+  """
+  event = _last_detection_test(_read_events(workdir))
+  if event is None:
+    path = run_files.path(workdir, run_files.METRICS_FILE)
+    raise InputError(f'{path} has no test event of the {DETECTION_HEAD} '
+                     'head yet (a run tests every eval_every_epochs): no '
+                     'average precision to plot')
+  aps = [_ap(event, name) for name in voc.CLASSES]
+  present = [k for k, ap in enumerate(aps) if not math.isnan(ap)]
+  fig = _figure(*DETECTION_AP_SIZE)
+  ax = fig.subplots()
+  bars = ax.bar(present, [100 * aps[k] for k in present], color='C0',
+                label='AP of the class')
+  ax.bar_label(bars, fmt='%.1f', fontsize='x-small')
+  for k, ap in enumerate(aps):
+    if math.isnan(ap):  # No bar: the split has no object of the class.
+      ax.text(k, 1, 'n/a', ha='center', va='bottom', fontsize='x-small',
+              color='0.4')
+  mean_ap = 100 * float(event['mAP'])
+  ax.axhline(mean_ap, color='C1', linestyle='--',
+             label=f'mAP {mean_ap:.2f}')
+  ax.set_xticks(range(len(voc.CLASSES)), voc.CLASSES, rotation=45,
+                ha='right')
+  ax.set_xlim(-0.6, len(voc.CLASSES) - 0.4)
+  ax.set_ylim(0, 110)
+  ax.set_yticks(range(0, 101, 20))
+  ax.set_ylabel('average precision (%, VOC07 11-point)')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(loc='upper right', fontsize='small')
+  split = _read_config(workdir).get('test_split', 'test')
+  ax.set_title(f'{_title(workdir)}\n{split}, epoch {event["epoch"]}: '
+               f'mAP {mean_ap:.2f} %', fontsize='medium')
+  return fig
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """One line of a devkit results file.
+
+  Attributes:
+    image_id: the image's id.
+    label: the class's index in ``voc.CLASSES``.
+    score: the detector's score.
+    box: ``(x1, y1, x2, y2)``, 0-based, inclusive (the file's 1-based
+      pixels minus 1, as ``voc.DetectionSplit.boxes``).
+  """
+  image_id: str
+  label: int
+  score: float
+  box: tuple[float, float, float, float]
+
+
+def detections_folder(workdir: str) -> str:
+  """``WORKDIR/detections``, where a detection run writes its results."""
+  return run_files.path(workdir, run_files.DETECTIONS_DIR)
+
+
+def read_detections(workdir: str, split: str, image_ids
+                    ) -> dict[str, list[Detection]]:
+  """The detections of `image_ids` in the devkit results files of `split`
+  (``WORKDIR/detections/comp4_det_<split>_<class>.txt``).
+
+  Lines of other images are skipped unparsed (a whole test split's files
+  hold millions of lines). A class's missing file holds no detections.
+
+  Returns:
+    For each of `image_ids`, its detections in file order (classes in
+    ``voc.CLASSES`` order).
+
+  Raises:
+    InputError: no detections folder, none of the files of `split` in it,
+      or a line of a wanted image that is not ``<image id> <score> <xmin>
+      <ymin> <xmax> <ymax>`` with finite numbers (naming file and line).
+  """
+  folder = detections_folder(workdir)
+  if not filesystem.resolve(folder).is_dir():
+    raise InputError(f'{folder} not found: a detection run writes its '
+                     'detections there at each test (pass a detection '
+                     'run\'s workdir, after its first test)')
+  wanted = {str(i): [] for i in image_ids}
+  found = 0
+  for label, name in enumerate(voc.CLASSES):
+    path = filesystem.join(folder, f'comp4_det_{split}_{name}.txt')
+    if not filesystem.resolve(path).is_file():
+      continue
+    found += 1
+    lines = filesystem.resolve(path).read_text().split('\n')
+    for number, line in enumerate(lines, 1):
+      image_id = line.split(' ', 1)[0].strip()
+      if image_id not in wanted:
+        continue
+      parts = line.split()
+      try:
+        values = [float(v) for v in parts[1:]]
+        if len(values) != 5 or not all(map(math.isfinite, values)):
+          raise ValueError
+      except ValueError as e:
+        raise InputError(
+            f'{path} line {number}: {line.strip()!r} is not "<image id> '
+            '<score> <xmin> <ymin> <xmax> <ymax>" (finite numbers)') from e
+      wanted[image_id].append(Detection(
+          image_id, label, values[0], tuple(v - 1 for v in values[1:])))
+  if not found:
+    raise InputError(f'{folder} has no comp4_det_{split}_<class>.txt file: '
+                     f'not the detections of split {split!r} (see '
+                     'config.json\'s test_split)')
+  return wanted
+
+
+def select_detections(found, *, score: float = DETECTION_SCORE,
+                      max_boxes: int = DETECTION_MAX_BOXES,
+                      fallback: int = DETECTION_FALLBACK_BOXES
+                      ) -> list[Detection]:
+  """The detections of one image to draw, best first: those scoring at
+  least `score`, at most `max_boxes`; if none does, the best `fallback`.
+  """
+  ranked = sorted(found, key=lambda d: -d.score)  # Stable: file order.
+  kept = [d for d in ranked if d.score >= score][:max_boxes]
+  return kept or ranked[:fallback]
+
+
+def _class_colour(label: int):
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  return colormaps['tab20'](label % 20)
+
+
+def _rectangle(box, **kwargs):
+  """A box of 0-based inclusive pixel indices, drawn around its pixels
+  (``imshow`` centres pixel i on i)."""
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib.patches import Rectangle
+  x1, y1, x2, y2 = box
+  return Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1,
+                   fill=False, **kwargs)
+
+
+def detections(workdir: str, num_images: int = DETECTION_IMAGES, *,
+               score: float = DETECTION_SCORE,
+               max_boxes: int = DETECTION_MAX_BOXES,
+               fallback: int = DETECTION_FALLBACK_BOXES):
+  """A detection run's detections on the first test images.
+
+  The images are the first `num_images` of the test split
+  (``config.json``'s ``test_split``) in its split file's order, read from
+  ``config.json``'s ``dataset`` (a VOCdevkit or VOC2007 folder), one panel
+  each. Drawn: the detections of :func:`select_detections` from the
+  results files (:func:`read_detections`), solid in their class's colour
+  with ``<class> <score>`` (gid ``detection`` and ``detection_label``),
+  and the ground-truth boxes of the devkit's XML, dashed white with their
+  class (gid ``ground_truth``; ``difficult`` ones say so).
+
+  Args:
+    workdir: a detection run's folder.
+    num_images: panels (fewer if the split is smaller).
+    score, max_boxes, fallback: as :func:`select_detections`.
+
+  Returns:
+    A ``matplotlib.figure.Figure``, ``DETECTION_PANEL_SIZE`` inches per
+    panel (two columns) at ``DPI``.
+
+  Raises:
+    InputError: no ``config.json`` or one without ``dataset``, no
+      detections (:func:`read_detections`), or a dataset that cannot be
+      opened (``voc.open_detection``: the folder is named).
+  """
+  if num_images < 1:
+    raise InputError(f'num_images={num_images}: draw at least 1 image')
+  config = _read_config(workdir)
+  if not config.get('dataset'):
+    raise InputError(f'{run_files.path(workdir, run_files.CONFIG_FILE)} '
+                     'is missing or names no dataset: the detections '
+                     'cannot be drawn on their images')
+  split = str(config.get('test_split') or 'test')
+  folder = detections_folder(workdir)
+  if not filesystem.resolve(folder).is_dir():  # Before opening the data.
+    read_detections(workdir, split, ())
+  opened = voc.open_detection(str(config['dataset']), split)
+  count = min(num_images, len(opened))
+  found = read_detections(workdir, split, opened.ids[:count])
+  columns = min(count, 2)
+  rows = math.ceil(count / columns)
+  fig = _figure(DETECTION_PANEL_SIZE[0] * columns,
+                DETECTION_PANEL_SIZE[1] * rows)
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for index, ax in enumerate(axes):
+    if index >= count:
+      fig.delaxes(ax)
+      continue
+    image_id = opened.ids[index]
+    with Image.open(opened.paths[index]) as image:
+      ax.imshow(np.asarray(image.convert('RGB')))
+    for box, label, difficult in zip(opened.boxes[index],
+                                     opened.labels[index],
+                                     opened.difficult[index]):
+      ax.add_patch(_rectangle(box, edgecolor='white', linestyle='--',
+                              linewidth=1.2, gid='ground_truth'))
+      name = voc.CLASSES[int(label)] + (' (difficult)' if difficult else '')
+      ax.text(box[0], box[3], name, color='white', fontsize='x-small',
+              va='top', gid='ground_truth_label')
+    drawn = select_detections(found[image_id], score=score,
+                              max_boxes=max_boxes, fallback=fallback)
+    for detection in drawn:
+      colour = _class_colour(detection.label)
+      ax.add_patch(_rectangle(detection.box, edgecolor=colour, linewidth=2,
+                              gid='detection'))
+      ax.text(detection.box[0], detection.box[1],
+              f'{voc.CLASSES[detection.label]} {detection.score:.2f}',
+              fontsize='x-small', va='bottom', gid='detection_label',
+              bbox=dict(facecolor=colour, alpha=0.7, pad=1,
+                        linewidth=0))
+    passed = sum(d.score >= score for d in drawn)
+    shown = (f'{len(drawn)} of {len(found[image_id])} detections (score '
+             f'>= {score:g})' if passed or not drawn else
+             f'none scores >= {score:g}: the best {len(drawn)}')
+    ax.set_title(f'{image_id}: {shown}', fontsize='small')
+    ax.set_axis_off()
+  fig.suptitle(f'{_title(workdir)}\n{split}: solid, detections; dashed, '
+               'ground truth', fontsize='medium')
+  return fig
+
+
+# ---------------------------------------------------------------------------
 # Files.
 
 
@@ -497,10 +807,14 @@ def _has_results(root: str) -> bool:
              for _, _, files in filesystem.resolve(root).walk())
 
 
-def plot_path(path: str, out_dir: str | None = None) -> list[str]:
+def plot_path(path: str, out_dir: str | None = None, *,
+              detection_images: int = DETECTION_IMAGES) -> list[str]:
   """Plots what `path` holds into `out_dir`; returns the files written.
 
-  * a run's workdir (it has ``metrics.jsonl``): ``curves.png``;
+  * a run's workdir (it has ``metrics.jsonl``): ``curves.png``; a
+    detection run's (:func:`is_detection_run`) that has tested once also
+    ``detection_ap.png`` (:func:`detection_ap`) and ``detections.png``
+    (:func:`detections` on `detection_images` test images);
   * a ``reproduce`` root (``results.json`` files under it):
     ``paper_comparison.png`` (unless it holds only semi-supervised runs)
     and, when it has semi-supervised runs, ``semi_supervised.png``.
@@ -514,7 +828,8 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
 
   Raises:
     InputError: `path` is neither (naming it), its files cannot be plotted
-      (an empty or damaged ``metrics.jsonl``, no finished run), or
+      (an empty or damaged ``metrics.jsonl``, no finished run; a tested
+      detection run without its detections folder or dataset), or
       `out_dir` cannot be written (checked first; a full disk while
       writing).
   """
@@ -526,6 +841,13 @@ def plot_path(path: str, out_dir: str | None = None) -> list[str]:
   figures = []
   if filesystem.resolve(run_files.path(path, run_files.METRICS_FILE)).exists():
     figures.append((CURVES_FILE, training_curves(path)))
+    if is_detection_run(path):
+      if _last_detection_test(_read_events(path)) is None:
+        logging.info('%s has not tested yet: no detection pictures.', path)
+      else:
+        figures.append((DETECTION_AP_FILE, detection_ap(path)))
+        figures.append((DETECTIONS_FILE,
+                        detections(path, detection_images)))
   elif _has_results(path):
     rows = _finished_rows(path)
     if any(not _is_semi(r['experiment']) for r in rows):

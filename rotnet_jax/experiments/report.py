@@ -6,21 +6,23 @@ Reads every ``results.json`` under the folder (one per run, written by
 training and evaluation). Rows are (experiment, block); runs of several
 seeds are averaged (mean ± standard deviation). "Ours" is the test score
 after the last epoch, in %: the head's ``metric`` (accuracy; PASCAL VOC's
-mAP for classification and mIoU for segmentation, which the experiment's
-name says); the best epoch's score is shown apart, labelled as selected
-on the test set (what the official code reported). Only runs of the
-paper's protocol (the paper's dataset, full width, the protocol's epochs)
-get a difference to the paper; others say why not. The dataset check is
-per row (``paper.comparable``): CIFAR-10 rows accept anything but the
-bundled digits, ImageNet rows ``imagenet2012`` or a folder, Places rows
-only a folder (Places205; TFDS ``places365_small`` is another dataset),
-PASCAL VOC classification ``voc/2007`` or a folder, segmentation only a
-folder. Once a table of the paper has a result of ours, each of its rows
-with a paper number and no result yet is listed as not run yet. A paper
-number that no source confirms is starred (``paper.confirmed``). Runs
-that wrote an experiment name of the old table numbering
-(``table4/rotnet_alexnet/linear``, ``table5/rotnet_alexnet/places_linear``)
-are reported under today's (``paper.canonical``).
+mAP for classification and detection, ``final_test_mAP`` of the
+``voc_classification`` / ``voc_detection`` head, and mIoU for segmentation,
+which the experiment's name says); the best epoch's score is shown apart,
+labelled as selected on the test set (what the official code reported).
+Only runs of the paper's protocol (the paper's dataset, full width, the
+protocol's epochs) get a difference to the paper; others say why not. The
+dataset check is per row (``paper.comparable``): CIFAR-10 rows accept
+anything but the bundled digits, ImageNet rows ``imagenet2012`` or a
+folder, Places rows only a folder (Places205; TFDS ``places365_small`` is
+another dataset), PASCAL VOC classification ``voc/2007`` or a folder,
+detection and segmentation only a folder. Once a table of the paper has a
+result of ours, each of its rows with a paper number and no result yet is
+listed as not run yet. A paper number that no source confirms is starred
+(``paper.confirmed``). Runs that wrote an experiment name of the old table
+numbering (``table4/rotnet_alexnet/linear``,
+``table5/rotnet_alexnet/places_linear``) are reported under today's
+(``paper.canonical``).
 
 :func:`paper_tables` prints the paper's own tables, every row (other
 methods', supervised and random baselines', PASCAL VOC's) with the

@@ -31,13 +31,20 @@ whose test split is not the config's (``validation``), its own ``val`` or
 
 PASCAL VOC (the paper's Table 7), on the same ImageNet-trained AlexNet:
 ``pascal`` (also ``table7``) fine-tunes it on VOC2007 classification with
-fc6-8 trained (conv1..conv5 frozen) and with every layer trained, and on
-VOC2012 segmentation (FCN-32s); and a random AlexNet on classification
-(every layer) and segmentation, the paper's "Random" row. Detection is
-not run. ``--voc_dataset`` sets the VOC jobs' dataset, a VOCdevkit folder
-holding ``VOC2007/`` and ``VOC2012/`` (default: the configs' own, TFDS
-``voc/2007`` for classification and ``./VOCdevkit`` for segmentation,
-which only a folder can be: TFDS keeps no masks); ``--dataset`` sets the
+fc6-8 trained (conv1..conv5 frozen) and with every layer trained, on
+VOC2012 segmentation (FCN-32s) and on VOC2007 detection (Fast R-CNN,
+``voc07_detection.py``); and a random AlexNet on classification (every
+layer) and segmentation, the paper's "Random" row (not detection: the
+paper's 43.4 stays a reference number). Before the detection run, two
+jobs compute its selective-search proposals of ``trainval`` and ``test``
+(``rotnet-proposals --dataset=... --split=...``, cached beside the data:
+a job whose file is there already is skipped); ``--proposals`` gives
+files instead (``config.proposals``, a path holding ``{split}``) and the
+two jobs are left out. ``--voc_dataset`` sets the VOC jobs' dataset, a
+VOCdevkit folder holding ``VOC2007/`` and ``VOC2012/`` (default: the
+configs' own, TFDS ``voc/2007`` for classification and ``./VOCdevkit``
+for segmentation and detection, which only a folder can be: TFDS keeps
+no masks, and detection reads the devkit's XML); ``--dataset`` sets the
 pretext run's ImageNet data, as for the ImageNet tables.
 
 Old table names. Before they followed the paper, ``table4`` ran both
@@ -66,10 +73,11 @@ in batches of 16 images, and without ``--places_dataset`` table6's probes
 read the same folder (this checks the pipeline, not scene recognition).
 The quick ``pascal`` also needs ``--voc_dataset=<VOCdevkit folder>``: its
 VOC jobs fine-tune the quick AlexNet in batches of 8 crops of 64 pixels
-(classification, 2 test crops per image) or 4 canvases of 80 pixels
-(segmentation), every image of the splits (VOC has no training subset);
-the classification's step table is scaled as its epochs are (see
-:func:`scale_schedule`).
+(classification, 2 test crops per image), 4 canvases of 80 pixels
+(segmentation) or 2 images of 64 or 80 pixels (detection, tested at 64
+on their first 200 proposals), every image of the splits (VOC has no
+training subset); the classification's and detection's step tables are
+scaled as their epochs are (see :func:`scale_schedule`).
 """
 
 import dataclasses
@@ -82,8 +90,10 @@ from typing import Any
 from absl import logging
 
 from rotnet_jax.data import datasets
+from rotnet_jax.data import proposals as proposals_lib
 from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
+from rotnet_jax.errors import MissingInputError
 from rotnet_jax.training import train
 from rotnet_jax.training import validation
 from rotnet_jax.workdir import filesystem
@@ -119,10 +129,16 @@ QUICK_VOC_OVERRIDES = {
     'voc_classification': {'batch_size': 8, 'transfer_image_size': 64,
                            'test_crops': 2},
     'voc_segmentation': {'batch_size': 4, 'transfer_image_size': 80},
+    'voc_detection': {'batch_size': 2, 'train_scales': (64, 80),
+                      'test_scale': 64, 'max_size': 128,
+                      'max_proposals': 200, 'rois_per_image': 16},
 }
 # Overrides of every job that VOC jobs leave out: --dataset is the
 # pretext's ImageNet data, and VOC has no training subset.
 _NOT_VOC_KEYS = ('dataset', 'num_train_examples')
+# The command that computes a detection split's proposals (its flags:
+# rotnet_jax/commands/proposals.py).
+PROPOSALS_COMMAND = 'rotnet-proposals'
 # Test-split folders an image folder may have instead of the config's.
 FOLDER_TEST_SPLITS = ('validation', 'val', 'test')
 
@@ -145,6 +161,11 @@ class Job:
       ``--voc_dataset``, not ``--dataset``, sets its dataset.
     old: ``(name, experiment)`` of the job in a root of the old table
       numbering (see the module docstring), if they differed.
+    proposals_split: not a training run: the job computes the region
+      proposals of this VOC2007 split (``rotnet-proposals``) at their
+      default path, for the detection job of `config_file` and
+      `pretrained` (whose dataset it reads); once per dataset, whatever
+      the seeds.
   """
   name: str
   config_file: str
@@ -155,6 +176,7 @@ class Job:
   places: bool = False
   voc: bool = False
   old: tuple[str, str] | None = None
+  proposals_split: str | None = None
 
 
 def _pretext(name: str, config_file: str, *overrides) -> Job:
@@ -290,10 +312,26 @@ def _imagenet():
   return _table4() + _table5()[1:]  # One pretext run.
 
 
+# The detection config and the splits it trains and tests on (its
+# train_split and test_split), whose proposals are computed before it.
+DETECTION_CONFIG = 'voc07_detection.py'
+DETECTION_SPLITS = ('trainval', 'test')
+
+
+def _proposals(split: str, pretext: Job) -> Job:
+  # The detection job's config file and backbone: its config is the one
+  # whose proposals it computes (and a valid one).
+  name = f'proposals/voc07_{split}'
+  return Job(name, DETECTION_CONFIG, name, pretrained=pretext.name,
+             voc=True, scalable=False, proposals_split=split)
+
+
 def _pascal():
   # One job per task and setting (each a row and column of the paper's
   # Table 7); the random AlexNet (its BatchNorm statistics re-estimated on
-  # VOC images) where the paper has a "Random" number.
+  # VOC images) where the paper has a "Random" number, but detection's
+  # (re-estimating a random backbone's statistics on detection batches is
+  # untested). Detection's proposals come just before it.
   pretext = PRETEXT['imagenet_alexnet']
   random = (('pretrained', 'random'), ('model.name', 'alexnet'))
   return [
@@ -307,6 +345,10 @@ def _pascal():
           pretrained=pretext.name, voc=True),
       Job('table7/voc12_segmentation', 'voc12_segmentation.py',
           'table7/rotnet_alexnet/segmentation', pretrained=pretext.name,
+          voc=True),
+      *[_proposals(split, pretext) for split in DETECTION_SPLITS],
+      Job('table7/voc07_detection', DETECTION_CONFIG,
+          'table7/rotnet_alexnet/detection', pretrained=pretext.name,
           voc=True),
       Job('table7/random_voc07_classification_all',
           'voc07_classification_all.py',
@@ -450,7 +492,8 @@ def scale_schedule(config, scale: float) -> None:
 def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
                overrides: dict[str, Any] | None = None,
                places_dataset: str | None = None,
-               voc_dataset: str | None = None, quick: bool = False):
+               voc_dataset: str | None = None,
+               proposals: str | None = None, quick: bool = False):
   """The config of `job` for `seed` under `root`, with user overrides.
 
   Args:
@@ -463,6 +506,8 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
       (``job.voc``), which also leave out ``num_train_examples``.
     places_dataset: the dataset of Places jobs (None: the config's).
     voc_dataset: the dataset of PASCAL VOC jobs (None: the config's).
+    proposals: ``config.proposals`` of a detection job (None: the
+      config's, the files the proposals jobs compute).
     quick: ``--quick``: a VOC job also gets its task's
       :data:`QUICK_VOC_OVERRIDES` (the table's quick overrides come in
       `overrides`).
@@ -481,6 +526,8 @@ def job_config(job: Job, *, root: str, seed: int, scale: float = 1.0,
       overrides.update(QUICK_VOC_OVERRIDES[config.transfer_task])
     if voc_dataset:
       overrides['dataset'] = voc_dataset
+    if proposals and config.transfer_task == 'voc_detection':
+      overrides['proposals'] = proposals
   for key, value in overrides.items():
     if key == 'num_train_examples' and config.examples_per_class:
       continue  # A K-per-class run already picks its subset.
@@ -609,34 +656,95 @@ def _check_voc_dataset(job: Job, config) -> None:
     raise InputError(
         f'{job.name}: its dataset {config.dataset!r} is not PASCAL VOC: '
         'give --voc_dataset=<VOCdevkit folder> holding VOC2007/ '
-        '(classification) and VOC2012/ (segmentation; TFDS has no VOC '
-        'masks)')
+        '(classification, detection) and VOC2012/ (segmentation; TFDS has '
+        'no VOC masks)')
+
+
+def proposals_command(dataset: str, split: str) -> str:
+  """The ``rotnet-proposals`` command a proposals job runs."""
+  return ' '.join(shlex.quote(a) for a in (
+      PROPOSALS_COMMAND, f'--dataset={dataset}', f'--split={split}'))
+
+
+def check_proposals_files(template: str,
+                          splits=DETECTION_SPLITS) -> None:
+  """Raises unless `template` (``--proposals``) names an existing file for
+  each of `splits` (``{split}`` replaced by each).
+
+  Raises:
+    InputError: `template` has no ``{split}`` (training and testing would
+      read one file).
+    MissingInputError: a split's file does not exist.
+  """
+  if '{split}' not in template:
+    raise InputError(
+        f'--proposals={template!r} must hold {{split}}: detection trains on '
+        f'{splits[0]} and tests on {splits[1]}, each with its own file '
+        '(e.g. /data/selective_search_data/voc_2007_{split}.mat)')
+  for split in splits:
+    path = os.path.expanduser(template.replace('{split}', split))
+    if not os.path.isfile(path):
+      raise MissingInputError(
+          f'--proposals: {path} (split {split}) does not exist; compute it '
+          f'with {PROPOSALS_COMMAND} --dataset=... --split={split} '
+          '--output=..., or leave --proposals out to compute the default '
+          'files')
+
+
+def run_proposals(dataset: str, split: str) -> str:
+  """Computes the proposals of `split` at their default path unless they
+  are there; returns the path.
+
+  An unfinished computation there resumes (``proposals.compute``).
+
+  Raises:
+    InputError, MissingInputError: as ``rotnet-proposals`` (a bad folder,
+      OpenCV's contrib modules missing...).
+  """
+  path = proposals_lib.default_path(voc.open_detection(dataset, split))
+  if os.path.isfile(path):
+    logging.info('%s: finished already, skipped.', path)
+    return path
+  (summary,) = proposals_lib.compute_splits(dataset, split)
+  logging.info('wrote %s: %d images, %.0f proposals per image', path,
+               summary['images'], summary['mean_proposals'])
+  return path
 
 
 def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
               overrides: dict[str, Any] | None = None, ks=None,
               places_dataset: str | None = None,
-              voc_dataset: str | None = None, quick: bool = False,
-              dry_run: bool = False) -> list[str]:
+              voc_dataset: str | None = None, proposals: str | None = None,
+              quick: bool = False, dry_run: bool = False) -> list[str]:
   """Runs (or lists) the jobs of `table` under `root`.
 
   Arguments other than `table` and `root` are those of :func:`job_config`
   (`ks`: the semi table's K); `dry_run` prints each job's command line
-  instead of running it.
+  instead of running it. A proposals job (``Job.proposals_split``) runs
+  once, before the first job that needs it; with `proposals` (files of
+  every detection split, checked first) it is left out.
 
   Returns:
-    The workdirs of the table's jobs, in order.
+    The workdirs of the table's training jobs, in order (proposals jobs
+    have none: their files are beside the data).
 
   Raises:
     InputError: a bad root or setting, a VOC job whose dataset is not VOC,
-      or `quick` with VOC jobs and no `voc_dataset` (a quick run must not
-      start preparing TFDS ``voc/2007``).
+      `quick` with VOC jobs and no `voc_dataset` (a quick run must not
+      start preparing TFDS ``voc/2007``), or `proposals` without
+      ``{split}``.
+    MissingInputError: a file `proposals` names does not exist.
   """
   if quick and not voc_dataset and any(job.voc for job in table_jobs(table)):
     raise InputError(
         f'{table} --quick needs --voc_dataset=<VOCdevkit folder> (holding '
         'VOC2007/ and VOC2012/), e.g. a few images of each: the configs\' '
         'own, TFDS voc/2007 and ./VOCdevkit, are the whole datasets.')
+  if proposals:
+    if not any(job.proposals_split for job in table_jobs(table)):
+      raise InputError(f'--proposals: {table} has no detection job (pascal '
+                       'has)')
+    check_proposals_files(proposals)
   filesystem.check_writable_folder(root, '--root')
   root = filesystem.absolute(root)  # A gs:// root stays a URL.
   table_run = table_jobs(table, ks or DEFAULT_KS, root=root)
@@ -644,21 +752,40 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
   if message:
     logging.warning('%s', message)
   # Every job's config and workdir is checked before the first one runs:
-  # a bad setting stops the table at once, not hours in.
+  # a bad setting stops the table at once, not hours in. Keys: a training
+  # job's workdir; a proposals job's (dataset, split), once for all seeds.
   jobs = {}
   for seed in seeds:
     for job in table_run:
+      if job.proposals_split and proposals:
+        continue  # Given as files.
+      config = job_config(job, root=root, seed=seed, scale=scale,
+                          overrides=overrides, places_dataset=places_dataset,
+                          voc_dataset=voc_dataset, proposals=proposals,
+                          quick=quick)
+      if job.proposals_split:
+        key = (config.dataset, job.proposals_split)
+        if key not in jobs:
+          _check_voc_dataset(job, config)
+          jobs[key] = (job, config, False)
+        continue
       workdir = filesystem.join(root, f'seed{seed}', job.name)
       if workdir in jobs:
         continue
-      config = job_config(job, root=root, seed=seed, scale=scale,
-                          overrides=overrides, places_dataset=places_dataset,
-                          voc_dataset=voc_dataset, quick=quick)
       _check_voc_dataset(job, config)
       config = validation.check_config(config)
       run_files.check_workdir(workdir)
       jobs[workdir] = (job, config, not dry_run and finished(workdir, config))
-  for workdir, (job, config, done) in jobs.items():
+  for key, (job, config, done) in jobs.items():
+    if job.proposals_split:
+      command = proposals_command(config.dataset, job.proposals_split)
+      logging.info('%s: %s', job.name, command)
+      if dry_run:
+        print(command)
+      else:
+        run_proposals(config.dataset, job.proposals_split)
+      continue
+    workdir = key
     logging.info('%s: %s', job.experiment, command_line(job, config,
                                                         workdir))
     if dry_run:
@@ -667,4 +794,4 @@ def reproduce(table: str, root: str, *, seeds=(0,), scale: float = 1.0,
       logging.info('%s: finished already, skipped.', workdir)
     else:
       train.train_and_evaluate(config, workdir)
-  return list(jobs)
+  return [key for key, (job, _, _) in jobs.items() if not job.proposals_split]
