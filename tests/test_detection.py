@@ -424,16 +424,29 @@ def test_a_tiny_detector_beats_the_untrained_one(devkit, tmp_path):
   assert learned > chance + 0.2, (chance, learned)
 
 
-@pytest.mark.slow  # A main.py process: several seconds.
-def test_a_box_outside_its_image_is_one_error_line(tmp_path):
-  root = tmp_path / 'bad'
-  bad = voc_detection_folder.write_shapes_devkit(str(root), trainval=2,
-                                                 test=2)
-  path = os.path.join(bad, 'VOC2007', 'Annotations', '000001.xml')
+def _break_annotation(devkit):
+  path = os.path.join(devkit, 'VOC2007', 'Annotations', '000001.xml')
   with open(path) as f:
     text = f.read()
   with open(path, 'w') as f:
-    f.write(text.replace('<xmax>', '<xmax>9', 1))
+    f.write(text.replace('<xmax>', '<xmax>9', 1))  # Past the image.
+  return ('000001.xml', 'object 1')
+
+
+def _swap_proposals(devkit):
+  folder = os.path.join(devkit, 'VOC2007', 'proposals')
+  trainval = os.path.join(folder, 'selective_search_fast_trainval.npz')
+  os.replace(os.path.join(folder, 'selective_search_fast_test.npz'),
+             trainval)  # The test split's proposals where trainval's go.
+  return ('selective_search_fast_trainval.npz',)
+
+
+@pytest.mark.slow  # A main.py process each: several seconds.
+@pytest.mark.parametrize('damage', [_break_annotation, _swap_proposals])
+def test_bad_detection_input_is_one_error_line(damage, tmp_path):
+  bad = voc_detection_folder.write_shapes_devkit(str(tmp_path / 'bad'),
+                                                 trainval=2, test=2)
+  named = damage(bad)
   workdir = tmp_path / 'run'
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/voc07_detection.py',
@@ -443,6 +456,7 @@ def test_a_box_outside_its_image_is_one_error_line(tmp_path):
       env=helpers.one_device_env())
   assert result.returncode == 2, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error:') and '000001.xml' in last, last
-  assert 'object 1' in last and 'Traceback' not in result.stderr
+  assert last.startswith('error:'), last
+  assert all(part in last for part in named), last
+  assert 'Traceback' not in result.stderr
   assert not workdir.exists()
