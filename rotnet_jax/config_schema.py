@@ -540,7 +540,11 @@ RULES: dict[str, Rule] = {
         _learning_rate_steps_table, 'must be () or ((end_step, lr), ...) '
         'with positive, increasing end steps and finite rates >= 0',
         (((100, 0.1), (50, 0.01)),)),
-    'proposals': _FREE,
+    'proposals': Rule(lambda v: isinstance(v, str) and (
+        v == '' or v.endswith(('.npz', '.mat'))),
+                      "must be '' (the cache beside the data) or a .npz or "
+                      '.mat file, {split} standing for the split',
+                      ('proposals.txt',)),
     'max_proposals': _count(1, 100_000),
     'rois_per_image': _count(1, 10_000),
     'foreground_fraction': _number(0, 1),
