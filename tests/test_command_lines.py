@@ -138,6 +138,7 @@ def test_every_printed_quick_command_parses_as_its_job(table, tmp_path,
     _check_runs_as_printed(line, workdir, config, monkeypatch)
 
 
+@pytest.mark.slow  # About 12 s.
 def test_printed_commands_carry_the_shape_of_existing_weights(
     tiny_pretext_run, tmp_path, capsys, monkeypatch):
   # Once the pretext run exists, the evaluation's printed command names

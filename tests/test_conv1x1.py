@@ -198,6 +198,7 @@ def _leaves(module):
           for path, v in flat]
 
 
+@pytest.mark.slow  # About 7 s.
 def test_nin_forms_agree_on_logits_and_gradients():
   """The whole NIN, training mode (batch statistics), float32."""
   # One set of variables in both forms' networks, as a run restores them.

@@ -7,6 +7,7 @@ the multi-task loss, the VOC reader's boxes and their errors, and tiny
 runs end to end on generated shapes (``tests/voc_detection_folder.py``).
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -69,16 +70,18 @@ def test_roi_pooling_by_hand():
   RoI, and a RoI half outside the map (its outer bins empty: 0)."""
   features = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
   rois = np.asarray([[0, 0, 3, 3], [1, 2, 1, 2], [2, 2, 5, 5]], np.float32)
-  pooled = np.asarray(detection.roi_max_pool(features, rois, side=2,
-                                             spatial_scale=1.0))[..., 0]
+  pool = jax.jit(detection.roi_max_pool,
+                 static_argnames=('side', 'spatial_scale'))
+  pooled = np.asarray(pool(features, rois, side=2,
+                           spatial_scale=1.0))[..., 0]
   np.testing.assert_array_equal(pooled[0], [[5, 7], [13, 15]])
   np.testing.assert_array_equal(pooled[1], [[9, 9], [9, 9]])
   np.testing.assert_array_equal(pooled[2], [[15, 0], [0, 0]])
   # At half scale (0, 0, 7, 7) covers cells 0..4 (round(3.5) = 4): bins
   # [0, 3) and [2, 5), the second clipped to the map's [2, 4).
   rois = np.asarray([[0, 0, 7, 7]], np.float32)
-  pooled = np.asarray(detection.roi_max_pool(features, rois, side=2,
-                                             spatial_scale=0.5))[0, ..., 0]
+  pooled = np.asarray(pool(features, rois, side=2,
+                           spatial_scale=0.5))[0, ..., 0]
   np.testing.assert_array_equal(pooled, [[10, 11], [14, 15]])
 
 
@@ -100,8 +103,8 @@ def test_roi_pooling_gradient_goes_to_each_bins_maximum():
   features = np.random.default_rng(0).normal(size=(5, 6, 2)).astype(
       np.float32)
   rois = np.asarray([[0, 0, 5, 4]], np.float32)
-  grad = jax.grad(lambda f: detection.roi_max_pool(
-      f, rois, side=2, spatial_scale=1.0).sum())(features)
+  grad = jax.jit(jax.grad(lambda f: detection.roi_max_pool(
+      f, rois, side=2, spatial_scale=1.0).sum()))(features)
   expected = np.zeros_like(features)
   for top, bottom in ((0, 3), (2, 5)):
     for left, right in ((0, 3), (3, 6)):
@@ -138,11 +141,13 @@ def test_detect_maps_regions_back_to_the_image_and_suppresses():
   deltas[0, 0, 3] = (0.1, 0.0, 0.0, 0.0)  # Moves right by w * 0.1 * 0.1.
   rois = np.asarray([[[10, 10, 29, 29], [12, 10, 31, 29], [0, 0, 9, 9]]],
                     np.float32)
-  boxes, scores = detection.detect(
+  detect = jax.jit(functools.partial(
+      detection.detect, per_class=2, nms_threshold=0.3,
+      box_stds=boxes_lib.BOX_STDS))
+  boxes, scores = detect(
       jnp.asarray(logits), jnp.asarray(deltas), jnp.asarray(rois),
       jnp.asarray([[1, 1, 0]], jnp.float32), jnp.asarray([2.0]),
-      jnp.asarray([[40, 50]]), per_class=2, nms_threshold=0.3,
-      box_stds=boxes_lib.BOX_STDS)
+      jnp.asarray([[40, 50]]))
   boxes, scores = np.asarray(boxes), np.asarray(scores)
   assert boxes.shape == (1, 20, 2, 4) and scores.shape == (1, 20, 2)
   car = 3 - 1  # Class 3 of 21 is foreground class 2.
@@ -281,17 +286,17 @@ def test_evaluation_batches_keep_every_image_and_its_scale(devkit):
 # The objective.
 
 
-def _objective(**overrides):
+@pytest.fixture(scope='module')
+def objective():
+  """The detection objective on a random tiny AlexNet (read only)."""
   config = config_schema.transfer_defaults('voc_detection')
-  config.update_from_flattened_dict(overrides)
   variables = models.init_variables(SPEC, 0)
   return objectives.VOCDetection(
       config, restore.RestoredBackbone(SPEC, variables,
                                        {'pretrained': 'random'}))
 
 
-def test_the_loss_is_softmax_plus_smooth_l1_on_foreground():
-  objective = _objective()
+def test_the_loss_is_softmax_plus_smooth_l1_on_foreground(objective):
   logits = jnp.asarray([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0],
                          [5.0, 0.0, 0.0]]])
   deltas = jnp.zeros((1, 3, 3, 4)).at[0, 1, 1].set(
@@ -308,8 +313,8 @@ def test_the_loss_is_softmax_plus_smooth_l1_on_foreground():
   np.testing.assert_allclose(loss, [expected], rtol=1e-6)
 
 
-def test_new_layers_are_drawn_as_fast_rcnns_and_the_rest_restored():
-  objective = _objective()
+def test_new_layers_are_drawn_as_fast_rcnns_and_the_rest_restored(
+    objective):
   params, _ = objective.init(0, objective.constants)
   assert np.std(params['cls_score']['kernel']) == pytest.approx(0.01,
                                                                 rel=0.1)
@@ -390,7 +395,8 @@ def test_detection_end_to_end(devkit, tmp_path):
   """One epoch: results name the mAP, test events hold per-class APs, and
   the devkit's results files list detections of test images."""
   workdir = str(tmp_path / 'det')
-  _run(tiny_detection_config(devkit), workdir)
+  # One training scale: one compilation fewer (the source tests draw both).
+  _run(tiny_detection_config(devkit, train_scales=(96,)), workdir)
   head = _results(workdir)
   assert head['head'] == 'voc_detection' and head['metric'] == 'mAP'
   assert 0.0 <= head['final_test_mAP'] <= 1.0

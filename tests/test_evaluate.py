@@ -176,6 +176,7 @@ def test_frozen_features_are_eval_mode_and_gradient_free(pretext_run,
   assert not np.allclose(eval_features, train_mode_features, atol=1e-3)
 
 
+@pytest.mark.slow  # About 8 s.
 def test_finetuning_changes_the_backbone(pretext_run, tmp_path,
                                          one_device_mesh):
   before = _restored_backbone(pretext_run, one_device_mesh)

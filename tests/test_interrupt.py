@@ -307,6 +307,7 @@ with cli.one_line_interrupts(), (
 
 
 @pytest.mark.parametrize('handler', ['watcher', 'cli'])
+@pytest.mark.slow  # Two processes of about 6 s; Ctrl-C during training stays fast.
 def test_ctrl_c_is_not_lost_in_a_garbage_collection(handler):
   """Training (`watcher`): the flag is set; elsewhere (`cli`): one line."""
   process = _start([sys.executable, '-c', _GC_LOOP, handler])

@@ -202,6 +202,7 @@ def _config(pipeline='device', **overrides):
   return tiny_config(**settings)
 
 
+@pytest.mark.slow  # Mid-epoch saves and a resume: about 18 s.
 def test_checkpoint_every_steps_saves_mid_epoch_and_resumes_from_there(
     tmp_path, one_device_mesh):
   """The loop's side (the tf.data source's: the test below)."""

@@ -384,6 +384,7 @@ def _reference(config, objective, state, images) -> tuple[float, int]:
 # 4. Exact evaluation over real samples.
 
 
+@pytest.mark.slow  # Its fixture trains a run: about 14 s.
 def test_padded_rows_change_neither_the_loss_nor_the_correct_count(
     trained_run, one_device_mesh):
   """Rows with mask 0 contribute nothing, whatever they hold.
@@ -616,6 +617,7 @@ def test_real_run_reports_its_best_evaluated_epoch(trained_run):
 # 8. An infinite loss stops the run, as a NaN one does.
 
 
+@pytest.mark.slow  # About 7 s.
 def test_an_infinite_loss_stops_the_run_before_it_is_tested_or_saved(
     tmp_path, monkeypatch, one_device_mesh):
   """A loss of +inf (a probability of 0 in the cross-entropy) with finite

@@ -82,6 +82,7 @@ def test_eight_devices_take_the_same_step_as_one(one_device_mesh,
                          one.params['classifier']['kernel'])
 
 
+@pytest.mark.slow  # About 13 s.
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_params(
     one_device_mesh):
   batch = _uneven_batch()
@@ -110,6 +111,7 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_params(
                              rtol=2e-3)
 
 
+@pytest.mark.slow  # About 10 s.
 def test_batchnorm_statistics_are_over_the_global_batch(one_device_mesh,
                                                        eight_device_mesh):
   config = tiny_config(**{'model.width': 1 / 16})
@@ -247,6 +249,7 @@ def test_resume_on_a_different_device_count(tmp_path, one_device_mesh,
                                  _variables(straight)) < 1e-6
 
 
+@pytest.mark.slow  # About 12 s; main.py trains supervised in test_command_lines too.
 def test_supervised_mode_trains_a_classifier(tmp_path, one_device_mesh):
   config = tiny_config(mode='supervised', batch_size=100, num_epochs=2,
                        learning_rate_table=((2, 0.1),))
@@ -263,9 +266,10 @@ def test_supervised_mode_trains_a_classifier(tmp_path, one_device_mesh):
   assert events[-1]['loss'] < events[0]['loss']
 
 
+# Both in the slow tier (about 8 s each); random rotations' draws are
+# checked in the fast one (test_safety_net.py).
 @pytest.mark.parametrize('overrides', [
-    {'rotation_mode': 'random'},
-    # Twice the rotated batch: the slow tier.
+    pytest.param({'rotation_mode': 'random'}, marks=pytest.mark.slow),
     pytest.param({'rotations': (0, 45, 90, 135, 180, 225, 270, 315)},
                  marks=pytest.mark.slow),
 ])

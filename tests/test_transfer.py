@@ -383,6 +383,7 @@ def test_the_multilabel_network_learns_its_training_images(devkit, tmp_path):
   assert learned > chance + 0.1, (chance, learned)
 
 
+@pytest.mark.slow  # About 8 s; classification end to end stays in the fast tier.
 def test_segmentation_end_to_end(devkit, tmp_path):
   workdir = str(tmp_path / 'seg')
   config = tiny_transfer_config(devkit, 'voc_segmentation')

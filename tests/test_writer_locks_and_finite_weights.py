@@ -187,6 +187,7 @@ def test_a_lock_this_process_holds_is_live_and_a_leftover_of_its_id_is_not(
 # import_torch: takes the lock.
 
 
+@pytest.mark.slow  # About 9 s; the lock itself is tested in the fast tier.
 def test_import_onto_a_locked_workdir_is_refused_and_changes_nothing(
     tmp_path, tiny):
   """The command line refused while a run holds the workdir, even with
