@@ -377,13 +377,9 @@ def open_classification(dataset: str, split: str, *,
                      f'{", ".join(CLASSIFICATION_SPLITS)}')
   if _is_tfds_name(dataset):
     return _open_tfds_classification(dataset, split, data_dir)
-  year_dir = _year_folder(dataset, 'VOC2007', _CLASSIFICATION_LAYOUT)
-  _check_folders(year_dir, ('JPEGImages', 'Annotations',
-                            os.path.join('ImageSets', 'Main')),
-                 _CLASSIFICATION_LAYOUT)
-  split_file = os.path.join(year_dir, 'ImageSets', 'Main', f'{split}.txt')
-  ids = _read_split_file(split_file, _CLASSIFICATION_LAYOUT)
-  paths = _image_paths(year_dir, ids, split_file)
+  year_dir, ids, paths = _open_listed(dataset, split, 'VOC2007',
+                                       'Annotations', 'Main',
+                                       _CLASSIFICATION_LAYOUT)
   targets = np.stack([
       targets_of(read_annotation(
           os.path.join(year_dir, 'Annotations', f'{image_id}.xml')))
@@ -415,13 +411,9 @@ def open_detection(dataset: str, split: str) -> DetectionSplit:
   if split not in DETECTION_SPLITS:
     raise InputError(f'VOC detection split {split!r} is not one of '
                      f'{", ".join(DETECTION_SPLITS)}')
-  year_dir = _year_folder(dataset, 'VOC2007', _CLASSIFICATION_LAYOUT)
-  _check_folders(year_dir, ('JPEGImages', 'Annotations',
-                            os.path.join('ImageSets', 'Main')),
-                 _CLASSIFICATION_LAYOUT)
-  split_file = os.path.join(year_dir, 'ImageSets', 'Main', f'{split}.txt')
-  ids = _read_split_file(split_file, _CLASSIFICATION_LAYOUT)
-  paths = _image_paths(year_dir, ids, split_file)
+  year_dir, ids, paths = _open_listed(dataset, split, 'VOC2007',
+                                       'Annotations', 'Main',
+                                       _CLASSIFICATION_LAYOUT)
   annotation_paths = [os.path.join(year_dir, 'Annotations', f'{i}.xml')
                       for i in ids]
   # Opening every JPEG's header costs a file open each (VOC2007 test:
@@ -493,14 +485,9 @@ def open_segmentation(dataset: str, split: str) -> SegmentationSplit:
   if split not in SEGMENTATION_SPLITS:
     raise InputError(f'VOC segmentation split {split!r} is not one of '
                      f'{", ".join(SEGMENTATION_SPLITS)}')
-  year_dir = _year_folder(dataset, 'VOC2012', _SEGMENTATION_LAYOUT)
-  _check_folders(year_dir, ('JPEGImages', 'SegmentationClass',
-                            os.path.join('ImageSets', 'Segmentation')),
-                 _SEGMENTATION_LAYOUT)
-  split_file = os.path.join(year_dir, 'ImageSets', 'Segmentation',
-                            f'{split}.txt')
-  ids = _read_split_file(split_file, _SEGMENTATION_LAYOUT)
-  paths = _image_paths(year_dir, ids, split_file)
+  year_dir, ids, paths = _open_listed(dataset, split, 'VOC2012',
+                                       'SegmentationClass', 'Segmentation',
+                                       _SEGMENTATION_LAYOUT)
   mask_paths = tuple(os.path.join(year_dir, 'SegmentationClass',
                                   f'{image_id}.png') for image_id in ids)
   # Reading every mask costs a PNG decode each (VOC2012: 1,464 + 1,449);
@@ -548,6 +535,19 @@ def _open_tfds_classification(name: str, split: str,
   ids, targets, blobs = zip(*rows)
   return ClassificationSplit(name, split, tuple(ids), np.stack(targets),
                              blobs=tuple(blobs))
+
+
+def _open_listed(dataset: str, split: str, year: str, labels: str,
+                 image_set: str, layout: str):
+  """``(year folder, ids, image paths)`` of a split of a devkit folder:
+  its ``JPEGImages/``, `labels` folder and ``ImageSets/<image_set>/``
+  checked, the split file read, every listed image checked to exist."""
+  year_dir = _year_folder(dataset, year, layout)
+  _check_folders(year_dir, ('JPEGImages', labels,
+                            os.path.join('ImageSets', image_set)), layout)
+  split_file = os.path.join(year_dir, 'ImageSets', image_set, f'{split}.txt')
+  ids = _read_split_file(split_file, layout)
+  return year_dir, ids, _image_paths(year_dir, ids, split_file)
 
 
 def _year_folder(dataset: str, year: str, layout: str) -> str:
