@@ -380,9 +380,9 @@ def tiny_detection_config(devkit, **overrides):
   return config
 
 
-def _run(config, workdir):
-  return train.train_and_evaluate(config, str(workdir),
-                                  mesh=parallel.make_mesh(jax.devices()[:1]))
+def _run(config, workdir, devices=1):
+  return train.train_and_evaluate(
+      config, str(workdir), mesh=parallel.make_mesh(jax.devices()[:devices]))
 
 
 def _results(workdir):
@@ -392,11 +392,13 @@ def _results(workdir):
 
 
 def test_detection_end_to_end(devkit, tmp_path):
-  """One epoch: results name the mAP, test events hold per-class APs, and
-  the devkit's results files list detections of test images."""
+  """One epoch, data-parallel over two devices (one image each): results
+  name the mAP, test events hold per-class APs, and the devkit's results
+  files list detections of test images."""
   workdir = str(tmp_path / 'det')
   # One training scale: one compilation fewer (the source tests draw both).
-  _run(tiny_detection_config(devkit, train_scales=(96,)), workdir)
+  _run(tiny_detection_config(devkit, train_scales=(96,)), workdir,
+       devices=2)
   head = _results(workdir)
   assert head['head'] == 'voc_detection' and head['metric'] == 'mAP'
   assert 0.0 <= head['final_test_mAP'] <= 1.0
