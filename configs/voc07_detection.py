@@ -27,8 +27,9 @@ pretrained statistics. Training (Fast R-CNN, ``data/detection_source.py``):
 2 images per step, 64 regions each, at most 25% foreground (IoU >= 0.5;
 background in [0.1, 0.5)), random mirrors, one of five scales per step
 (480-1,200 pixels on the shorter side); the multi-task loss (softmax +
-smooth L1). Testing: one scale (600), the first 2,000 proposals, per class
-the 100 best regions, NMS at 0.3; VOC07 11-point AP over test, difficult
+smooth L1). Testing: one scale (600), every proposal, per class the 100
+best regions, NMS at 0.3 (Fast R-CNN's test code also caps each class at
+40 detections per image on average over the test set; we do not); VOC07 11-point AP over test, difficult
 objects ignored. Detections are written in the devkit's format to
 ``WORKDIR/detections/``.
 

@@ -20,8 +20,9 @@ import numpy as np
 
 from rotnet_jax.errors import InputError
 
-# Fast R-CNN's normalisation of the regression targets (dx, dy, dw, dh):
-# the deltas are divided by these, so each has about unit spread.
+# The regression targets (dx, dy, dw, dh) are divided by these, so each has
+# about unit spread: py-faster-rcnn's fixed values (Fast R-CNN itself
+# measured per-class means and deviations on its training set).
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)
 # The largest log-scale factor decode applies to a width or height. exp of
 # a large predicted dw (an untrained or diverging regressor) overflows to

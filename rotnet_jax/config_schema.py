@@ -171,8 +171,9 @@ def defaults() -> config_dict.ConfigDict:
   # selective_search_data .mat) whose name may hold {split}; '' reads the
   # cache rotnet-proposals writes beside the data.
   config.proposals = ''
-  # Proposals per test image (the first ones of the file), padded to it.
-  config.max_proposals = 2000
+  # Proposals per test image: the first ones of the file (0: all, as Fast
+  # R-CNN tests); images are padded to the split's largest count.
+  config.max_proposals = 0
   # Regions per training image, and the most of them that are foreground.
   config.rois_per_image = 64
   config.foreground_fraction = 0.25
@@ -540,12 +541,12 @@ RULES: dict[str, Rule] = {
         _learning_rate_steps_table, 'must be () or ((end_step, lr), ...) '
         'with positive, increasing end steps and finite rates >= 0',
         (((100, 0.1), (50, 0.01)),)),
-    'proposals': Rule(lambda v: isinstance(v, str) and (
-        v == '' or v.endswith(('.npz', '.mat'))),
-                      "must be '' (the cache beside the data) or a .npz or "
-                      '.mat file, {split} standing for the split',
-                      ('proposals.txt',)),
-    'max_proposals': _count(1, 100_000),
+    'proposals': Rule(
+        lambda v: isinstance(v, str) and (v == '' or v.endswith(
+            ('.npz', '.mat'))),
+        "must be '' (the cache beside the data) or a .npz or .mat file, "
+        '{split} standing for the split', ('proposals.txt',)),
+    'max_proposals': _count(0, 100_000),
     'rois_per_image': _count(1, 10_000),
     'foreground_fraction': _number(0, 1),
     'train_scales': Rule(_scales, 'must be a non-empty tuple of positive '

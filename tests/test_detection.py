@@ -51,8 +51,9 @@ def _reference_roi_pool(features, rois, side, scale):
   height, width, channels = features.shape
   out = np.zeros((len(rois), side, side, channels), features.dtype)
   for r, roi in enumerate(rois):
-    x1, y1, x2, y2 = (int(np.round(np.float32(v) * np.float32(scale)))
-                      for v in roi)
+    # C's round(): halves away from zero.
+    x1, y1, x2, y2 = (int(np.sign(c) * np.floor(abs(c) + 0.5)) for c in (
+        np.float32(v) * np.float32(scale) for v in roi))
     roi_height, roi_width = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
     for i in range(side):
       top = min(max((i * roi_height) // side + y1, 0), height)
@@ -83,6 +84,12 @@ def test_roi_pooling_by_hand():
   pooled = np.asarray(pool(features, rois, side=2,
                            spatial_scale=0.5))[0, ..., 0]
   np.testing.assert_array_equal(pooled, [[10, 11], [14, 15]])
+  # Halves round away from zero, as C's round(): x1 = 5 at scale 0.5 is
+  # cell 3 (round-half-to-even would take cell 2).
+  rois = np.asarray([[5, 0, 5, 0]], np.float32)
+  pooled = np.asarray(pool(features, rois, side=1,
+                           spatial_scale=0.5))[0, 0, 0, 0]
+  assert pooled == 3
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -226,12 +233,14 @@ def test_mirrored_boxes_frame_the_mirrored_pixels():
 # The source.
 
 
-def _source(devkit, split='trainval', *, train=True, **overrides):
+def _source(devkit, split='trainval', *, train=True, regions=None,
+            **overrides):
   opened = voc.open_detection(devkit, split)
-  regions = voc_detection_folder.proposals_for(opened, per_image=40)
+  if regions is None:
+    regions = voc_detection_folder.proposals_for(opened, per_image=40)
   settings = dict(batch_size=2, train=train, seed=0, train_scales=(96, 128),
                   test_scale=96, max_size=160, rois_per_image=16,
-                  foreground_fraction=0.25, max_proposals=40)
+                  foreground_fraction=0.25)
   settings.update(overrides)
   return detection_source.DetectionSource(
       opened, regions, mesh=parallel.make_mesh(jax.devices()[:1]),
@@ -267,8 +276,18 @@ def test_training_batches_are_scaled_mirrored_and_resumable(devkit):
 
 
 def test_evaluation_batches_keep_every_image_and_its_scale(devkit):
-  source = _source(devkit, 'test', train=False, batch_size=3)
+  regions = voc_detection_folder.proposals_for(
+      voc.open_detection(devkit, 'test'), per_image=40)
+  regions[1] = regions[1][:10]
+  source = _source(devkit, 'test', train=False, batch_size=3,
+                   regions=regions, fill=(10, 20, 30))
   batches = [jax.device_get(b) for b in source.epoch(0)]
+  # Every proposal, padded to the largest count; the canvas around the
+  # image is the fill colour.
+  assert batches[0]['rois'].shape == (3, 40, 4)
+  np.testing.assert_array_equal(batches[0]['roi_weights'].sum(1),
+                                [40, 10, 40])
+  np.testing.assert_array_equal(batches[0]['image'][0, -1, -1], (10, 20, 30))
   assert len(batches) == 3  # 8 images in batches of 3, padded.
   index = np.concatenate([b['index'] for b in batches])
   mask = np.concatenate([b['mask'] for b in batches])
@@ -277,7 +296,6 @@ def test_evaluation_batches_keep_every_image_and_its_scale(devkit):
   height, width = opened.sizes[0]
   factor = batches[0]['scale'][0]
   assert factor == pytest.approx(96 / min(height, width))
-  regions = voc_detection_folder.proposals_for(opened, per_image=40)
   np.testing.assert_allclose(batches[0]['rois'][0], regions[0] * factor,
                              rtol=1e-6)
   assert len(source.ground_truth) == 8 and source.ids == opened.ids

@@ -12,9 +12,9 @@ the data (or ``--output``), then prints where, the mean proposals per
 image and the seconds per image. ``--split=all`` computes ``trainval``
 and ``test``. An interrupted run (Ctrl-C) keeps its finished chunks; the
 same command again goes on from there. A split whose file is already
-there is checked and left alone (``--overwrite`` computes it again). Needs OpenCV's contrib modules:
-``pip install 'rotnet-jax[detection]'``. The file and its checks:
-``rotnet_jax.data.proposals``.
+there is checked and left alone (``--overwrite`` computes it again).
+Needs OpenCV's contrib modules: ``pip install 'rotnet-jax[detection]'``.
+The file and its checks: ``rotnet_jax.data.proposals``.
 """
 
 from rotnet_jax.data import proposals

@@ -95,7 +95,7 @@ def _detection_source(config, split: str, mesh: Mesh, *, train: bool):
       test_scale=config.test_scale, max_size=config.max_size,
       rois_per_image=config.rois_per_image,
       foreground_fraction=config.foreground_fraction,
-      max_proposals=config.max_proposals,
+      fill=tuple(config.mean_rgb),
       epoch_length=config.epoch_examples if train else 0)
 
 

@@ -26,10 +26,13 @@ scale ``s`` caps at ``max_size * s / test_scale`` (1,000 at 600, 2,000 at
 side, so each scale has one static shape. A training step draws one scale
 from ``train_scales`` for all its images (Fast R-CNN draws one per image;
 one per step keeps the step's shape whole), and mirrors each image with
-probability 1/2 (Fast R-CNN trains on every image and its mirror).
+probability 1/2 (Fast R-CNN trains on every image and its mirror). The
+canvas around the image is the dataset's mean colour (``fill``): what
+Fast R-CNN's zero padding after subtracting the mean is.
 
-Evaluation (single scale, ``test_scale``): the image's first
-``max_proposals`` proposals (padding weight 0), labelled as in training
+Evaluation (single scale, ``test_scale``): every proposal of the image
+(or its first ``max_proposals``), padded with weight-0 regions to the
+split's largest count, labelled as in training
 for the test loss, with each image's scale factor, size and index, by
 which the detections are mapped back and scored
 (:attr:`DetectionSource.ground_truth`).
@@ -164,7 +167,8 @@ class DetectionSource(voc_source.VOCSource):
   hold ``'scale': f32 [B]`` (the resize factor), ``'size': int32 [B, 2]``
   (the image's height and width) and ``'index': int32 [B]`` (its position
   in the split). ``S`` is the canvas side of the step's scale, ``N``
-  ``rois_per_image`` (training) or ``max_proposals`` (evaluation).
+  ``rois_per_image`` (training) or the most proposals an image of the
+  split has (evaluation).
 
   Attributes:
     ground_truth: per image of the split, ``(boxes, labels, difficult)``
@@ -177,7 +181,7 @@ class DetectionSource(voc_source.VOCSource):
   def __init__(self, split: voc.DetectionSplit, proposals, *, mesh: Mesh,
                batch_size: int, train: bool, seed: int, train_scales,
                test_scale: int, max_size: int, rois_per_image: int,
-               foreground_fraction: float, max_proposals: int,
+               foreground_fraction: float, fill=(0, 0, 0),
                epoch_length: int = 0):
     """Sets up reading `split`.
 
@@ -194,7 +198,7 @@ class DetectionSource(voc_source.VOCSource):
       max_size: the longer side's cap at `test_scale`.
       rois_per_image: RoIs per training image.
       foreground_fraction: the most of them that are foreground.
-      max_proposals: proposals per evaluation image (padded to it).
+      fill: the canvas colour around the image, RGB 0..255.
       epoch_length: images per training epoch (0: one pass).
 
     Raises:
@@ -207,13 +211,13 @@ class DetectionSource(voc_source.VOCSource):
           f'of {split.dataset} has {len(split)}')
     scales = tuple(int(s) for s in train_scales)
     if (not scales or min(scales + (test_scale, max_size)) <= 0 or
-        rois_per_image <= 0 or max_proposals <= 0 or
+        rois_per_image <= 0 or
         not 0 <= foreground_fraction <= 1):
       raise InputError(
           f'detection source: train_scales={scales}, test_scale='
           f'{test_scale}, max_size={max_size}, rois_per_image='
-          f'{rois_per_image} and max_proposals={max_proposals} must be '
-          f'positive, foreground_fraction={foreground_fraction} in [0, 1]')
+          f'{rois_per_image} must be positive, foreground_fraction='
+          f'{foreground_fraction} in [0, 1]')
     self.class_names = voc.CLASSES
     self.segmentation = False
     self.train_scales = scales
@@ -221,7 +225,11 @@ class DetectionSource(voc_source.VOCSource):
     self.max_size = int(max_size)
     self.rois_per_image = rois_per_image
     self.foreground_fraction = foreground_fraction
-    self.max_proposals = max_proposals
+    # Evaluation regions per image: every proposal (the caller may have
+    # kept only the first ones), padded to the split's largest count.
+    self.max_proposals = max((len(p) for p in proposals), default=1)
+    self.fill = np.clip(np.round(np.asarray(fill, np.float64)), 0,
+                        255).astype(np.uint8)
     self._proposals = proposals
     self.ground_truth = tuple(zip(split.boxes, split.labels,
                                   split.difficult))
@@ -242,6 +250,8 @@ class DetectionSource(voc_source.VOCSource):
   def example(self, epoch: int, position: int, index: int) -> dict:
     """The example at `position` of `epoch` (image `index`), as numpy
     arrays without the batch axis; pure and thread-safe."""
+    # Padding rows (position -1) exist only in evaluation, whose scale is
+    # the same at every step.
     step = max(position, 0) // self.batch_size
     scale = self.step_scale(epoch, step)
     side = canvas_side(scale, self.test_scale, self.max_size)
@@ -271,7 +281,7 @@ class DetectionSource(voc_source.VOCSource):
           rois_per_image=self.rois_per_image,
           foreground_fraction=self.foreground_fraction)
     else:
-      rois = (proposals[:self.max_proposals] * factor).astype(np.float32)
+      rois = (proposals * factor).astype(np.float32)
       _, label, target = label_rois(rois, gt_boxes * factor, gt_labels)
       padding = self.max_proposals - len(rois)
       example = {'rois': _pad(rois, padding),
@@ -282,7 +292,8 @@ class DetectionSource(voc_source.VOCSource):
                  'scale': np.float32(factor),
                  'size': np.asarray([height, width], np.int32),
                  'index': np.int32(index)}
-    canvas = np.zeros((side, side, 3), np.uint8)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[...] = self.fill
     canvas[:pixels.shape[0], :pixels.shape[1]] = pixels
     return {'image': canvas, **example, 'mask': np.float32(1)}
 

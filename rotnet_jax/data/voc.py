@@ -240,13 +240,11 @@ class Annotation:
   """One devkit XML file, read.
 
   Attributes:
-    size: ``(height, width)`` from ``<size>``, or None where it has none.
     labels: each object's class index.
     difficult: each object's ``difficult`` flag.
     boxes: ``float32 [G, 4]``, each object's box (0-based, inclusive), or
       None where an object has no complete ``<bndbox>``.
   """
-  size: tuple[int, int] | None
   labels: tuple[int, ...]
   difficult: tuple[bool, ...]
   boxes: np.ndarray | None
@@ -320,8 +318,7 @@ def read_objects(path: str) -> Annotation:
     boxes.append(_read_box(element.find('bndbox'), path, number, name))
   complete = all(box is not None for box in boxes)
   return Annotation(
-      size=_read_size(root.find('size')), labels=tuple(labels),
-      difficult=tuple(difficults),
+      labels=tuple(labels), difficult=tuple(difficults),
       boxes=(np.asarray(boxes, np.float32).reshape(-1, 4) if complete
              else None))
 
@@ -342,16 +339,6 @@ def _read_box(element, path: str, number: int, name: str):
           f'annotation file {path}: object {number} ({name}) has '
           f'<{tag}>{text}</{tag}>, expected a pixel coordinate') from e
   return box
-
-
-def _read_size(element) -> tuple[int, int] | None:
-  """``(height, width)`` of ``<size>``, or None if absent or not numbers."""
-  if element is None:
-    return None
-  try:
-    return (int(element.findtext('height')), int(element.findtext('width')))
-  except (TypeError, ValueError):
-    return None
 
 
 def open_classification(dataset: str, split: str, *,

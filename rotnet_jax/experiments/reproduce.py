@@ -315,7 +315,7 @@ def _imagenet():
 # The detection config and the splits it trains and tests on (its
 # train_split and test_split), whose proposals are computed before it.
 DETECTION_CONFIG = 'voc07_detection.py'
-DETECTION_SPLITS = ('trainval', 'test')
+DETECTION_RUN_SPLITS = ('trainval', 'test')
 
 
 def _proposals(split: str, pretext: Job) -> Job:
@@ -346,7 +346,7 @@ def _pascal():
       Job('table7/voc12_segmentation', 'voc12_segmentation.py',
           'table7/rotnet_alexnet/segmentation', pretrained=pretext.name,
           voc=True),
-      *[_proposals(split, pretext) for split in DETECTION_SPLITS],
+      *[_proposals(split, pretext) for split in DETECTION_RUN_SPLITS],
       Job('table7/voc07_detection', DETECTION_CONFIG,
           'table7/rotnet_alexnet/detection', pretrained=pretext.name,
           voc=True),
@@ -667,7 +667,7 @@ def proposals_command(dataset: str, split: str) -> str:
 
 
 def check_proposals_files(template: str,
-                          splits=DETECTION_SPLITS) -> None:
+                          splits=DETECTION_RUN_SPLITS) -> None:
   """Raises unless `template` (``--proposals``) names an existing file for
   each of `splits` (``{split}`` replaced by each).
 

@@ -8,8 +8,9 @@ fine-tuned as a Fast R-CNN detector on PASCAL VOC2007. The network:
 * RoI max pooling (:func:`roi_max_pool`) of each region of interest on the
   conv5 map into ``side x side`` bins, ``side`` the pool5 side the fc6
   matrix was trained on (6 at the official 224 pixels), exactly as Fast
-  R-CNN's ``ROIPooling`` layer (spatial scale 1/16, bins of
-  ``floor``/``ceil`` edges computed exactly, an empty bin gives 0);
+  R-CNN's ``ROIPooling`` layer (spatial scale 1/16, corners rounded half
+  away from zero as C's ``round``, bins of ``floor``/``ceil`` edges
+  computed exactly, an empty bin gives 0);
 * the pretrained fc6 and fc7 on each region;
 * two new layers on fc7: a 21-way classifier (the 20 VOC classes and the
   background, weights N(0, 0.01)) and class-specific box regression (4
@@ -80,7 +81,11 @@ def roi_bins(rois: jax.Array, side: int, spatial_scale: float,
     ``(y, x)`` are ``[start, end)``, clipped to the map (an empty bin has
     ``end <= start``).
   """
-  corners = jnp.round(rois * spatial_scale).astype(jnp.int32)
+  scaled = rois * spatial_scale
+  # C's round(), as Caffe's layer: halves away from zero (jnp.round takes
+  # them to even, a cell off for a tenth of VOC's scaled coordinates).
+  corners = (jnp.sign(scaled) * jnp.floor(jnp.abs(scaled) + 0.5)).astype(
+      jnp.int32)
   begin = corners[:, 1::-1]   # (y1, x1)
   last = corners[:, :1:-1]    # (y2, x2)
   # A RoI covers at least one cell (Fast R-CNN: max(end - start + 1, 1)).
@@ -220,17 +225,22 @@ class AlexNetFastRCNN(nnx.Module):
       frozen_up_to: the last block that does not train ('' for none).
 
     Returns:
-      ``(logits, deltas)``: float32 ``[B, R, 21]`` and ``[B, R, 21, 4]``.
+      ``(logits, deltas)``: ``[B, R, 21]`` and ``[B, R, 21, 4]``, float32
+      (float64 in a float64 run).
     """
     model = self.alexnet
     features = conv5_map(model, images, frozen_up_to=frozen_up_to)
+    # Region corners in float32 at least (bf16 would move them by pixels).
+    rois = rois.astype(jnp.promote_types(rois.dtype, jnp.float32))
     pooled = jax.vmap(lambda f, r: roi_max_pool(f, r, side=self.side))(
-        features, rois.astype(jnp.float32))
+        features, rois)
     batch, regions = rois.shape[:2]
     x = pooled.reshape(batch * regions, -1)  # Row-major (h, w, c): pool5's.
     x = model.fc_block(x, train=False)
-    logits = self.cls_score(x).astype(jnp.float32)
-    deltas = self.bbox_pred(x).astype(jnp.float32)
+    # float32 at least: float64 runs keep their precision.
+    out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    logits = self.cls_score(x).astype(out_dtype)
+    deltas = self.bbox_pred(x).astype(out_dtype)
     return (logits.reshape(batch, regions, -1),
             deltas.reshape(batch, regions, -1, 4))
 

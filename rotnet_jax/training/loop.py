@@ -33,10 +33,10 @@ from absl import logging
 from rotnet_jax.errors import InputError
 from rotnet_jax.errors import TrainingDiverged
 from rotnet_jax.training import metrics as metrics_lib
-from rotnet_jax.training import voc_metrics
 from rotnet_jax.training import optim
 from rotnet_jax.training import preemption
 from rotnet_jax.training import resume
+from rotnet_jax.training import voc_metrics
 from rotnet_jax.training.steps import CompiledSteps
 from rotnet_jax.training.steps import TrainState
 from rotnet_jax.workdir import checkpoint as checkpoint_lib
@@ -366,10 +366,10 @@ def _test(steps: CompiledSteps, test_source, run: _RunProgress,
     summaries = evaluate(steps, run.state, test_source)
     seconds = time.time() - start
   for summary in summaries.values():
-    if 'detections' in summary:
+    detections = summary.pop('detections', None)
+    if detections is not None and jax.process_index() == 0:
       run_files.write_detections(workdir, voc_metrics.devkit_detection_files(
-          summary.pop('detections'), test_source.ids,
-          test_source.split_name))
+          detections, test_source.ids, test_source.split_name))
   log.test(run.step, epochs_done, summaries, seconds)
   for head, summary in summaries.items():
     run.best[head] = _track_best(run.best.get(head), summary, epochs_done)

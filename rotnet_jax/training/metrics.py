@@ -31,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rotnet_jax.workdir import filesystem
-
 from rotnet_jax.data import voc
 from rotnet_jax.errors import InputError
 from rotnet_jax.training import voc_metrics
+from rotnet_jax.workdir import filesystem
 from rotnet_jax.workdir import run_files
 
 
@@ -299,9 +298,9 @@ class MetricWriter:
     if self._tensorboard is not None:
       prefix = f'{split}/{head}' if head else split
       for key, value in values.items():
-        # NaN says "no such class in the split" (a detection class's AP):
-        # a missing point, not a warning per event.
-        if np.isfinite(value):
+        # A class's AP is NaN where the split has no such object: a
+        # missing point, not a warning per event.
+        if not (key.startswith('AP_') and np.isnan(value)):
           self._tensorboard.add_scalar(f'{prefix}/{key}', float(value),
                                        step)
       self._tensorboard.flush()

@@ -35,10 +35,10 @@ import optax
 from flax import nnx
 from flax import struct
 
+from rotnet_jax import boxes as boxes_lib
 from rotnet_jax import models
 from rotnet_jax.data import rotation
 from rotnet_jax.data import voc
-from rotnet_jax import boxes as boxes_lib
 from rotnet_jax.models import detection
 from rotnet_jax.models import transfer
 from rotnet_jax.training import metrics as metrics_lib
@@ -339,15 +339,12 @@ class VOCTransfer(Objective):
     spec = backbone.spec
     self.head = config.transfer_task
     self._classification = self.head == 'voc_classification'
-    num_classes = (transfer.NUM_VOC_CLASSES if self._classification else
-                   transfer.NUM_SEGMENTATION_CLASSES)
+    network_class, num_classes = self._network()
     self.frozen_up_to = config.frozen_up_to
     self.frozen = transfer.frozen_blocks(self.frozen_up_to)
     self.constants = backbone.variables
     self._param_dtype = models.param_dtype(config.float64)
     dtype = models.compute_dtype(config.half_precision, config.float64)
-    network_class = (transfer.AlexNetClassifier if self._classification
-                     else transfer.AlexNetFCN32s)
     self._make = lambda rngs: network_class(spec, num_classes, dtype=dtype,
                                             rngs=rngs)
     self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._make(
@@ -358,6 +355,12 @@ class VOCTransfer(Objective):
     self.network = {'backbone': spec, 'transfer_task': self.head,
                     'frozen_up_to': self.frozen_up_to,
                     'num_classes': num_classes, **backbone.origin}
+
+  def _network(self):
+    """``(network class, outputs)`` of the task."""
+    if self._classification:
+      return transfer.AlexNetClassifier, transfer.NUM_VOC_CLASSES
+    return transfer.AlexNetFCN32s, transfer.NUM_SEGMENTATION_CLASSES
 
   def init(self, seed, constants):
     variables = models.variables(self._make(nnx.Rngs(seed)))
@@ -449,27 +452,12 @@ class VOCDetection(VOCTransfer):
   """
 
   def __init__(self, config, backbone: restore.RestoredBackbone):
-    spec = backbone.spec
-    self.head = config.transfer_task
-    self._classification = False
-    self.frozen_up_to = config.frozen_up_to
-    self.frozen = transfer.frozen_blocks(self.frozen_up_to)
-    self.constants = backbone.variables
-    self._param_dtype = models.param_dtype(config.float64)
-    dtype = models.compute_dtype(config.half_precision, config.float64)
-    self._make = lambda rngs: detection.AlexNetFastRCNN(spec, dtype=dtype,
-                                                        rngs=rngs)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._make(
-        nnx.Rngs(0))))
+    super().__init__(config, backbone)
     self.detections_per_class = config.detections_per_class
     self.nms_threshold = config.nms_threshold
-    self._describe = {'transfer_task': self.head,
-                      'frozen_up_to': self.frozen_up_to,
-                      'dataset': config.dataset, **backbone.origin}
-    self.network = {'backbone': spec, 'transfer_task': self.head,
-                    'frozen_up_to': self.frozen_up_to,
-                    'num_classes': detection.NUM_DETECTION_CLASSES,
-                    **backbone.origin}
+
+  def _network(self):
+    return detection.AlexNetFastRCNN, detection.NUM_DETECTION_CLASSES
 
   def apply(self, params, batch_stats, constants, batch, step, *, train):
     del step, train  # BatchNorm is fixed (models/detection.py).

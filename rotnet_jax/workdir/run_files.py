@@ -23,7 +23,6 @@ from typing import Any
 import jax
 
 from rotnet_jax.errors import InputError
-
 from rotnet_jax.workdir import filesystem
 
 CONFIG_FILE = 'config.json'
