@@ -87,7 +87,9 @@ import os
 import shlex
 from typing import Any
 
+import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rotnet_jax.data import datasets
 from rotnet_jax.data import proposals as proposals_lib
@@ -705,9 +707,15 @@ def run_proposals(dataset: str, split: str) -> str:
   if os.path.isfile(path):
     logging.info('%s: finished already, skipped.', path)
     return path
-  (summary,) = proposals_lib.compute_splits(dataset, split)
-  logging.info('wrote %s: %d images, %.0f proposals per image', path,
-               summary['images'], summary['mean_proposals'])
+  # Under several processes (a pod slice) one computes, beside the shared
+  # data, while the others wait: they would otherwise write (and remove)
+  # the same unfinished chunks.
+  if jax.process_index() == 0:
+    (summary,) = proposals_lib.compute_splits(dataset, split)
+    logging.info('wrote %s: %d images, %.0f proposals per image', path,
+                 summary['images'], summary['mean_proposals'])
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'proposals {split}')
   return path
 
 
