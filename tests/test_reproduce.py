@@ -227,6 +227,17 @@ def test_runner_refuses_a_root_with_other_settings(tmp_path):
   assert not reproduce.finished(str(workdir), config)  # Same job, unfinished.
   (workdir / 'results.json').write_text('{"complete": true}')
   assert reproduce.finished(str(workdir), config)
+  # A run of an older version lacks the keys added since: at their
+  # defaults they ask for what it did.
+  older = dict(json.loads(config.to_json_best_effort()), network={})
+  del older['nms_threshold'], older['train_scales']
+  with open(workdir / 'config.json', 'w') as f:
+    json.dump(older, f)
+  assert reproduce.finished(str(workdir), config)
+  changed = reproduce.job_config(job, root=str(tmp_path), seed=0,
+                                 overrides={'nms_threshold': 0.4})
+  with pytest.raises(reproduce.InputError, match='nms_threshold: None there'):
+    reproduce.finished(str(workdir), changed)
   other = reproduce.job_config(job, root=str(tmp_path), seed=0,
                                overrides={'model.width': 0.5})
   with pytest.raises(reproduce.InputError, match=r'other settings \(model: '):

@@ -91,6 +91,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rotnet_jax import config_schema
 from rotnet_jax.data import datasets
 from rotnet_jax.data import proposals as proposals_lib
 from rotnet_jax.data import voc
@@ -635,8 +636,13 @@ def finished(workdir: str, config) -> bool:
   saved = _job_settings(saved)
   wanted = _job_settings(run_files.resolved_config(config))
   saved.pop('network', None)
+  # A key a newer version added is not in an older run's config: at its
+  # default it asks for what that run did (the code it configures did not
+  # exist, or behaved as the default).
+  defaults = run_files.resolved_config(config_schema.defaults())
   differ = sorted(k for k in set(saved) | set(wanted)
-                  if saved.get(k) != wanted.get(k))
+                  if saved.get(k) != wanted.get(k) and not (
+                      k not in saved and wanted.get(k) == defaults.get(k)))
   if differ:
     raise InputError(
         f'{workdir} holds a run with other settings ('
