@@ -414,12 +414,26 @@ def test_a_lock_lives_by_its_heartbeat(gcs, monkeypatch):
   write(dict(other, heartbeat=time.time() - workdir_lock.LOCK_LEASE_S - 1))
   workdir_lock.check_not_locked(workdir)  # The lease ran out: stale.
   monkeypatch.setattr(workdir_lock, 'LOCK_HEARTBEAT_S', 0.05)
+
+  def read_holder():
+    # The fake bucket is a local folder whose file the heartbeat thread
+    # rewrites in place (a real object is replaced whole): a read may
+    # land during the write and see part of it. Read again then.
+    for _ in range(100):
+      with open(gcs(lock_file)) as f:
+        text = f.read()
+      try:
+        return json.loads(text)
+      except json.JSONDecodeError:
+        time.sleep(0.01)
+    raise AssertionError(f'{lock_file} never held a whole JSON object')
+
   with workdir_lock.lock(workdir):
-    first = json.loads(open(gcs(lock_file)).read())
+    first = read_holder()
     assert first['host'] == socket.gethostname()
     time.sleep(0.5)
     # The running run renews its heartbeat.
-    later = json.loads(open(gcs(lock_file)).read())
+    later = read_holder()
     assert later['heartbeat'] > first['heartbeat']
     assert {k: v for k, v in later.items() if k != 'heartbeat'} == {
         k: v for k, v in first.items() if k != 'heartbeat'}
