@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ import pytest
 
 from helpers import REPO_ROOT, one_device_env, snapshot, write_image_folder
 from rotnet_jax import config_schema
+from rotnet_jax.training import preemption
 
 # A quick.py run shrunk to seconds: 256 digits, 1/32 width, 1 epoch.
 _SMALL = {'num_epochs': 1, 'num_train_examples': 256, 'model.width': 0.03125,
@@ -686,8 +688,13 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
                            holder['host'])
     assert first.poll() is None  # The first run goes on, undisturbed.
   finally:
+    # Stopped as a preemption stops it (its 30 epochs would take minutes):
+    # it saves, exits and lets go of the workdir.
+    if first.poll() is None:
+      first.send_signal(signal.SIGTERM)
     first.wait(timeout=600)
-  assert first.returncode == 0, first.stderr.read()[-2000:]
+  assert first.returncode == preemption.PREEMPTED_STATUS, (
+      first.stderr.read()[-2000:])
   assert not (workdir / 'run.lock').exists()
 
 
