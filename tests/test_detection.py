@@ -439,11 +439,15 @@ def test_detection_end_to_end(devkit, tmp_path):
 @pytest.mark.slow  # About a minute.
 def test_a_tiny_detector_beats_the_untrained_one(devkit, tmp_path):
   """30 epochs on 16 images of coloured shapes, tested on 8 others: the
-  trained detector's mAP is well above the untrained network's."""
+  trained detector's mAP is well above the untrained network's (0.66
+  against 0.12, measured; a tiny random network, so this is sensitive to
+  the data: on a mid-grey background, close to the canvas's mean colour,
+  it reached only 0.12 against 0.04)."""
   _run(tiny_detection_config(devkit, learning_rate_steps_table=(
       (10_000, 0.0),)), tmp_path / 'untrained')
   _run(tiny_detection_config(devkit, num_epochs=30, eval_every_epochs=30,
-                             checkpoint_every_epochs=30),
+                             checkpoint_every_epochs=30,
+                             learning_rate_steps_table=((10_000, 0.02),)),
        tmp_path / 'trained')
   chance = _results(str(tmp_path / 'untrained'))['final_test_mAP']
   learned = _results(str(tmp_path / 'trained'))['final_test_mAP']

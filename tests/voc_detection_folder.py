@@ -1,6 +1,6 @@
 """Writes a tiny PASCAL VOC2007 detection devkit of coloured shapes.
 
-Each image is a grey, noisy background with one to three filled
+Each image is a light grey, noisy background with one to three filled
 rectangles; a rectangle's colour says its class (:data:`SHAPE_CLASSES`),
 so a tiny detector can learn it. Annotations are devkit XML with 1-based
 ``<bndbox>`` corners; every fourth object is ``difficult``. Proposals are
@@ -17,6 +17,9 @@ from PIL import Image
 from rotnet_jax.data import voc
 
 # The classes drawn, and their colours.
+# The background's grey level: light, so the images stand out from the
+# mean-coloured canvas they are placed on.
+BACKGROUND = 200
 SHAPE_CLASSES = {'aeroplane': (220, 40, 40), 'car': (40, 200, 40),
                  'person': (40, 60, 230)}
 
@@ -79,7 +82,7 @@ def write_shapes_devkit(root: str, *, trainval: int = 16, test: int = 8,
   for k in range(trainval + test):
     image_id = f'{k + 1:06d}'
     height, width = image_size if k % 2 == 0 else image_size[::-1]
-    pixels = rng.normal(120, 12, (height, width, 3))
+    pixels = rng.normal(BACKGROUND, 12, (height, width, 3))
     objects = _objects(rng, height, width)
     for name, _, (x1, y1, x2, y2) in objects:
       pixels[y1:y2 + 1, x1:x2 + 1] = SHAPE_CLASSES[name]
