@@ -80,18 +80,25 @@ def iou(a, b) -> np.ndarray:
   b = np.asarray(b, np.float64)
   _check_shape(a, 'a')
   _check_shape(b, 'b')
-  a, b = a[:, None, :], b[None, :, :]
-  inter_w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0],
+  return pairwise_iou(a, b)
+
+
+def pairwise_iou(a, b, xp=np):
+  """:func:`iou` of batches, without checks: ``[..., N, 4]`` and ``[...,
+  M, 4]`` give ``[..., N, M]``; `xp` as for :func:`encode` (the jitted
+  NMS passes ``jax.numpy``)."""
+  a, b = a[..., :, None, :], b[..., None, :, :]
+  inter_w = xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0],
                                                           b[..., 0]) + 1
-  inter_h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1],
+  inter_h = xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1],
                                                           b[..., 1]) + 1
   # The devkit only divides when both sides of the intersection are
   # positive; two negative sides would make a positive product.
   overlap = (inter_w > 0) & (inter_h > 0)
-  inter = inter_w * inter_h
-  union = areas(a) + areas(b) - inter
-  return np.divide(inter, union, out=np.zeros(inter.shape),
-                   where=overlap & (union > 0))
+  inter = xp.where(overlap, inter_w * inter_h, 0)
+  union = areas(a, xp) + areas(b, xp) - inter
+  scored = overlap & (union > 0)
+  return xp.where(scored, inter / xp.where(scored, union, 1), 0.0)
 
 
 def encode(proposals, targets, stds=BOX_STDS, xp=np):

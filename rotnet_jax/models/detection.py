@@ -245,20 +245,6 @@ class AlexNetFastRCNN(nnx.Module):
             deltas.reshape(batch, regions, -1, 4))
 
 
-def pairwise_iou(a: jax.Array, b: jax.Array) -> jax.Array:
-  """IoU ``[..., N, M]`` of boxes ``[..., N, 4]`` and ``[..., M, 4]``, in
-  jax (``boxes.iou``'s +1 pixel convention)."""
-  a, b = a[..., :, None, :], b[..., None, :, :]
-  width = jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0],
-                                                          b[..., 0]) + 1
-  height = jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1],
-                                                           b[..., 1]) + 1
-  inter = jnp.maximum(width, 0) * jnp.maximum(height, 0)
-  area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)
-  union = area(a) + area(b) - inter
-  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), 0.0)
-
-
 def nms_keep(boxes: jax.Array, valid: jax.Array, threshold: float
              ) -> jax.Array:
   """Greedy non-maximum suppression of boxes sorted by falling score.
@@ -272,7 +258,7 @@ def nms_keep(boxes: jax.Array, valid: jax.Array, threshold: float
     ``bool [..., K]``: the kept boxes (as ``boxes.nms`` keeps them).
   """
   count = boxes.shape[-2]
-  overlaps = pairwise_iou(boxes, boxes) > threshold
+  overlaps = boxes_lib.pairwise_iou(boxes, boxes, xp=jnp) > threshold
   earlier = jnp.arange(count)
 
   def visit(i, keep):
